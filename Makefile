@@ -1,0 +1,49 @@
+# edge-agent: the two quick-start commands are `make demo` and `make test`.
+# Everything runs in a virtual environment (.venv): Debian and Raspberry Pi OS mark the
+# system Python as externally managed (PEP 668), so nothing is installed system-wide.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+DEBIAN_PACKAGES := python3 python3-venv python3-dev build-essential
+
+.PHONY: demo test bench lint clean distclean check-build-deps
+
+demo: $(INSTALLED)
+	$(VENV)/bin/edge-agent demo $(DEMO_ARGS)
+
+test: $(INSTALLED)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(INSTALLED)
+	$(PY) benchmarks/run.py
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# A missing compiler, header or venv module stops here with the Debian packages to install,
+# not with a page of compiler output.
+check-build-deps:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "edge-agent: $(PYTHON) not found; install: sudo apt-get install $(DEBIAN_PACKAGES)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "edge-agent: needs Python 3.11 or newer, $(PYTHON) is $$($(PYTHON) -V 2>&1)"; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || { echo "edge-agent: Python's venv module is missing; install: sudo apt-get install python3-venv"; exit 1; }
+	@command -v cc >/dev/null 2>&1 || { echo "edge-agent: no C compiler for the Cython kernels; install: sudo apt-get install build-essential python3-dev"; exit 1; }
+	@$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || { echo "edge-agent: Python headers (Python.h) missing; install: sudo apt-get install python3-dev"; exit 1; }
+
+$(PY): | check-build-deps
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalled when the build inputs change, so edited kernels are recompiled.
+$(INSTALLED): setup.py pyproject.toml $(wildcard edge_agent/kernels/*.pyx edge_agent/kernels/*.pxd) | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+	@touch $@
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -f edge_agent/kernels/*.c edge_agent/kernels/*.so
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+"""edge-agent: reads a CNC controller and its sensors, adapts the feed, forwards telemetry."""
+
+__version__ = "0.1.0"

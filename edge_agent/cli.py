@@ -1,0 +1,122 @@
+"""The `edge-agent` command: run | check-config | decode | demo.
+
+Errors a person can fix (a bad config, a missing file) end as one line on stderr and
+exit status 2; nothing here prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config
+from .sources.poll_plan import PlanLimits, plan_reads
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the agent with a configuration file")
+    run.add_argument("config")
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("config")
+    decode = commands.add_parser("decode", help="print a spool's frames as JSON lines")
+    decode.add_argument("spool")
+    demo = commands.add_parser("demo", help="the agent against the simulated machine")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
+    demo.add_argument(
+        "--replay",
+        metavar="NAME|CSV",
+        help="replay a recording (e.g. experiment_01) instead of the plant model",
+    )
+    demo.add_argument(
+        "--rtu",
+        action="store_true",
+        help="talk Modbus RTU over a pseudo-terminal pair instead of TCP",
+    )
+    demo.add_argument(
+        "--spool", default="demo-spool.db", help="the spool file (default: demo-spool.db here)"
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        return {"run": _run, "check-config": _check, "decode": _decode, "demo": _demo}[
+            args.command
+        ](args)
+    except ConfigError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _check(args) -> int:
+    config = load_config(args.config)
+    c = config.controller
+    limits = PlanLimits(
+        c.max_registers_per_read, c.max_bits_per_read, c.max_gap_registers, c.max_gap_bits
+    )
+    print(f"{args.config}: ok: {len(config.tags)} tags in {len(config.poll_groups)} poll groups")
+    for name, group in config.poll_groups.items():
+        requests = plan_reads([t for t in config.tags if t.poll_group == name], limits)
+        print(
+            f"  {name}: every {group.period_s:g} s, {len(requests)} read requests: "
+            + ", ".join(f"{r.table.value} {r.address}+{r.count}" for r in requests)
+        )
+    return 0
+
+
+def _decode(args) -> int:
+    from .telemetry.decode import decode_sink
+    from .telemetry.sink import SinkError
+
+    try:
+        _, bad = decode_sink(args.spool, sys.stdout, sys.stderr)
+    except SinkError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `edge-agent decode spool.db | head`
+        sys.stderr.close()
+        return 0
+    return 1 if bad else 0
+
+
+def _run(args) -> int:
+    from .service import Agent
+
+    config = load_config(args.config)
+    _setup_logging(config.service.log_level)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await Agent(config).run(stop)
+
+    asyncio.run(serve())
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    _setup_logging("warning")
+    asyncio.run(run_demo(args.duration, replay=args.replay, rtu=args.rtu, spool=args.spool))
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # pymodbus logs every timeout at ERROR; the agent counts them and logs once per change.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

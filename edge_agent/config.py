@@ -1,0 +1,485 @@
+"""The agent's configuration: one TOML file -> typed, validated, frozen dataclasses.
+
+Every mistake is one `ConfigError` whose message names the file, the line (where it can
+be found), the key path and what is wrong, e.g.
+``agent.toml:42: tags[3].address: must be an integer in 0..65535, got -1``.
+Unknown keys are errors: a misspelt key silently ignored is a setting that never took effect.
+Never touches the network or the machine.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .registers import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Order, Table, Tag, ValueType
+
+KeyPath = tuple[str | int, ...]
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, as one line: where, which key, what is wrong."""
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    site: str
+    machine_id: str
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    protocol: str = "tcp"
+    host: str = "127.0.0.1"
+    # 502 is the registered Modbus TCP port.
+    port: int = 502
+    unit_id: int = 1
+    serial_port: str = ""
+    baudrate: int = 19200
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+    # A controller answers in a few ms on a LAN; 1 s tolerates a busy PLC scan without
+    # letting a dead link hold a 10 Hz poll group for long.
+    timeout_s: float = 1.0
+    # Reconnect backoff doubles from min to max, with jitter so a shop's agents do not
+    # all hammer a restarted controller in the same instant.
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    # Registers (bits) of unmapped gap the planner may read to save a round trip, as
+    # Telegraf's "max_insert" optimisation does. A controller that refuses a gap with
+    # "illegal address" makes the poller split that request and remember it.
+    max_gap_registers: int = 8
+    max_gap_bits: int = 64
+    # Protocol maxima by default; some controllers accept less per request.
+    max_registers_per_read: int = MAX_REGISTERS_PER_READ
+    max_bits_per_read: int = MAX_BITS_PER_READ
+
+
+@dataclass(frozen=True)
+class PollGroup:
+    name: str
+    period_s: float
+    # A value older than this is stale; three missed polls by default.
+    stale_after_s: float
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    # One frame a second keeps the per-frame envelope overhead small and the latency
+    # to the plant low.
+    frame_interval_s: float = 1.0
+    # Bounds a frame's size (and the memory held) when many fast channels report.
+    max_points_per_frame: int = 20_000
+    # Tags to forward; empty means every tag.
+    include: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: str = "/var/lib/edge-agent/spool.db"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    # MQTT publishing arrives with the store-and-forward issue; until then frames stay
+    # in the spool and `enabled = true` is refused rather than silently ignored.
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    topic_prefix: str = "edge"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    log_level: str = "info"
+    # How often the agent logs a one-line health summary.
+    stats_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    machine: MachineConfig
+    controller: ControllerConfig
+    tags: tuple[Tag, ...]
+    poll_groups: dict[str, PollGroup]
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    source: str = "<memory>"
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate one agent configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<memory>") -> AgentConfig:
+    """Validate TOML text; `source` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    return _Validator(source, _KeyLines(text)).agent(data)
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_SECTIONS = (
+    "machine",
+    "controller",
+    "tags",
+    "poll_groups",
+    "telemetry",
+    "spool",
+    "upstream",
+    "service",
+)
+_TAG_KEYS = {
+    "name",
+    "address",
+    "table",
+    "type",
+    "byte_order",
+    "word_order",
+    "scale",
+    "offset",
+    "unit",
+    "poll_group",
+    "bit",
+    "width",
+}
+
+
+class _Validator:
+    def __init__(self, source: str, lines: _KeyLines):
+        self.source = source
+        self.lines = lines
+
+    def fail(self, path: KeyPath, message: str) -> ConfigError:
+        line = self.lines.line_of(path)
+        where = f"{self.source}:{line}" if line else self.source
+        return ConfigError(f"{where}: {_dotted(path)}: {message}")
+
+    # -- generic checks -------------------------------------------------------------
+
+    def table(self, data: Any, path: KeyPath, allowed: set[str] | tuple[str, ...]) -> dict:
+        if not isinstance(data, dict):
+            raise self.fail(path, f"must be a table, got {_kind(data)}")
+        for key in data:
+            if key not in allowed:
+                raise self.fail(
+                    (*path, key), f"unknown key (allowed: {', '.join(sorted(allowed))})"
+                )
+        return data
+
+    def value(self, data: dict, path: KeyPath, key: str, kind: type, default: Any = ...) -> Any:
+        if key not in data:
+            if default is ...:
+                raise self.fail((*path, key), "missing")
+            return default
+        value = data[key]
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise self.fail((*path, key), f"must be {_KIND_NAMES[kind]}, got {_kind(value)}")
+        if kind is float and not math.isfinite(value):
+            raise self.fail((*path, key), f"must be a finite number, got {value}")
+        return value
+
+    def int_in(self, data, path, key, lo, hi, default: Any = ...) -> int:
+        value = self.value(data, path, key, int, default)
+        if not lo <= value <= hi:
+            raise self.fail((*path, key), f"must be an integer in {lo}..{hi}, got {value}")
+        return value
+
+    def positive(self, data, path, key, default: Any = ...) -> float:
+        value = self.value(data, path, key, float, default)
+        if value <= 0:
+            raise self.fail((*path, key), f"must be greater than 0, got {value}")
+        return value
+
+    def choice(self, data, path, key, choices, default: Any = ...) -> str:
+        value = self.value(data, path, key, str, default)
+        if value not in choices:
+            raise self.fail((*path, key), f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def section(self, data: dict, name: str, cls: type, required: bool = False) -> Any:
+        """Validate a flat section against the dataclass `cls` (its fields and defaults)."""
+        if name not in data:
+            if required:
+                raise self.fail((name,), "missing section")
+            return cls()
+        raw = self.table(data[name], (name,), [f.name for f in fields(cls)])
+        kinds = {"int": int, "float": float, "str": str, "bool": bool}
+        return cls(
+            **{
+                f.name: self.value(
+                    raw, (name,), f.name, kinds[f.type], ... if f.default is MISSING else f.default
+                )
+                for f in fields(cls)
+            }
+        )
+
+    # -- sections -------------------------------------------------------------------
+
+    def agent(self, data: dict) -> AgentConfig:
+        self.table(data, (), _SECTIONS)
+        machine = self.machine(data)
+        controller = self.controller(data)
+        groups = self.poll_groups(data)
+        tags = self.tags(data, groups)
+        telemetry = self.telemetry(data, {t.name for t in tags})
+        spool = self.section(data, "spool", SpoolConfig)
+        if not spool.path:
+            raise self.fail(("spool", "path"), "must not be empty")
+        upstream = self.section(data, "upstream", UpstreamConfig)
+        if upstream.enabled:
+            raise self.fail(
+                ("upstream", "enabled"),
+                "MQTT publishing is not in this version "
+                "yet; frames are kept in the spool (set enabled = false)",
+            )
+        service = self.section(data, "service", ServiceConfig)
+        self.choice(
+            {"log_level": service.log_level},
+            ("service",),
+            "log_level",
+            ("debug", "info", "warning", "error"),
+        )
+        self.positive({"s": service.stats_interval_s}, ("service",), "s")
+        return AgentConfig(
+            machine, controller, tags, groups, telemetry, spool, upstream, service, self.source
+        )
+
+    def machine(self, data: dict) -> MachineConfig:
+        cfg = self.section(data, "machine", MachineConfig, required=True)
+        for key in ("site", "machine_id"):
+            # Both end up in MQTT topic levels: no separators or wildcards.
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", getattr(cfg, key)):
+                raise self.fail(
+                    ("machine", key),
+                    f"must be 1-64 of letters, digits, '_', '.', '-', got {getattr(cfg, key)!r}",
+                )
+        return cfg
+
+    def controller(self, data: dict) -> ControllerConfig:
+        cfg = self.section(data, "controller", ControllerConfig, required=True)
+        raw, path = data["controller"], ("controller",)
+        self.choice(raw, path, "protocol", ("tcp", "rtu"), "tcp")
+        self.int_in(raw, path, "port", 1, 65535, 502)
+        self.int_in(raw, path, "unit_id", 0, 247, 1)
+        if cfg.protocol == "rtu" and not cfg.serial_port:
+            raise self.fail((*path, "serial_port"), 'missing (required when protocol = "rtu")')
+        self.choice(raw, path, "parity", ("N", "E", "O"), "N")
+        self.int_in(raw, path, "stopbits", 1, 2, 1)
+        self.int_in(raw, path, "bytesize", 7, 8, 8)
+        self.int_in(raw, path, "baudrate", 300, 4_000_000, 19200)
+        for key in ("timeout_s", "reconnect_min_s", "reconnect_max_s"):
+            self.positive(raw, path, key, 1.0)
+        if cfg.reconnect_max_s < cfg.reconnect_min_s:
+            raise self.fail((*path, "reconnect_max_s"), "must not be below reconnect_min_s")
+        self.int_in(raw, path, "max_gap_registers", 0, MAX_REGISTERS_PER_READ, 0)
+        self.int_in(raw, path, "max_gap_bits", 0, MAX_BITS_PER_READ, 0)
+        # A float64 takes 4 registers and must fit in one read.
+        self.int_in(raw, path, "max_registers_per_read", 4, MAX_REGISTERS_PER_READ, 4)
+        self.int_in(raw, path, "max_bits_per_read", 1, MAX_BITS_PER_READ, 1)
+        return cfg
+
+    def poll_groups(self, data: dict) -> dict[str, PollGroup]:
+        if "poll_groups" not in data:
+            raise self.fail(("poll_groups",), "missing section")
+        raw = data["poll_groups"]
+        if not isinstance(raw, dict) or not raw:
+            raise self.fail(("poll_groups",), "must be a table of at least one group")
+        groups = {}
+        for name, group in raw.items():
+            path = ("poll_groups", name)
+            if not _NAME.match(name):
+                raise self.fail(path, "group name must be lower-case letters, digits and '_'")
+            self.table(group, path, ("period_s", "stale_after_s"))
+            period = self.positive(group, path, "period_s")
+            stale = self.positive(group, path, "stale_after_s", 3 * period)
+            if stale < period:
+                raise self.fail((*path, "stale_after_s"), f"must be at least period_s ({period})")
+            groups[name] = PollGroup(name, period, stale)
+        return groups
+
+    def tags(self, data: dict, groups: dict[str, PollGroup]) -> tuple[Tag, ...]:
+        raw = data.get("tags")
+        if raw is None:
+            raise self.fail(("tags",), "missing: at least one [[tags]] entry is needed")
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(("tags",), "must be an array of tables ([[tags]]) with one or more")
+        tags, seen = [], {}
+        for i, entry in enumerate(raw):
+            tag = self.tag(entry, ("tags", i), groups)
+            if tag.name in seen:
+                raise self.fail(
+                    ("tags", i, "name"),
+                    f"duplicate tag name {tag.name!r} (first at tags[{seen[tag.name]}])",
+                )
+            seen[tag.name] = i
+            tags.append(tag)
+        self.check_overlaps(tags)
+        return tuple(tags)
+
+    def tag(self, entry: Any, path: KeyPath, groups: dict[str, PollGroup]) -> Tag:
+        entry = self.table(entry, path, _TAG_KEYS)
+        name = self.value(entry, path, "name", str)
+        if not _NAME.match(name):
+            raise self.fail(
+                (*path, "name"),
+                "must start with a lower-case letter and hold only "
+                f"lower-case letters, digits and '_' (at most 64), got {name!r}",
+            )
+        table = Table(self.choice(entry, path, "table", [t.value for t in Table]))
+        default_type = "bool" if table.is_bits else ...
+        vtype = ValueType(
+            self.choice(entry, path, "type", [t.value for t in ValueType], default_type)
+        )
+        if table.is_bits and vtype is not ValueType.BOOL:
+            raise self.fail(
+                (*path, "type"),
+                f"a {table.value} tag is one bit: type must be bool, got {vtype.value!r}",
+            )
+        address = self.int_in(entry, path, "address", 0, 65535)
+        span = 1 if table.is_bits else vtype.words
+        if address + span - 1 > 65535:
+            raise self.fail((*path, "address"), f"{vtype.value} at {address} runs past 65535")
+        orders = [o.value for o in Order]
+        byte_order = Order(self.choice(entry, path, "byte_order", orders, "big"))
+        word_order = Order(self.choice(entry, path, "word_order", orders, "big"))
+        scale = self.value(entry, path, "scale", float, 1.0)
+        if scale == 0:
+            raise self.fail((*path, "scale"), "must not be 0")
+        offset = self.value(entry, path, "offset", float, 0.0)
+        unit = self.value(entry, path, "unit", str, "")
+        group = self.value(entry, path, "poll_group", str, "default")
+        if group not in groups:
+            raise self.fail(
+                (*path, "poll_group"),
+                f"no poll group {group!r} in [poll_groups] (have: {', '.join(groups)})",
+            )
+        bit, width = 0, 1
+        if vtype is ValueType.BITFIELD:
+            bit = self.int_in(entry, path, "bit", 0, 15)
+            width = self.int_in(entry, path, "width", 1, 16 - bit, 1)
+        else:
+            for key in ("bit", "width"):
+                if key in entry:
+                    raise self.fail((*path, key), "only a bitfield tag has bit and width")
+        return Tag(
+            name,
+            address,
+            table,
+            vtype,
+            byte_order,
+            word_order,
+            scale,
+            offset,
+            unit,
+            group,
+            bit,
+            width,
+        )
+
+    def check_overlaps(self, tags: list[Tag]) -> None:
+        """Bitfield tags may share a register with each other; nothing else may overlap."""
+        index = {tag.name: i for i, tag in enumerate(tags)}
+        for table in Table:
+            in_table = sorted((t for t in tags if t.table is table), key=lambda t: t.address)
+            for before, after in zip(in_table, in_table[1:], strict=False):
+                both_bitfields = before.type is after.type is ValueType.BITFIELD
+                if after.address < before.end and not both_bitfields:
+                    raise self.fail(
+                        ("tags", index[after.name], "address"),
+                        f"{table.value} register {after.address} of {after.name!r} "
+                        f"overlaps {before.name!r} ({before.address}..{before.end - 1})",
+                    )
+
+    def telemetry(self, data: dict, tag_names: set[str]) -> TelemetryConfig:
+        raw = self.table(
+            data.get("telemetry", {}),
+            ("telemetry",),
+            ("frame_interval_s", "max_points_per_frame", "include"),
+        )
+        path = ("telemetry",)
+        interval = self.positive(raw, path, "frame_interval_s", 1.0)
+        max_points = self.int_in(raw, path, "max_points_per_frame", 100, 1_000_000, 20_000)
+        include = self.value(raw, path, "include", list, [])
+        for i, name in enumerate(include):
+            if name not in tag_names:
+                raise self.fail((*path, "include", i), f"no tag named {name!r}")
+        return TelemetryConfig(interval, max_points, tuple(include))
+
+
+class _KeyLines:
+    """Finds the line of a key path in TOML text, so errors can say where.
+
+    A line-by-line reading of headers (`[a.b]`, `[[a]]`) and `key =` lines: enough for
+    the files people write, without a second TOML parser.
+    """
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_.\"'-]+)\s*=")
+
+    def __init__(self, text: str):
+        self.lines: dict[KeyPath, int] = {}
+        counts: dict[KeyPath, int] = {}
+        table: KeyPath = ()
+        for number, line in enumerate(text.splitlines(), start=1):
+            if header := self._HEADER.match(line):
+                path = tuple(_split_key(header.group(2)))
+                if header.group(1) == "[[":
+                    counts[path] = counts.get(path, -1) + 1
+                    path = (*path, counts[path])
+                table = path
+                self.lines.setdefault(table, number)
+            elif key := self._KEY.match(line):
+                self.lines.setdefault((*table, *_split_key(key.group(1))), number)
+
+    def line_of(self, path: KeyPath) -> int | None:
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+
+def _split_key(key: str) -> list[str]:
+    return [part.strip().strip("\"'") for part in key.split(".")]
+
+
+def _dotted(path: KeyPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(top level)"
+
+
+_KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _kind(value: Any) -> str:
+    for kind, name in _KIND_NAMES.items():
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return name if kind is not float else "a number"
+    return type(value).__name__

@@ -1,0 +1,143 @@
+"""`edge-agent demo`: the simulated controller and the agent on loopback, for a bounded time,
+then a short human summary. Needs no broker, no hardware and no configuration file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import sys
+import time
+from importlib import resources
+
+from .config import parse_config
+from .service import Agent
+
+
+def demo_config(
+    host: str = "127.0.0.1",
+    port: int = 5020,
+    spool: str = "demo-spool.db",
+    serial_port: str | None = None,
+):
+    """The embedded demo configuration, pointed at a controller and a spool file."""
+    text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
+    config = parse_config(text, "edge_agent/defaults/demo.toml")
+    controller = dataclasses.replace(config.controller, host=host, port=port)
+    if serial_port:
+        controller = dataclasses.replace(
+            controller, protocol="rtu", serial_port=serial_port, baudrate=115200
+        )
+    return dataclasses.replace(
+        config, controller=controller, spool=dataclasses.replace(config.spool, path=spool)
+    )
+
+
+def _plant(replay: str | None):
+    if replay is None:
+        from hil.plant import SimplePlant
+
+        return SimplePlant(), "plant model"
+    from hil.replay import ReplayPlant, recording_path
+
+    path = recording_path(replay)
+    return ReplayPlant(path, loop=True), f"replay of {path.name}"
+
+
+async def run_demo(
+    duration_s: float,
+    *,
+    replay: str | None = None,
+    rtu: bool = False,
+    spool: str | None = None,
+    out=sys.stdout,
+    progress=sys.stderr,
+) -> Agent:
+    from hil.controller import SimulatedController
+    from hil.ptypair import PtyPair
+
+    plant, what = _plant(replay)
+    controller = SimulatedController(plant)
+    spool = spool or "demo-spool.db"
+    with contextlib.ExitStack() as stack:
+        if rtu:
+            pair = stack.enter_context(PtyPair())
+            await controller.start_rtu(pair.a, baudrate=115200)
+            config = demo_config(spool=spool, serial_port=pair.b)
+            where = f"Modbus RTU on {pair.b}"
+        else:
+            port = await controller.start_tcp("127.0.0.1", 0)
+            config = demo_config(port=port, spool=spool)
+            where = f"Modbus TCP on 127.0.0.1:{port}"
+        print(
+            f"edge-agent demo: simulated controller ({what}) on {where}; running {duration_s:g} s",
+            file=out,
+            flush=True,
+        )
+        agent = Agent(config)
+        stop = asyncio.Event()
+        run = asyncio.create_task(agent.run(stop))
+        started = time.monotonic()
+        try:
+            await _show_progress(agent, run, started, duration_s, progress)
+        finally:
+            stop.set()
+            await run
+            await controller.stop()
+        elapsed = time.monotonic() - started
+        print(summary(agent, elapsed, spool), file=out, flush=True)
+    return agent
+
+
+async def _show_progress(
+    agent: Agent, run: asyncio.Task, started: float, duration_s: float, stream
+) -> None:
+    """A one-line progress bar on a terminal; a line every 10 s otherwise."""
+    tty = stream.isatty()
+    last_line = 0.0
+    while (elapsed := time.monotonic() - started) < duration_s and not run.done():
+        await asyncio.sleep(min(0.5, max(0.0, duration_s - elapsed)))
+        elapsed = min(duration_s, time.monotonic() - started)
+        filled = int(30 * elapsed / duration_s)
+        line = (
+            f"[{'#' * filled}{'.' * (30 - filled)}] {elapsed:4.0f}/{duration_s:g} s  "
+            f"samples {agent.poller.counters['samples']}  frames {agent.frames_stored}"
+        )
+        if tty:
+            stream.write("\r" + line)
+            stream.flush()
+        elif elapsed - last_line >= 10 or elapsed >= duration_s:
+            print(line, file=stream, flush=True)
+            last_line = elapsed
+    if tty:
+        stream.write("\n")
+    if run.done():
+        run.result()
+
+
+def summary(agent: Agent, elapsed_s: float, spool: str) -> str:
+    counts = agent.poller.counters
+    lines = [
+        f"ran {elapsed_s:.1f} s against {agent.link.where}",
+        f"  samples read       {counts['samples']} ({counts['samples'] / elapsed_s:.0f}/s)",
+    ]
+    for name, stats in agent.poller.group_stats.items():
+        group = agent.config.poll_groups[name]
+        lines.append(
+            f"  poll group {name:<7} every {group.period_s:g} s: "
+            f"{agent.poller.requests_per_cycle[name]} requests/cycle, {stats.cycles} cycles, "
+            f"latency p50 {stats.latency.percentile(50) * 1e3:.2f} ms "
+            f"p99 {stats.latency.percentile(99) * 1e3:.2f} ms, {stats.overruns} overruns"
+        )
+    errors = {k: v for k, v in counts.items() if k not in ("samples", "requests")}
+    lines += [
+        f"  requests           {counts['requests']}; other counts: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"),
+        f"  frames written     {agent.frames_stored} ({agent.bytes_stored} bytes, "
+        f"last seq {agent.last_seq}) to {spool}",
+        f"  bytes per point    {agent.bytes_stored / max(1, agent.points_stored):.2f} "
+        f"({agent.points_stored} points)",
+        f"  see the frames:    edge-agent decode {spool}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""The agent's wiring on one asyncio loop: controller link -> poller -> batcher -> spool.
+
+Data flows one way. The poller hands samples to the batcher synchronously (no queue to
+overflow); frames go to the durable sink, whose SQLite work runs in its own thread, so
+neither the poller nor (later) the control loop ever waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from contextlib import suppress
+
+from . import __version__
+from .clock import SystemClock
+from .config import AgentConfig
+from .samples import Sample
+from .sources.modbus import ModbusPoller
+from .sources.modbus_link import ModbusLink, make_client
+from .telemetry.frames import Batcher, event_body
+from .telemetry.sink import AsyncFrameSink
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One agent for one machine."""
+
+    def __init__(self, config: AgentConfig, clock=None, client_factory=make_client):
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.boot_id = uuid.uuid4().hex
+        self.link = ModbusLink(config.controller, client_factory)
+        self.poller = ModbusPoller(config, self.link, self.clock, self._on_samples)
+        self.latest: dict[str, Sample] = {}
+        self._include = set(config.telemetry.include) or {t.name for t in config.tags}
+        machine = {"site": config.machine.site, "machine": config.machine.machine_id}
+        self.batcher = Batcher(self.boot_id, machine)
+        self.sink = AsyncFrameSink(config.spool.path)
+        self.frames_stored = 0
+        self.bytes_stored = 0
+        self.points_stored = 0
+        self.last_seq = 0
+        self._full = asyncio.Event()
+
+    def _on_samples(self, samples: list[Sample]) -> None:
+        for sample in samples:
+            self.latest[sample.channel] = sample
+            if sample.channel in self._include:
+                self.batcher.add(sample)
+        if self.batcher.points >= self.config.telemetry.max_points_per_frame:
+            self._full.set()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set (or the task is cancelled); always flushes and closes."""
+        stop = stop or asyncio.Event()
+        await self.sink.open()
+        await self.store_event("agent_start", {"version": __version__})
+        log.info(
+            "agent %s for %s/%s: polling %s, %s requests per cycle",
+            __version__,
+            self.config.machine.site,
+            self.config.machine.machine_id,
+            self.link.where,
+            self.poller.requests_per_cycle,
+        )
+        tasks = [
+            asyncio.create_task(self.link.maintain(), name="link"),
+            asyncio.create_task(self.poller.run(), name="poller"),
+            asyncio.create_task(self._flush_periodically(), name="frames"),
+            asyncio.create_task(self._log_stats(), name="stats"),
+        ]
+        try:
+            done, _ = await asyncio.wait(
+                [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task in tasks and task.exception():
+                    raise task.exception()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError):
+                    await task
+            await self.flush()
+            await self.store_event("agent_stop", {})
+            await self.sink.close()
+
+    async def flush(self) -> None:
+        """Close the open batch into a frame and store it."""
+        points = self.batcher.points
+        body = self.batcher.close()
+        self._full.clear()
+        if body is not None:
+            await self._store([("data", body)])
+            self.points_stored += points
+
+    async def store_event(self, kind: str, detail: dict) -> None:
+        await self._store(
+            [("event", event_body(self.boot_id, self.clock.stamp_ns(), kind, detail))]
+        )
+
+    async def _store(self, bodies: list[tuple[str, bytes]]) -> None:
+        seqs = await self.sink.store(bodies)
+        self.frames_stored += len(seqs)
+        self.bytes_stored += sum(len(body) for _, body in bodies)
+        self.last_seq = seqs[-1]
+
+    async def _flush_periodically(self) -> None:
+        interval = self.config.telemetry.frame_interval_s
+        while True:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), interval)
+            jump_ns = self.clock.check_jump()
+            if jump_ns:
+                log.warning("wall clock jumped by %.3f s; stamps re-based", jump_ns / 1e9)
+                await self.store_event("clock_jump", {"jump_ns": jump_ns})
+            await self.flush()
+
+    async def _log_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.service.stats_interval_s)
+            log.info("health: %s", self.health_line())
+
+    def health_line(self) -> str:
+        counts = self.poller.counters
+        latency = {
+            name: s.latency.percentile(99) * 1e3 for name, s in self.poller.group_stats.items()
+        }
+        return (
+            f"link {'up' if self.link.connected else 'DOWN'}, "
+            f"{counts['requests']} requests, {counts['timeout']} timeouts, "
+            f"{sum(v for k, v in counts.items() if k.startswith('exception_'))} exception "
+            f"replies, poll p99 "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
+            + f", {self.frames_stored} frames stored (last seq {self.last_seq})"
+        )

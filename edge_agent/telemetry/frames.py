@@ -1,0 +1,80 @@
+"""Telemetry frames, version 0: samples batched per channel into msgpack frame bodies.
+
+Sans-IO: samples in, bytes out. The sequence number is not in the body: the durable sink
+allocates it when it stores the frame (docs/telemetry-v0.md). The compact wire format of a
+later version replaces the body; `v` tells them apart. Never blocks and never does I/O.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from ..samples import Quality, Sample
+
+VERSION = 0
+
+
+class Batcher:
+    """Accumulates samples per channel until the frame is closed."""
+
+    def __init__(self, boot_id: str, machine: dict[str, str]):
+        self.boot_id = boot_id
+        self.machine = machine
+        self._channels: dict[str, tuple[list[int], list[float], list[int]]] = {}
+        self.points = 0
+
+    def add(self, sample: Sample) -> None:
+        stamps, values, qualities = self._channels.setdefault(sample.channel, ([], [], []))
+        stamps.append(sample.stamp_ns // 1_000_000)
+        values.append(float(sample.value))
+        qualities.append(int(sample.quality))
+        self.points += 1
+
+    def close(self) -> bytes | None:
+        """The frame body of everything added since the last close; None when empty."""
+        if not self.points:
+            return None
+        t0 = min(stamps[0] for stamps, _, _ in self._channels.values())
+        channels = {}
+        for name, (stamps, values, qualities) in self._channels.items():
+            entry = {"t": [t - t0 for t in stamps], "v": values}
+            if any(qualities):  # "q" is left out when every point is GOOD
+                entry["q"] = qualities
+            channels[name] = entry
+        body = {
+            "v": VERSION,
+            "type": "data",
+            "boot": self.boot_id,
+            **self.machine,
+            "t0": t0,
+            "ch": channels,
+        }
+        self._channels = {}
+        self.points = 0
+        return msgpack.packb(body, use_bin_type=True)
+
+
+def event_body(boot_id: str, stamp_ns: int, kind: str, detail: dict) -> bytes:
+    """An event frame body: state changes, errors, gaps, control actions."""
+    return msgpack.packb(
+        {
+            "v": VERSION,
+            "type": "event",
+            "boot": boot_id,
+            "t": stamp_ns // 1_000_000,
+            "kind": kind,
+            "detail": detail,
+        },
+        use_bin_type=True,
+    )
+
+
+def unpack_samples(body: bytes) -> list[Sample]:
+    """The samples of a data frame body (to the ms), for decoders and tests."""
+    frame = msgpack.unpackb(body, raw=False)
+    samples = []
+    for name, entry in frame["ch"].items():
+        qualities = entry.get("q") or [0] * len(entry["v"])
+        for dt, value, quality in zip(entry["t"], entry["v"], qualities, strict=True):
+            samples.append(Sample(name, (frame["t0"] + dt) * 1_000_000, value, Quality(quality)))
+    return samples

@@ -1,0 +1,83 @@
+"""`python -m hil serve`: the simulated controller in real time, until Ctrl-C or SIGTERM.
+
+Serves the plant model, or a recording with --replay. Never serves on anything but the address
+it was given (default 127.0.0.1:5020, not the privileged 502).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from hil.controller import SimulatedController
+from hil.plant import SimplePlant
+from hil.replay import ReplayMapError, ReplayPlant, recording_path
+
+log = logging.getLogger("hil")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:5020")
+    return host or "127.0.0.1", int(port)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m hil", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the simulated controller")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="default 127.0.0.1:5020")
+    where.add_argument("--rtu", metavar="DEVICE", help="serial device, e.g. /dev/ttyUSB0")
+    serve.add_argument("--baudrate", type=int, default=19200, help="RTU only (default 19200)")
+    serve.add_argument("--parity", choices="NEO", default="N", help="RTU only (default N)")
+    serve.add_argument("--replay", metavar="NAME|PATH", help="experiment_01 ... or a CSV path")
+    serve.add_argument("--loop", action="store_true", help="replay: start again at the end")
+    serve.add_argument("--unit-id", type=int, default=1, help="Modbus unit id (default 1)")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    if args.replay:
+        plant = ReplayPlant(recording_path(args.replay), loop=args.loop)
+        what = f"replay of {plant.path.name}" + (" (looping)" if args.loop else "")
+    else:
+        plant, what = SimplePlant(), "plant model"
+    controller = SimulatedController(plant, unit_id=args.unit_id)
+    if args.rtu:
+        await controller.start_rtu(args.rtu, baudrate=args.baudrate, parity=args.parity)
+        address = f"Modbus RTU on {args.rtu} at {args.baudrate} baud"
+    else:
+        host, port = args.tcp or ("127.0.0.1", 5020)
+        port = await controller.start_tcp(host, port)
+        address = f"Modbus TCP on {host}:{port}"
+    log.info("simulated controller (%s) serving %s, unit id %d", what, address, args.unit_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await controller.stop()
+        log.info("stopped after %d requests", controller.requests_served)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)  # our own start line says it all
+    args = parse_args(argv)
+    try:
+        asyncio.run(serve(args))
+    except (ReplayMapError, RuntimeError, OSError) as exc:
+        print(f"python -m hil: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Builds and installs edge-agent: the agent, the HIL bench and the Cython kernels.
+
+Packaging only: never imports the agent (the version is read from the source text), so
+it runs before any dependency is installed. `pip install .` and `pip install -e .` both
+compile every `edge_agent/kernels/*.pyx`; a C compiler and the Python headers are needed.
+"""
+
+import re
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def _version() -> str:
+    text = (HERE / "edge_agent" / "__init__.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__ = "([^"]+)"', text, re.MULTILINE)
+    if not match:
+        raise RuntimeError('edge_agent/__init__.py has no __version__ = "..." line')
+    return match.group(1)
+
+
+# Portable C only: no -march=native, no x86-only flags, so one source builds the same on
+# the Pi (aarch64) as on a developer's x86_64. -ffp-contract=off because GCC fuses
+# multiply-adds (a*b+c -> fma) on aarch64 by default, which rounds once instead of twice:
+# results would differ from x86_64 and from the plain-Python oracles the kernels are held to.
+KERNEL_COMPILE_ARGS = ["-O2", "-ffp-contract=off"]
+
+KERNEL_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+}
+
+
+def _kernels() -> list[Extension]:
+    return [
+        Extension(
+            f"edge_agent.kernels.{pyx.stem}",
+            [pyx.relative_to(HERE).as_posix()],
+            extra_compile_args=KERNEL_COMPILE_ARGS,
+        )
+        for pyx in sorted((HERE / "edge_agent" / "kernels").glob("*.pyx"))
+    ]
+
+
+setup(
+    name="edge-agent",
+    version=_version(),
+    description=(
+        "Edge agent for CNC machine controllers: Modbus polling, Cython signal filters, "
+        "adaptive feed control and msgpack telemetry"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Cython",
+        "Operating System :: POSIX :: Linux",
+    ],
+    python_requires=">=3.11",
+    packages=find_packages(include=["edge_agent", "edge_agent.*", "hil", "hil.*"]),
+    package_data={
+        # Recorded CSV runs and toml register maps for the simulated controller.
+        "hil": ["data/**/*"],
+        "edge_agent": ["defaults/*.toml"],
+    },
+    # Generated C is build output (and large); the wheel carries the compiled module.
+    exclude_package_data={"edge_agent": ["kernels/*.c"]},
+    ext_modules=cythonize(_kernels(), compiler_directives=KERNEL_DIRECTIVES, quiet=True),
+    install_requires=[
+        "pymodbus>=3.16,<4",
+        "msgpack>=1.0,<2",
+        "pyserial>=3.5,<4",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+        "lint": ["ruff"],
+    },
+    entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
+    zip_safe=False,
+)
