@@ -15,6 +15,7 @@ import sys
 from . import __version__
 from .config import ConfigError, load_config
 from .sources.poll_plan import PlanLimits, plan_reads
+from .telemetry.sink import SinkError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": _run, "check-config": _check, "decode": _decode, "demo": _demo}[
             args.command
         ](args)
-    except ConfigError as exc:
+    except (ConfigError, SinkError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -74,13 +75,9 @@ def _check(args) -> int:
 
 def _decode(args) -> int:
     from .telemetry.decode import decode_sink
-    from .telemetry.sink import SinkError
 
     try:
         _, bad = decode_sink(args.spool, sys.stdout, sys.stderr)
-    except SinkError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `edge-agent decode spool.db | head`
         sys.stderr.close()
         return 0
@@ -105,10 +102,16 @@ def _run(args) -> int:
 
 
 def _demo(args) -> int:
+    from hil.replay import ReplayMapError
+
     from .demo import run_demo
 
     _setup_logging("warning")
-    asyncio.run(run_demo(args.duration, replay=args.replay, rtu=args.rtu, spool=args.spool))
+    try:
+        asyncio.run(run_demo(args.duration, replay=args.replay, rtu=args.rtu, spool=args.spool))
+    except ReplayMapError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -65,18 +65,22 @@ class Agent:
             self.link.where,
             self.poller.requests_per_cycle,
         )
-        tasks = [
-            asyncio.create_task(self.link.maintain(), name="link"),
-            asyncio.create_task(self.poller.run(), name="poller"),
-            asyncio.create_task(self._flush_periodically(), name="frames"),
-            asyncio.create_task(self._log_stats(), name="stats"),
-        ]
+        tasks = [asyncio.create_task(self.link.maintain(), name="link")]
         try:
-            done, _ = await asyncio.wait(
-                [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
-            )
+            # Give the first connection one reply timeout before polling starts, so a
+            # healthy start does not count its first cycles as "link down"; a dead
+            # controller is still polled (and its values go stale) after that.
+            await self.link.wait_connected(self.config.controller.timeout_s)
+            tasks += [
+                asyncio.create_task(self.poller.run(), name="poller"),
+                asyncio.create_task(self._flush_periodically(), name="frames"),
+                asyncio.create_task(self._log_stats(), name="stats"),
+            ]
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
             for task in done:
-                if task in tasks and task.exception():
+                if task is not stopped and task.exception():
                     raise task.exception()
         finally:
             for task in tasks:

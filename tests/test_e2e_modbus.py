@@ -3,6 +3,7 @@ pseudo-terminal pair. Real sockets and real pymodbus on both sides; the plant's 
 frozen or stepped by the test, so the values the agent must read are known exactly."""
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 
@@ -72,38 +73,53 @@ class FrozenClock:
         return self.t
 
 
-async def _read_over_tcp(tmp_path):
-    plant, clock = SimplePlant(), FrozenClock(12.3)
+@contextlib.asynccontextmanager
+async def running(tmp_path, plant, clock, rtu=False):
+    """The simulated controller and a running agent polling it; both stopped on exit."""
     controller = SimulatedController(plant, clock=clock)
-    port = await controller.start_tcp("127.0.0.1", 0)
-    agent = Agent(fast(demo_config(port=port, spool=str(tmp_path / "spool.db"))))
-    stop = asyncio.Event()
-    run = asyncio.create_task(agent.run(stop))
-    try:
+    spool = str(tmp_path / "spool.db")
+    with contextlib.ExitStack() as stack:
+        if rtu:
+            pair = stack.enter_context(PtyPair())
+            await controller.start_rtu(pair.a, baudrate=115200)
+            config = demo_config(serial_port=pair.b, spool=spool)
+        else:
+            config = demo_config(port=await controller.start_tcp("127.0.0.1", 0), spool=spool)
+        agent = Agent(fast(config))
+        stop = asyncio.Event()
+        run = asyncio.create_task(agent.run(stop))
+        try:
+            yield controller, agent, run
+        finally:
+            stop.set()
+            await run
+            await controller.stop()
+
+
+async def _read(tmp_path, rtu):
+    plant = SimplePlant()
+    async with running(tmp_path, plant, FrozenClock(12.3), rtu=rtu) as (_, agent, _):
         await until(lambda: all_good(agent), what="every tag read good")
         assert_reads_match(agent, plant)
-    finally:
-        stop.set()
-        await run
-        await controller.stop()
     return agent
 
 
 def test_agent_reads_every_register_of_the_simulated_controller(tmp_path):
-    agent = asyncio.run(_read_over_tcp(tmp_path))
+    agent = asyncio.run(_read(tmp_path, rtu=False))
     assert agent.frames_stored >= 2  # the start event and data
     assert agent.poller.counters["timeout"] == 0
 
 
+def test_agent_reads_the_simulated_controller_over_modbus_rtu(tmp_path):
+    agent = asyncio.run(_read(tmp_path, rtu=True))
+    assert agent.config.controller.protocol == "rtu"
+
+
 async def _restart(tmp_path):
     plant, clock = SimplePlant(), FrozenClock()
-    controller = SimulatedController(plant, clock=clock)
-    port = await controller.start_tcp("127.0.0.1", 0)
-    agent = Agent(fast(demo_config(port=port, spool=str(tmp_path / "spool.db"))))
-    stop = asyncio.Event()
-    run = asyncio.create_task(agent.run(stop))
-    try:
+    async with running(tmp_path, plant, clock) as (controller, agent, run):
         await until(lambda: all_good(agent), what="first reads")
+        port = int(controller.address.rsplit(":", 1)[1])
         await controller.stop()
         await until(
             lambda: all(s.quality is Quality.STALE for s in agent.latest.values()),
@@ -114,10 +130,6 @@ async def _restart(tmp_path):
         clock.t = 40.0  # the machine moved on while the agent was cut off
         await until(lambda: agent.link.connects >= 2 and all_good(agent), what="reconnect")
         assert_reads_match(agent, plant)
-    finally:
-        stop.set()
-        await run
-        await controller.stop()
     return agent
 
 
@@ -127,39 +139,9 @@ def test_controller_restart_values_go_stale_then_agent_reconnects_and_resumes(tm
     assert agent.poller.counters["stale"] >= len(agent.config.tags)
 
 
-async def _read_over_rtu(tmp_path):
-    plant, clock = SimplePlant(), FrozenClock(7.0)
-    controller = SimulatedController(plant, clock=clock)
-    with PtyPair() as pair:
-        await controller.start_rtu(pair.a, baudrate=115200)
-        config = fast(demo_config(serial_port=pair.b, spool=str(tmp_path / "spool.db")))
-        agent = Agent(config)
-        stop = asyncio.Event()
-        run = asyncio.create_task(agent.run(stop))
-        try:
-            await until(lambda: all_good(agent), what="every tag read good over RTU")
-            assert_reads_match(agent, plant)
-        finally:
-            stop.set()
-            await run
-            await controller.stop()
-    return agent
-
-
-def test_agent_reads_the_simulated_controller_over_modbus_rtu(tmp_path):
-    agent = asyncio.run(_read_over_rtu(tmp_path))
-    assert agent.config.controller.protocol == "rtu"
-
-
 async def _bad_replies(tmp_path):
-    plant, clock = SimplePlant(), FrozenClock()
-    controller = SimulatedController(plant, clock=clock)
-    port = await controller.start_tcp("127.0.0.1", 0)
-    agent = Agent(fast(demo_config(port=port, spool=str(tmp_path / "spool.db"))))
-    stop = asyncio.Event()
-    run = asyncio.create_task(agent.run(stop))
-    counters = agent.poller.counters
-    try:
+    async with running(tmp_path, SimplePlant(), FrozenClock()) as (controller, agent, run):
+        counters = agent.poller.counters
         await until(lambda: all_good(agent), what="first reads")
 
         controller.faults.exception_code = 4  # server device failure on every read
@@ -181,10 +163,6 @@ async def _bad_replies(tmp_path):
             what="reconnect after the controller closed the connection",
         )
         assert not run.done()
-    finally:
-        stop.set()
-        await run
-        await controller.stop()
     return agent
 
 

@@ -1,0 +1,72 @@
+"""The `edge-agent` command: exit codes and one-line errors a person can act on."""
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_agent.cli import main
+from edge_agent.demo import run_demo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_check_config_prints_the_read_plan(capsys):
+    assert main(["check-config", str(ROOT / "edge_agent/defaults/demo.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "ok: 22 tags in 2 poll groups" in out
+    assert "fast: every 0.1 s, 5 read requests" in out
+
+
+def test_check_config_error_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "agent.toml"
+    bad.write_text(
+        (ROOT / "deploy/edge-agent.example.toml")
+        .read_text()
+        .replace('site = "plant-a"', 'site = "plant-a"\nsight = 1')
+    )
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"edge-agent: {bad}:9: machine.sight: unknown key")
+
+
+def test_run_refuses_an_invalid_config(tmp_path, capsys):
+    bad = tmp_path / "agent.toml"
+    bad.write_text("[machine]\n")
+    assert main(["run", str(bad)]) == 2
+    assert "machine.site: missing" in capsys.readouterr().err
+
+
+def test_decode_of_a_missing_spool_is_one_line(tmp_path, capsys):
+    assert main(["decode", str(tmp_path / "none.db")]) == 2
+    assert capsys.readouterr().err.strip().endswith("none.db: no such spool file")
+
+
+def test_unknown_recording_is_one_line(capsys):
+    assert main(["demo", "--duration", "1", "--replay", "experiment_99"]) == 2
+    assert "experiment_99: no such recording (bundled: experiment_01" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_demo_runs_and_summarises_then_decode_reads_its_spool(tmp_path, capsys):
+    out, progress = io.StringIO(), io.StringIO()
+    spool = tmp_path / "demo.db"
+    agent = asyncio.run(run_demo(2.0, spool=str(spool), out=out, progress=progress))
+    summary = out.getvalue()
+    for line in (
+        "samples read",
+        "requests/cycle",
+        "latency p50",
+        "frames written",
+        "bytes per point",
+    ):
+        assert line in summary
+    assert agent.poller.counters["samples"] > 0 and agent.frames_stored >= 3
+    assert "samples" in progress.getvalue()
+    assert main(["decode", str(spool)]) == 0
+    frames = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [f["seq"] for f in frames] == list(range(1, agent.frames_stored + 1))
+    assert {f["type"] for f in frames} == {"event", "data"}
