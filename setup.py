@@ -81,7 +81,14 @@ setup(
         "pyserial>=3.5,<4",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+        # scipy and numpy are test and benchmark oracles only: the agent never imports them.
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "numpy>=1.26",
+            "scipy>=1.11",
+        ],
         "lint": ["ruff"],
     },
     entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
