@@ -18,6 +18,7 @@ from .config import AgentConfig
 from .samples import Sample
 from .sources.modbus import ModbusPoller
 from .sources.modbus_link import ModbusLink, make_client
+from .tasks import cancel_and_wait
 from .telemetry.frames import Batcher, event_body
 from .telemetry.sink import AsyncFrameSink
 
@@ -83,11 +84,7 @@ class Agent:
                 if task is not stopped and task.exception():
                     raise task.exception()
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(tasks)
             await self.flush()
             await self.store_event("agent_stop", {})
             await self.sink.close()

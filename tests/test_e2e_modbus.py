@@ -145,9 +145,12 @@ async def _bad_replies(tmp_path):
         await until(lambda: all_good(agent), what="first reads")
 
         controller.faults.exception_code = 4  # server device failure on every read
-        await until(lambda: counters["exception_04"] >= 5, what="exception replies")
+        await until(
+            lambda: agent.latest["spindle_load"].quality is Quality.BAD,
+            what="an exception reply for the spindle load",
+        )
         assert math.isnan(agent.latest["spindle_load"].value)
-        assert agent.latest["spindle_load"].quality is Quality.BAD
+        assert counters["exception_04"] >= 1
         controller.faults.exception_code = None
         await until(lambda: all_good(agent), what="recovery after exceptions")
 

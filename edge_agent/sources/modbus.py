@@ -20,6 +20,7 @@ from ..config import AgentConfig, PollGroup
 from ..registers import Tag
 from ..samples import Quality, Sample
 from ..stats import LatencyWindow
+from ..tasks import run_together
 from .decoding import make_decoder
 from .modbus_link import LinkError, ModbusLink
 from .poll_plan import PlanLimits, ReadRequest, plan_reads, without_gaps
@@ -84,9 +85,7 @@ class ModbusPoller:
 
     async def run(self) -> None:
         """Poll every group until cancelled."""
-        async with asyncio.TaskGroup() as tasks:
-            for name in self.groups:
-                tasks.create_task(self.run_group(name), name=f"poll-{name}")
+        await run_together((f"poll-{name}", self.run_group(name)) for name in self.groups)
 
     async def run_group(self, name: str) -> None:
         """Poll one group on an absolute-deadline schedule; a late cycle skips ahead
