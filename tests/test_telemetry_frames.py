@@ -88,3 +88,19 @@ def test_event_body_carries_kind_detail_and_time():
         "kind": "clock_jump",
         "detail": {"jump_ns": 5},
     }
+
+
+def test_t0_is_the_earliest_stamp_even_when_a_channel_arrives_out_of_order():
+    batcher = Batcher("b", {})
+    batcher.add(Sample("a", T0 + 7_000_000, 1.0))
+    batcher.add(Sample("a", T0 + 2_000_000, 2.0))
+    frame = msgpack.unpackb(batcher.close())
+    assert frame["t0"] == (T0 + 2_000_000) // 1_000_000
+    assert frame["ch"]["a"]["t"] == [5, 0]
+
+
+def test_add_says_when_the_frame_is_full():
+    batcher = Batcher("b", {}, max_points=3)
+    assert [batcher.add(Sample("a", T0 + i, 1.0)) for i in range(3)] == [False, False, True]
+    assert len(unpack_samples(batcher.close())) == 3
+    assert batcher.points == 0

@@ -117,3 +117,79 @@ def test_async_sink_stores_off_the_event_loop_thread(tmp_path):
     seqs = asyncio.run(main())
     assert sorted(s for batch in seqs for s in batch) == list(range(1, 21))
     assert threads and all(name.startswith("sink") for name in threads)
+
+
+EXIT_MID_TRANSACTION = textwrap.dedent("""
+    import os, sys
+    from edge_agent.telemetry.sink import FrameSink
+    sink = FrameSink(sys.argv[1])
+    for _ in range(4):
+        print(*sink.store([("data", b"kept")] * 5), flush=True)
+    real_execute = sink._db.execute
+    def execute(sql, *args):
+        if sql == "COMMIT":  # everything of this batch is written, nothing committed
+            os._exit(1)
+        return real_execute(sql, *args)
+    sink._db = type("Db", (), {"execute": staticmethod(execute),
+                               "executemany": sink._db.executemany})()
+    sink.store([("data", b"lost")] * 5)
+""")
+
+
+def test_a_crash_before_commit_neither_keeps_nor_skips_the_uncommitted_numbers(tmp_path):
+    path = tmp_path / "s.db"
+    child = subprocess.run(
+        [sys.executable, "-c", EXIT_MID_TRANSACTION, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert child.returncode == 1, child.stderr
+    acknowledged = [int(seq) for line in child.stdout.split("\n") for seq in line.split()]
+    assert acknowledged == list(range(1, 21))
+    sink = FrameSink(path)
+    assert [(seq, body) for seq, _, _, body in sink.frames()] == [
+        (s, b"kept") for s in range(1, 21)
+    ]
+    assert sink.store([("data", b"after")]) == [21]
+
+
+def test_async_store_leaves_the_event_loop_running_while_the_disk_works(tmp_path):
+    disk_may_finish = threading.Event()
+
+    class SlowDisk(AsyncFrameSink):
+        async def _run(self, fn, *args):
+            def slow(*a):
+                # Run on the loop's thread, this would wait out its timeout and fail.
+                assert disk_may_finish.wait(timeout=5), "store blocked the event loop"
+                return fn(*a)
+
+            return await super()._run(slow, *args)
+
+    async def main():
+        sink = SlowDisk(tmp_path / "s.db")
+        disk_may_finish.set()
+        await sink.open()
+        disk_may_finish.clear()
+        storing = asyncio.create_task(sink.store([("data", b"x")]))
+        for _ in range(10):
+            await asyncio.sleep(0)  # the loop keeps turning while the store is in flight
+        assert not storing.done()
+        disk_may_finish.set()
+        seqs = await storing
+        await sink.close()
+        return seqs
+
+    assert asyncio.run(main()) == [1]
+
+
+def test_async_store_before_open_is_a_clear_error(tmp_path):
+    async def main():
+        sink = AsyncFrameSink(tmp_path / "s.db")
+        try:
+            await sink.store([("data", b"x")])
+        finally:
+            await sink.close()
+
+    with pytest.raises(RuntimeError, match="sink not open"):
+        asyncio.run(main())

@@ -15,9 +15,13 @@ import msgpack
 from .frames import VERSION
 from .sink import FrameSink
 
+#: v0 bodies nest at most four levels (frame -> ch -> channel -> list); event details are
+#: flat maps. Well under Python's recursion limit, so a hostile body cannot exhaust the stack.
+MAX_DEPTH = 32
+
 
 class FrameError(ValueError):
-    pass
+    """A frame body that is not a valid v0 frame: one line saying what is wrong."""
 
 
 def decode_body(body: bytes) -> dict:
@@ -25,7 +29,8 @@ def decode_body(body: bytes) -> dict:
     try:
         frame = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise FrameError(f"not msgpack: {type(exc).__name__}: {exc}") from None
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise FrameError(f"not msgpack: {why}") from None
     if not isinstance(frame, dict):
         raise FrameError(f"body is a {type(frame).__name__}, not a map")
     if frame.get("v") != VERSION:
@@ -62,32 +67,41 @@ def decode_sink(path: str, out: TextIO, err: TextIO) -> tuple[int, int]:
     try:
         for seq, stored_ns, _, body in sink.frames():
             try:
-                frame = decode_body(body)
+                line = json.dumps(
+                    {"seq": seq, "stored_ns": stored_ns, **_json_safe(decode_body(body))},
+                    allow_nan=False,
+                )
             except FrameError as exc:
                 print(f"{path}: frame seq {seq}: {exc}", file=err)
                 bad += 1
                 continue
-            out.write(
-                json.dumps(
-                    {"seq": seq, "stored_ns": stored_ns, **_json_safe(frame)}, allow_nan=False
-                )
-                + "\n"
-            )
+            out.write(line + "\n")
             printed += 1
     finally:
         sink.close()
     return printed, bad
 
 
-def _json_safe(value):
+def _json_safe(value, depth: int = 0):
     """NaN and infinities become the strings "NaN", "Infinity", "-Infinity" (valid JSON);
-    bytes become hex."""
-    if isinstance(value, float) and not math.isfinite(value):
+    bytes become hex. Anything v0 never writes (msgpack ext types, nesting deeper than
+    `MAX_DEPTH`) is a `FrameError`, not a crash of the whole decode."""
+    if depth > MAX_DEPTH:
+        raise FrameError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
     if isinstance(value, bytes):
         return value.hex()
-    return value
+    if isinstance(value, dict):
+        return {_key(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v, depth + 1) for v in value]
+    raise FrameError(f"holds a {type(value).__name__}, which v0 frames never contain")
+
+
+def _key(key) -> str:
+    return key.hex() if isinstance(key, bytes) else key

@@ -14,27 +14,39 @@ from ..samples import Quality, Sample
 VERSION = 0
 
 
-class Batcher:
-    """Accumulates samples per channel until the frame is closed."""
+#: A frame's point limit unless told otherwise: the same as `[telemetry] max_points_per_frame`.
+#: 20,000 points is ~200 tags at 10 Hz for 10 s, or 4 s of a 5 kHz bridge channel: about
+#: 250 KB of msgpack (measured), small enough for one SQLite row and one MQTT message on a Pi.
+MAX_POINTS = 20_000
 
-    def __init__(self, boot_id: str, machine: dict[str, str]):
+
+class Batcher:
+    """Accumulates samples per channel until the frame is closed (by the caller: when `add`
+    says it is full, or when its frame interval has passed)."""
+
+    def __init__(self, boot_id: str, machine: dict[str, str], max_points: int = MAX_POINTS):
+        if max_points < 1:
+            raise ValueError(f"max_points must be at least 1, not {max_points}")
         self.boot_id = boot_id
         self.machine = machine
+        self.max_points = max_points
         self._channels: dict[str, tuple[list[int], list[float], list[int]]] = {}
         self.points = 0
 
-    def add(self, sample: Sample) -> None:
+    def add(self, sample: Sample) -> bool:
+        """Add one sample; True when the frame is now full and should be closed."""
         stamps, values, qualities = self._channels.setdefault(sample.channel, ([], [], []))
         stamps.append(sample.stamp_ns // 1_000_000)
         values.append(float(sample.value))
         qualities.append(int(sample.quality))
         self.points += 1
+        return self.points >= self.max_points
 
     def close(self) -> bytes | None:
         """The frame body of everything added since the last close; None when empty."""
         if not self.points:
             return None
-        t0 = min(stamps[0] for stamps, _, _ in self._channels.values())
+        t0 = min(min(stamps) for stamps, _, _ in self._channels.values())
         channels = {}
         for name, (stamps, values, qualities) in self._channels.items():
             entry = {"t": [t - t0 for t in stamps], "v": values}
@@ -78,3 +90,4 @@ def unpack_samples(body: bytes) -> list[Sample]:
         for dt, value, quality in zip(entry["t"], entry["v"], qualities, strict=True):
             samples.append(Sample(name, (frame["t0"] + dt) * 1_000_000, value, Quality(quality)))
     return samples
+

@@ -89,7 +89,8 @@ class FrameSink:
             db.execute("UPDATE counter SET next_seq = ? WHERE id = 1", (first + len(bodies),))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+                db.execute("ROLLBACK")
             raise
         return seqs
 
@@ -129,6 +130,9 @@ class AsyncFrameSink:
         self._sink = await self._run(FrameSink, self.path)
 
     async def store(self, bodies: list[tuple[str, bytes]]) -> list[int]:
+        """Store frames in one transaction, in the sink's thread; their sequence numbers."""
+        if self._sink is None:
+            raise RuntimeError(f"{self.path}: sink not open (await open() first)")
         return await self._run(self._sink.store, bodies)
 
     async def close(self) -> None:
