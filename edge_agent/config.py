@@ -80,6 +80,50 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True)
+class FilterSpec:
+    """One stage of a channel's filter chain: its kind and its validated parameters."""
+
+    kind: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """How one tag's samples are cleaned before control and telemetry."""
+
+    name: str
+    filters: tuple[FilterSpec, ...] = ()
+    # What telemetry ships: the raw samples, the filtered ones, or both (the filtered
+    # ones then as channel "<name>_filtered").
+    telemetry: str = "filtered"
+    # Sampling rate the chain starts at: the tag's poll rate.
+    sample_rate_hz: float = 1.0
+
+
+#: Filter kinds and their parameters: name -> (kind, required, lower bound, upper bound,
+#: default). A bound of None is open; "fs/2" bounds a frequency by the Nyquist rate the
+#: stage sees (after any decimation before it).
+_FILTER_PARAMS: dict[str, dict[str, tuple]] = {
+    "lowpass": {"order": (int, True, 1, 8, None), "cutoff_hz": (float, True, 0, "fs/2", None)},
+    "highpass": {"order": (int, True, 1, 8, None), "cutoff_hz": (float, True, 0, "fs/2", None)},
+    "bandpass": {
+        "order": (int, True, 1, 8, None),
+        "low_hz": (float, True, 0, "fs/2", None),
+        "high_hz": (float, True, 0, "fs/2", None),
+    },
+    "ema": {"tau_s": (float, True, 0, None, None)},
+    "moving_average": {"window": (int, True, 1, 100_000, None)},
+    "moving_rms": {"window": (int, True, 1, 100_000, None)},
+    "moving_min": {"window": (int, True, 1, 100_000, None)},
+    "moving_max": {"window": (int, True, 1, 100_000, None)},
+    # A median of up to 31 samples is cheap by insertion; wider windows want another method.
+    "hampel": {"window": (int, True, 3, 31, None), "n_sigmas": (float, False, 0, None, 3.0)},
+    # Order 8 is scipy.signal.decimate's IIR default.
+    "decimate": {"factor": (int, True, 2, 1000, None), "order": (int, False, 1, 8, 8)},
+}
+
+
+@dataclass(frozen=True)
 class SpoolConfig:
     path: str = "/var/lib/edge-agent/spool.db"
 
@@ -108,6 +152,7 @@ class AgentConfig:
     tags: tuple[Tag, ...]
     poll_groups: dict[str, PollGroup]
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    channels: dict[str, ChannelConfig] = field(default_factory=dict)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -139,6 +184,7 @@ _SECTIONS = (
     "controller",
     "tags",
     "poll_groups",
+    "channels",
     "telemetry",
     "spool",
     "upstream",
@@ -241,6 +287,7 @@ class _Validator:
         groups = self.poll_groups(data)
         tags = self.tags(data, groups)
         telemetry = self.telemetry(data, {t.name for t in tags})
+        channels = self.channels(data, tags, groups)
         spool = self.section(data, "spool", SpoolConfig)
         if not spool.path:
             raise self.fail(("spool", "path"), "must not be empty")
@@ -260,7 +307,16 @@ class _Validator:
         )
         self.positive({"s": service.stats_interval_s}, ("service",), "s")
         return AgentConfig(
-            machine, controller, tags, groups, telemetry, spool, upstream, service, self.source
+            machine=machine,
+            controller=controller,
+            tags=tags,
+            poll_groups=groups,
+            telemetry=telemetry,
+            channels=channels,
+            spool=spool,
+            upstream=upstream,
+            service=service,
+            source=self.source,
         )
 
     def machine(self, data: dict) -> MachineConfig:
@@ -423,6 +479,54 @@ class _Validator:
             if name not in tag_names:
                 raise self.fail((*path, "include", i), f"no tag named {name!r}")
         return TelemetryConfig(interval, max_points, tuple(include))
+
+    def channels(self, data: dict, tags, groups) -> dict[str, ChannelConfig]:
+        raw = self.table(data.get("channels", {}), ("channels",), [t.name for t in tags])
+        rates = {t.name: 1.0 / groups[t.poll_group].period_s for t in tags}
+        channels = {}
+        for name, entry in raw.items():
+            path = ("channels", name)
+            self.table(entry, path, ("filters", "telemetry"))
+            telemetry = self.choice(
+                entry, path, "telemetry", ("raw", "filtered", "both"), "filtered"
+            )
+            stages, fs = [], rates[name]
+            for i, stage in enumerate(self.value(entry, path, "filters", list, [])):
+                spec = self.filter_spec(stage, (*path, "filters", i), fs)
+                if spec.kind == "decimate":
+                    fs /= spec.params["factor"]
+                stages.append(spec)
+            channels[name] = ChannelConfig(name, tuple(stages), telemetry, rates[name])
+        return channels
+
+    def filter_spec(self, stage: Any, path: KeyPath, fs: float) -> FilterSpec:
+        """One filter stage, its frequencies checked against the rate it will see."""
+        if not isinstance(stage, dict):
+            raise self.fail(
+                path, f'must be a table like {{kind = "lowpass", ...}}, got {_kind(stage)}'
+            )
+        kind = self.choice(stage, path, "kind", list(_FILTER_PARAMS))
+        spec = _FILTER_PARAMS[kind]
+        self.table(stage, path, ("kind", *spec))
+        params = {}
+        for key, (kind_of, required, lo, hi, default) in spec.items():
+            value = self.value(stage, path, key, kind_of, ... if required else default)
+            hi_value = fs / 2 if hi == "fs/2" else hi
+            if kind_of is int and not (lo <= value <= hi_value):
+                raise self.fail(
+                    (*path, key), f"must be an integer in {lo}..{hi_value}, got {value}"
+                )
+            if kind_of is float and not (value > lo and (hi_value is None or value < hi_value)):
+                bound = (
+                    f" and below {hi_value:g} (half the {fs:g} Hz sampling rate)"
+                    if hi == "fs/2"
+                    else ""
+                )
+                raise self.fail((*path, key), f"must be above {lo}{bound}, got {value:g}")
+            params[key] = value
+        if kind == "bandpass" and params["low_hz"] >= params["high_hz"]:
+            raise self.fail((*path, "high_hz"), "must be above low_hz")
+        return FilterSpec(kind, params)
 
 
 class _KeyLines:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from contextlib import suppress
 
 from . import __version__
 from .clock import SystemClock
 from .config import AgentConfig
-from .samples import Sample
+from .filters.chain import FilterChain
+from .samples import Quality, Sample
 from .sources.modbus import ModbusPoller
 from .sources.modbus_link import ModbusLink, make_client
 from .tasks import cancel_and_wait
@@ -35,9 +37,11 @@ class Agent:
         self.link = ModbusLink(config.controller, client_factory)
         self.poller = ModbusPoller(config, self.link, self.clock, self._on_samples)
         self.latest: dict[str, Sample] = {}
+        self.filtered: dict[str, Sample] = {}
+        self.chains = {name: FilterChain(channel) for name, channel in config.channels.items()}
         self._include = set(config.telemetry.include) or {t.name for t in config.tags}
         machine = {"site": config.machine.site, "machine": config.machine.machine_id}
-        self.batcher = Batcher(self.boot_id, machine)
+        self.batcher = Batcher(self.boot_id, machine, config.telemetry.max_points_per_frame)
         self.sink = AsyncFrameSink(config.spool.path)
         self.frames_stored = 0
         self.bytes_stored = 0
@@ -47,11 +51,24 @@ class Agent:
 
     def _on_samples(self, samples: list[Sample]) -> None:
         for sample in samples:
-            self.latest[sample.channel] = sample
-            if sample.channel in self._include:
-                self.batcher.add(sample)
-        if self.batcher.points >= self.config.telemetry.max_points_per_frame:
-            self._full.set()
+            name = sample.channel
+            self.latest[name] = sample
+            chain = self.chains.get(name)
+            filtered = _filter(chain, sample) if chain else None
+            if filtered is not None:
+                self.filtered[name] = filtered
+            if name not in self._include:
+                continue
+            mode = self.config.channels[name].telemetry if chain else "raw"
+            full = False
+            if mode in ("raw", "both"):
+                full |= self.batcher.add(sample)
+            if filtered is not None and mode == "filtered":
+                full |= self.batcher.add(filtered)
+            elif filtered is not None and mode == "both":
+                full |= self.batcher.add(filtered._replace(channel=f"{name}_filtered"))
+            if full:
+                self._full.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); always flushes and closes."""
@@ -138,3 +155,15 @@ class Agent:
             + ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
             + f", {self.frames_stored} frames stored (last seq {self.last_seq})"
         )
+
+
+def _filter(chain: FilterChain, sample: Sample) -> Sample | None:
+    """The chain's output for one sample: a stale sample passes unfiltered (there is no new
+    value to feed); a non-finite output is bad; None when decimation keeps no sample."""
+    if sample.quality is Quality.STALE:
+        return sample
+    value = chain.push(sample.value)
+    if value is None:
+        return None
+    quality = Quality.GOOD if math.isfinite(value) else Quality.BAD
+    return sample._replace(value=value, quality=quality)

@@ -14,6 +14,7 @@ import math
 import platform
 import random
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -25,7 +26,9 @@ import scipy.signal as ss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import edge_agent.kernels
 from edge_agent.filters.design import butter_sos, decimate_sos, sosfilt_zi
+from edge_agent.kernels import MissingKernelFinder
 from edge_agent.kernels.iir import Decimator, SosFilter, SosFilterBank, sosfilt
 from tests.oracles import iir_oracle as oracle
 
@@ -572,3 +575,30 @@ def test_random_long_stream_matches_the_oracle():
 def test_on_x86_64_the_output_is_scipys_bit_for_bit(design):
     sos, x = DESIGNS[design], SIGNALS["noise"] * 1e3
     assert same(run(SosFilter(sos, init="zeros"), x), ss.sosfilt(np.asarray(sos), x))
+
+
+def test_a_kernel_that_was_never_compiled_fails_to_import_saying_how_to_build_it(tmp_path):
+    (tmp_path / "notbuilt.pyx").write_text("")
+    finder = MissingKernelFinder("edge_agent.kernels", tmp_path)
+    with pytest.raises(ImportError, match=r"kernels.notbuilt is not compiled: run `make"):
+        finder.find_spec("edge_agent.kernels.notbuilt")
+    assert finder.find_spec("edge_agent.kernels.nosource") is None
+    assert finder.find_spec("elsewhere.notbuilt") is None
+
+
+def test_importing_an_uncompiled_kernel_names_the_fix(tmp_path):
+    """A source tree without the built extensions, as after a clone without `make`."""
+    kernels = Path(edge_agent.kernels.__file__).parent
+    shutil.copytree(
+        kernels, tmp_path / "edge_agent" / "kernels", ignore=shutil.ignore_patterns("*.so")
+    )
+    (tmp_path / "edge_agent" / "__init__.py").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-c", "import edge_agent.kernels.iir"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 1
+    assert "edge_agent.kernels.iir is not compiled: run `make test`" in result.stderr
