@@ -90,4 +90,3 @@ def unpack_samples(body: bytes) -> list[Sample]:
         for dt, value, quality in zip(entry["t"], entry["v"], qualities, strict=True):
             samples.append(Sample(name, (frame["t0"] + dt) * 1_000_000, value, Quality(quality)))
     return samples
-
