@@ -9,16 +9,13 @@ Never touches the network or the machine.
 
 from __future__ import annotations
 
-import math
 import re
-import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .registers import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Order, Table, Tag, ValueType
-
-KeyPath = tuple[str | int, ...]
+from .tomlcheck import KeyPath, TomlChecker, kind_name
 
 
 class ConfigError(ValueError):
@@ -171,11 +168,8 @@ def load_config(path: str | Path) -> AgentConfig:
 
 def parse_config(text: str, source: str = "<memory>") -> AgentConfig:
     """Validate TOML text; `source` names it in errors."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-    return _Validator(source, _KeyLines(text)).agent(data)
+    checker = _Validator(source, text, ConfigError)
+    return checker.agent(checker.parse())
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -206,78 +200,7 @@ _TAG_KEYS = {
 }
 
 
-class _Validator:
-    def __init__(self, source: str, lines: _KeyLines):
-        self.source = source
-        self.lines = lines
-
-    def fail(self, path: KeyPath, message: str) -> ConfigError:
-        line = self.lines.line_of(path)
-        where = f"{self.source}:{line}" if line else self.source
-        return ConfigError(f"{where}: {_dotted(path)}: {message}")
-
-    # -- generic checks -------------------------------------------------------------
-
-    def table(self, data: Any, path: KeyPath, allowed: set[str] | tuple[str, ...]) -> dict:
-        if not isinstance(data, dict):
-            raise self.fail(path, f"must be a table, got {_kind(data)}")
-        for key in data:
-            if key not in allowed:
-                raise self.fail(
-                    (*path, key), f"unknown key (allowed: {', '.join(sorted(allowed))})"
-                )
-        return data
-
-    def value(self, data: dict, path: KeyPath, key: str, kind: type, default: Any = ...) -> Any:
-        if key not in data:
-            if default is ...:
-                raise self.fail((*path, key), "missing")
-            return default
-        value = data[key]
-        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            raise self.fail((*path, key), f"must be {_KIND_NAMES[kind]}, got {_kind(value)}")
-        if kind is float and not math.isfinite(value):
-            raise self.fail((*path, key), f"must be a finite number, got {value}")
-        return value
-
-    def int_in(self, data, path, key, lo, hi, default: Any = ...) -> int:
-        value = self.value(data, path, key, int, default)
-        if not lo <= value <= hi:
-            raise self.fail((*path, key), f"must be an integer in {lo}..{hi}, got {value}")
-        return value
-
-    def positive(self, data, path, key, default: Any = ...) -> float:
-        value = self.value(data, path, key, float, default)
-        if value <= 0:
-            raise self.fail((*path, key), f"must be greater than 0, got {value}")
-        return value
-
-    def choice(self, data, path, key, choices, default: Any = ...) -> str:
-        value = self.value(data, path, key, str, default)
-        if value not in choices:
-            raise self.fail((*path, key), f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def section(self, data: dict, name: str, cls: type, required: bool = False) -> Any:
-        """Validate a flat section against the dataclass `cls` (its fields and defaults)."""
-        if name not in data:
-            if required:
-                raise self.fail((name,), "missing section")
-            return cls()
-        raw = self.table(data[name], (name,), [f.name for f in fields(cls)])
-        kinds = {"int": int, "float": float, "str": str, "bool": bool}
-        return cls(
-            **{
-                f.name: self.value(
-                    raw, (name,), f.name, kinds[f.type], ... if f.default is MISSING else f.default
-                )
-                for f in fields(cls)
-            }
-        )
-
+class _Validator(TomlChecker):
     # -- sections -------------------------------------------------------------------
 
     def agent(self, data: dict) -> AgentConfig:
@@ -503,7 +426,7 @@ class _Validator:
         """One filter stage, its frequencies checked against the rate it will see."""
         if not isinstance(stage, dict):
             raise self.fail(
-                path, f'must be a table like {{kind = "lowpass", ...}}, got {_kind(stage)}'
+                path, f'must be a table like {{kind = "lowpass", ...}}, got {kind_name(stage)}'
             )
         kind = self.choice(stage, path, "kind", list(_FILTER_PARAMS))
         spec = _FILTER_PARAMS[kind]
@@ -527,63 +450,3 @@ class _Validator:
         if kind == "bandpass" and params["low_hz"] >= params["high_hz"]:
             raise self.fail((*path, "high_hz"), "must be above low_hz")
         return FilterSpec(kind, params)
-
-
-class _KeyLines:
-    """Finds the line of a key path in TOML text, so errors can say where.
-
-    A line-by-line reading of headers (`[a.b]`, `[[a]]`) and `key =` lines: enough for
-    the files people write, without a second TOML parser.
-    """
-
-    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-    _KEY = re.compile(r"^\s*([A-Za-z0-9_.\"'-]+)\s*=")
-
-    def __init__(self, text: str):
-        self.lines: dict[KeyPath, int] = {}
-        counts: dict[KeyPath, int] = {}
-        table: KeyPath = ()
-        for number, line in enumerate(text.splitlines(), start=1):
-            if header := self._HEADER.match(line):
-                path = tuple(_split_key(header.group(2)))
-                if header.group(1) == "[[":
-                    counts[path] = counts.get(path, -1) + 1
-                    path = (*path, counts[path])
-                table = path
-                self.lines.setdefault(table, number)
-            elif key := self._KEY.match(line):
-                self.lines.setdefault((*table, *_split_key(key.group(1))), number)
-
-    def line_of(self, path: KeyPath) -> int | None:
-        for end in range(len(path), 0, -1):
-            if path[:end] in self.lines:
-                return self.lines[path[:end]]
-        return None
-
-
-def _split_key(key: str) -> list[str]:
-    return [part.strip().strip("\"'") for part in key.split(".")]
-
-
-def _dotted(path: KeyPath) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text or "(top level)"
-
-
-_KIND_NAMES = {
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    bool: "true or false",
-    list: "an array",
-    dict: "a table",
-}
-
-
-def _kind(value: Any) -> str:
-    for kind, name in _KIND_NAMES.items():
-        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            return name if kind is not float else "a number"
-    return type(value).__name__
