@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEBIAN_PACKAGES := python3 python3-venv python3-dev build-essential
 
-.PHONY: demo test bench lint clean distclean check-build-deps
+.PHONY: demo test bench hil lint clean distclean check-build-deps
 
 demo: $(INSTALLED)
 	$(VENV)/bin/edge-agent demo $(DEMO_ARGS)
@@ -18,6 +18,9 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) benchmarks/run.py
+
+hil: $(INSTALLED)
+	$(PY) -m hil bench --out reports/hil $(HIL_ARGS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
@@ -37,7 +40,7 @@ $(PY): | check-build-deps
 
 # Reinstalled when the build inputs change, so edited kernels are recompiled.
 $(INSTALLED): setup.py pyproject.toml $(wildcard edge_agent/kernels/*.pyx edge_agent/kernels/*.pxd) | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint,hil]'
 	@touch $@
 
 clean:

@@ -88,7 +88,10 @@ setup(
             "hypothesis>=6.100",
             "numpy>=1.26",
             "scipy>=1.11",
+            "matplotlib>=3.8",
         ],
+        # `make hil`: plots of every scenario run.
+        "hil": ["matplotlib>=3.8"],
         "lint": ["ruff"],
     },
     entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--replay",
         metavar="NAME|CSV",
-        help="replay a recording (e.g. experiment_01) instead of the plant model",
+        help="replay a recording (e.g. experiment_01) instead of the cutting plant",
     )
     demo.add_argument(
         "--rtu",

@@ -36,9 +36,9 @@ def demo_config(
 
 def _plant(replay: str | None):
     if replay is None:
-        from hil.plant import SimplePlant
+        from hil.plant import demo_plant
 
-        return SimplePlant(), "plant model"
+        return demo_plant(), "cutting plant, demo part"
     from hil.replay import ReplayPlant, recording_path
 
     path = recording_path(replay)

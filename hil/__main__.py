@@ -1,7 +1,9 @@
-"""`python -m hil serve`: the simulated controller in real time, until Ctrl-C or SIGTERM.
+"""`python -m hil`: the bench from the command line.
 
-Serves the plant model, or a recording with --replay. Never serves on anything but the address
-it was given (default 127.0.0.1:5020, not the privileged 502).
+`serve` runs the simulated controller in real time until Ctrl-C or SIGTERM: the cutting plant on
+the demo part or a scenario, or a recording with --replay. It never serves on anything but the
+address it was given (default 127.0.0.1:5020, not the privileged 502). `bench` runs scenarios
+against their oracle and writes the report (what `make hil` runs).
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
+from hil.bench import Progress, run_all_realtime, run_simulated
 from hil.controller import SimulatedController
-from hil.plant import SimplePlant
+from hil.plant import CuttingPlant, demo_plant
 from hil.replay import ReplayMapError, ReplayPlant, recording_path
+from hil.report import table, write_report
+from hil.scenario import ScenarioError, load_scenario, scenario_path, shipped_scenarios
 
 log = logging.getLogger("hil")
 
@@ -38,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve.add_argument("--replay", metavar="NAME|PATH", help="experiment_01 ... or a CSV path")
     serve.add_argument("--loop", action="store_true", help="replay: start again at the end")
     serve.add_argument("--unit-id", type=int, default=1, help="Modbus unit id (default 1)")
+    serve.add_argument("--scenario", metavar="NAME|PATH", help="a scenario, looping")
+    bench = sub.add_parser("bench", help="run scenarios against their oracle, write the report")
+    bench.add_argument("scenarios", nargs="*", metavar="NAME|PATH", help="default: all shipped")
+    bench.add_argument("--sim", action="store_true", help="simulated time, no Modbus (fast)")
+    bench.add_argument("--out", default="reports/hil", help="report folder (default reports/hil)")
     return parser.parse_args(argv)
 
 
@@ -45,8 +56,11 @@ async def serve(args: argparse.Namespace) -> None:
     if args.replay:
         plant = ReplayPlant(recording_path(args.replay), loop=args.loop)
         what = f"replay of {plant.path.name}" + (" (looping)" if args.loop else "")
+    elif args.scenario:
+        scenario = load_scenario(scenario_path(args.scenario))
+        plant, what = CuttingPlant(scenario, loop=True), f"scenario {scenario.name!r}, looping"
     else:
-        plant, what = SimplePlant(), "plant model"
+        plant, what = demo_plant(), "cutting plant on the demo part"
     controller = SimulatedController(plant, unit_id=args.unit_id)
     if args.rtu:
         await controller.start_rtu(args.rtu, baudrate=args.baudrate, parity=args.parity)
@@ -67,13 +81,28 @@ async def serve(args: argparse.Namespace) -> None:
         log.info("stopped after %d requests", controller.requests_served)
 
 
+def bench(args: argparse.Namespace) -> None:
+    paths = [scenario_path(name) for name in args.scenarios] or shipped_scenarios()
+    scenarios = [load_scenario(path) for path in paths]
+    if args.sim:
+        runs = [run_simulated(scenario) for scenario in scenarios]
+    else:
+        runs = asyncio.run(run_all_realtime(scenarios, Progress()))
+    print(table(runs))
+    print(f"report: {write_report(runs, Path(args.out))}")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("pymodbus").setLevel(logging.WARNING)  # our own start line says it all
+    # pymodbus logs every timeout at ERROR with a frame dump; our own lines say what matters.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     args = parse_args(argv)
     try:
-        asyncio.run(serve(args))
-    except (ReplayMapError, RuntimeError, OSError) as exc:
+        if args.command == "bench":
+            bench(args)
+        else:
+            asyncio.run(serve(args))
+    except (ReplayMapError, ScenarioError, RuntimeError, OSError) as exc:
         print(f"python -m hil: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -162,6 +162,12 @@ class SimulatedController:
     def running(self) -> bool:
         return self._server is not None
 
+    def advance(self) -> float:
+        """Bring the plant up to the clock (requests do this too); the plant time, s."""
+        t_s = self._clock() - self._t0
+        self.plant.advance_to(t_s)
+        return t_s
+
     def drop_connections(self) -> int:
         """Close every client connection now (TCP); return how many there were."""
         if self._server is None or isinstance(self._server, ModbusSerialServer):
@@ -251,7 +257,7 @@ class SimulatedController:
         for fault in self.faults.ranges:
             if fault.table is table and fault.start < stop and address < fault.stop:
                 return fault.code
-        self.plant.advance_to(self._clock() - self._t0)
+        self.advance()
         if set_values is not None:
             return self._write(table, address, list(set_values))
         if table.is_bits:

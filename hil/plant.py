@@ -1,19 +1,28 @@
-"""The machine behind the simulated controller: the `Plant` protocol and `SimplePlant`, a
-deterministic little mill running a looping program.
+"""The machine behind the simulated controller: the `Plant` protocol and `CuttingPlant`, a
+milling machine whose spindle load comes from cutting physics.
+
+Spindle power = idle + Kc x MRR / (60e6 x eta), MRR from the engagement: given per segment,
+or worked out by the stock model as the tool moves (hil/scenario.py). Actual feed =
+programmed x operator knob x agent override, in 1 % steps, within the controller's clamps.
+The controller reads the load through a sensor with lag, dead time, noise and quantisation.
 
 Never reads the wall clock and never does I/O: whoever owns time calls `advance_to`. Time
-only moves forward, on the plant's own fixed step, so a run is the same on any computer.
-The full cutting-physics plant comes later behind the same protocol.
+only moves forward, on the plant's own fixed step, and randomness is seeded, so the same
+scenario and seed give the same run, bit for bit, on any computer.
 """
 
 from __future__ import annotations
 
+import array
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from hil.physics import LoadSensor
 from hil.register_map import AGENT_OVERRIDE, AGENT_OVERRIDE_RANGE_PCT, RUN_STATE
+from hil.scenario import SCENARIO_DIR, Event, Scenario, Segment, load_scenario
+from hil.stock import StockModel
 
 
 class Plant(Protocol):
@@ -33,117 +42,156 @@ class NotWritable(ValueError):
     """A write to a tag the machine does not accept writes to."""
 
 
-@dataclass(frozen=True)
-class Block:
-    """One block of the part program. `kind` is rapid, feed, dwell, spindle, tool or end.
+#: What the tool is doing, as recorded in the trace and plotted.
+MOTION = {"idle": 0, "rapid": 1, "air": 2, "cut": 3, "dwell": 4, "hold": 5, "alarm": 6}
 
-    `depth_mm` is how deep the tool is engaged during a feed move (0 = air cut); `seconds` is
-    how long a dwell, spindle, tool or end block lasts.
-    """
-
-    kind: str
-    x: float | None = None
-    y: float | None = None
-    z: float | None = None
-    feed_mm_min: float = 0.0
-    depth_mm: float = 0.0
-    seconds: float = 0.0
-    rpm: float = 0.0
-    tool: int = 0
-
-
-#: A roughing and a finishing pass on a 120 mm face, about 45 s a cycle, then M30 and again.
-DEMO_PROGRAM: tuple[Block, ...] = (
-    Block("tool", tool=1, seconds=3.0),
-    Block("spindle", rpm=8000, seconds=1.5),
-    Block("rapid", x=0, y=0, z=5),
-    Block("feed", z=-2, feed_mm_min=300, depth_mm=0.5),
-    Block("feed", x=120, feed_mm_min=1200, depth_mm=2.0),
-    Block("feed", y=10, feed_mm_min=1200, depth_mm=2.0),
-    Block("feed", x=0, feed_mm_min=1000, depth_mm=3.0),
-    Block("rapid", z=5),
-    Block("rapid", y=20),
-    Block("feed", x=120, feed_mm_min=1200, depth_mm=0.0),  # an air cut above the stock
-    Block("feed", z=-1, feed_mm_min=300, depth_mm=0.5),
-    Block("feed", x=0, feed_mm_min=1500, depth_mm=1.0),
-    Block("rapid", z=50),
-    Block("spindle", rpm=0, seconds=1.0),
-    Block("tool", tool=2, seconds=3.0),
-    Block("spindle", rpm=12000, seconds=1.5),
-    Block("rapid", x=0, y=30, z=2),
-    Block("feed", z=-0.5, feed_mm_min=300, depth_mm=0.3),
-    Block("feed", x=120, feed_mm_min=2000, depth_mm=0.5),
-    Block("rapid", z=50),
-    Block("spindle", rpm=0, seconds=1.0),
-    Block("end", seconds=4.0),
+TRACE_COLUMNS = (
+    "t_s",
+    "load_true_pct",  # the load the spindle really has
+    "load_pct",  # what the controller reads (the sensor's output)
+    "override_pct",  # the agent's request
+    "feed_pct",  # what the controller applies: knob x override, 1 % steps, clamped
+    "feed_mm_min",  # actual path speed
+    "programmed_mm_min",
+    "motion",  # MOTION code
+    "part",
+    "area_mm2",  # engaged cross-section (a_p x a_e)
 )
 
+_AMBIENT_DEGC = 22.0
+_HEATING_DEGC_PER_LOAD_PCT = 0.25  # steady state: 60 % load -> 15 K above ambient
+_THERMAL_LAG_S = 300.0
+
+
+@dataclass
+class RunResult:
+    """What the plant measured of a run: the figures the HIL report is made of."""
+
+    part_times_s: list[float] = field(default_factory=list)
+    finished: bool = False
+    alarm_at_s: float | None = None
+    peak_load_pct: float = 0.0
+    above_limit_s: float = 0.0
+    broken_at_s: float | None = None
+
+    @property
+    def cycle_time_s(self) -> float:
+        return sum(self.part_times_s)
+
 
 @dataclass(frozen=True)
-class MachineLimits:
-    """The controller's and the spindle's figures; each default says why it is what it is."""
+class _Piece:
+    """One step of the plant's program: a move (straight, from `start` to `end`) or a dwell."""
 
-    step_s: float = 0.01  # 100 Hz: finer than the agent's 10 Hz poll, coarse enough to be cheap
-    max_feed_mm_min: float = 5000.0  # a small VMC's cutting-feed clamp
-    rapid_mm_min: float = 8000.0  # rapids ignore feed overrides, as on most controllers
-    feed_lag_s: float = 0.1  # axis acceleration, as a first-order lag
-    spindle_ramp_rpm_s: float = 8000.0
-    idle_load_pct: float = 5.0  # spindle turning in air
-    cutting_coefficient: float = 0.01875  # load % per (mm depth x mm/min): 2 mm at 1200 -> 50 %
-    load_lag_s: float = 0.15  # the load reading's first-order lag
-    load_noise_pct: float = 0.3  # standard deviation, seeded: deterministic
-    overload_pct: float = 150.0  # the controller's spindle-overload alarm threshold
-    rated_power_kw: float = 7.5  # 100 % load = rated power
-    ambient_degc: float = 22.0
-    heating_degc_per_load_pct: float = 0.25  # steady state: 60 % load -> 15 K above ambient
-    thermal_lag_s: float = 300.0
+    kind: str  # rapid, cut or dwell
+    start: tuple[float, float, float]
+    end: tuple[float, float, float]
+    feed_mm_min: float = 0.0
+    seconds: float = 0.0
+    segment: Segment | None = None  # given engagement; None: the stock model's
+
+    @property
+    def length_mm(self) -> float:
+        return math.dist(self.start, self.end)
 
 
-class SimplePlant:
-    """A deterministic mill stepping `program` in a loop on a fixed internal step.
+def program_of(scenario: Scenario) -> tuple[_Piece, ...]:
+    """The scenario's work as pieces: segments laid end to end along X, or the moves."""
+    pieces = []
+    if scenario.segments:
+        x = 0.0
+        for seg in scenario.segments:
+            end = x + seg.length_mm
+            pieces.append(
+                _Piece(seg.kind, (x, 0.0, 0.0), (end, 0.0, 0.0), seg.feed_mm_min, seg.seconds, seg)
+            )
+            x = end
+        return tuple(pieces)
+    here = scenario.start
+    for move in scenario.moves:
+        end = (move.x, move.y, move.z)
+        pieces.append(_Piece("rapid" if move.rapid else "cut", here, end, move.feed_mm_min))
+        here = end
+    return tuple(pieces)
 
-    effective feed = programmed x `feed_knob` % x agent override % (in 1 % steps, clamped to
-    the controller's max feed); spindle load = idle + k x depth x actual feed, lagged; power
-    follows load; temperature drifts slowly. Load above `overload_pct` latches the overload
-    alarm: feed and spindle stop until `reset_alarm()` (like an operator's reset).
+
+def new_stock(scenario: Scenario) -> StockModel | None:
+    """A fresh blank of the scenario's stock; None when its engagement is given per segment."""
+    spec = scenario.stock
+    if spec is None:
+        return None
+    return StockModel(
+        box=spec.box,
+        top_z=spec.top_z,
+        kc=scenario.kc(spec.material),
+        tool_diameter_mm=scenario.tool.diameter_mm,
+        cell_mm=spec.cell_mm,
+        regions=spec.regions,
+        hard_spots=spec.hard_spots,
+    )
+
+
+def cut_along(stock: StockModel, a, b, max_step_mm: float):
+    """Cut the stock along the straight line a -> b in equal steps of at most `max_step_mm`;
+    for each: (length mm, Kc, volume removed mm³, lateral cross-section mm²)."""
+    length = math.dist(a, b)
+    n = max(1, math.ceil(length / max_step_mm))
+    for i in range(1, n + 1):
+        p0 = tuple(s + (e - s) * (i - 1) / n for s, e in zip(a, b, strict=True))
+        p1 = tuple(s + (e - s) * i / n for s, e in zip(a, b, strict=True))
+        eng = stock.step(*p0, *p1)
+        lateral = math.dist(p0[:2], p1[:2])
+        plunge = max(0.0, p0[2] - p1[2])
+        yield (
+            length / n,
+            eng.kc,
+            eng.area_mm2 * lateral + eng.plunge_area_mm2 * plunge,
+            eng.area_mm2,
+        )
+
+
+class CuttingPlant:
+    """A machine running `scenario` for its number of parts, then idle (or again, if `loop`).
+
+    `record=True` keeps a trace of every step (`trace`, columns `TRACE_COLUMNS`) for reports;
+    leave it off for long-running serving. `result` holds the run's figures.
     """
 
     program_number = 1001
 
-    def __init__(
-        self,
-        *,
-        program: tuple[Block, ...] = DEMO_PROGRAM,
-        limits: MachineLimits | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.limits = limits or MachineLimits()
-        self.program = program
+    def __init__(self, scenario: Scenario, *, loop: bool = False, record: bool = False):
+        self.scenario = scenario
+        self.machine = scenario.machine
+        self.loop = loop
+        self.program = program_of(scenario)
         self.feed_knob_pct = 100.0  # the operator's knob; the agent only reads it
         self._override_pct = 100.0
-        self._rng = random.Random(seed)
+        self._rng = random.Random(scenario.seed)
+        self.sensor = self._new_sensor()
+        self.trace = {name: array.array("d") for name in TRACE_COLUMNS} if record else None
         self._steps = 0
-        self._pos = [0.0, 0.0, 50.0]
-        self._actual_feed = 0.0
-        self._modal_feed = 0.0
-        self._rpm = 0.0
-        self._rpm_command = 0.0
-        self._tool = 0
-        self._load = 0.0
-        self._temp = self.limits.ambient_degc
-        self._overload = False
-        self._feed_held = False
-        self._start_program()
+        self._temp = _AMBIENT_DEGC
+        self._driven_to: tuple[float, float, float] | None = None  # see `drive`
+        self._driven_running = False
+        self._heading = (0.0, 0.0, 0.0)
+        self._start_run()
+
+    # -- the Plant protocol ---------------------------------------------------------------
 
     @property
     def time_s(self) -> float:
-        return self._steps * self.limits.step_s
+        return self._steps * self.machine.step_s
 
     def advance_to(self, t_s: float) -> None:
-        target = math.floor(t_s / self.limits.step_s + 1e-9)
+        target = math.floor(t_s / self.machine.step_s + 1e-9)
         while self._steps < target:
-            self._step()
+            if self._driven_to is not None:  # cover the rest of the way in equal steps
+                share = 1.0 / (target - self._steps)
+                self._heading = tuple(
+                    p + (q - p) * share for p, q in zip(self._pos, self._driven_to, strict=True)
+                )
             self._steps += 1
+            self._step()
 
     def write(self, name: str, value: float) -> None:
         if name != AGENT_OVERRIDE:
@@ -151,19 +199,9 @@ class SimplePlant:
         lo, hi = AGENT_OVERRIDE_RANGE_PCT
         self._override_pct = min(hi, max(lo, float(value)))
 
-    def reset_alarm(self) -> None:
-        """The operator's reset: clears the alarm and rewinds the program."""
-        self._overload = False
-        self._start_program()
-
-    def feed_pct(self) -> int:
-        """The feed percentage the controller applies: knob x agent override, in 1 % steps."""
-        return round(round(self.feed_knob_pct) * round(self._override_pct) / 100)
-
     def values(self) -> dict[str, float]:
-        block = self.program[self._block]
-        running = not self._overload and block.kind != "end"
-        if self._overload:
+        running = self.running
+        if self._alarm:
             state = RUN_STATE["alarm"]
         elif not running:
             state = RUN_STATE["idle"]
@@ -172,101 +210,287 @@ class SimplePlant:
         else:
             state = RUN_STATE["running"]
         x, y, z = self._pos
-        out = {
-            "spindle_load": self._load,
-            "spindle_speed": self._rpm,
-            "programmed_feed": self._modal_feed,
-            "actual_feed": self._actual_feed,
+        spinning = running and not self._alarm
+        reading = self.sensor.reading
+        return {
+            "spindle_load": reading,
+            "spindle_speed": self.machine.spindle_rpm if spinning else 0.0,
+            "programmed_feed": self._programmed,
+            "actual_feed": self._speed,
             "feed_knob": self.feed_knob_pct,
             "run_state": float(state),
-            "alarm_spindle_overload": float(self._overload),
+            "alarm_spindle_overload": float(self._alarm),
             "alarm_servo": 0.0,
             "alarm_emergency_stop": 0.0,
             "x_position": x,
             "y_position": y,
             "z_position": z,
             "program_number": float(self.program_number),
-            "tool_number": float(self._tool),
-            "block_number": float(10 * (self._block + 1)),
-            "spindle_power": self._load / 100 * self.limits.rated_power_kw,
-            "cycle_time": self._cycle_steps * self.limits.step_s,
+            "tool_number": float(self.scenario.tool.number),
+            "block_number": float(10 * (self._index + 1)),
+            "spindle_power": reading / 100 * self.machine.rated_power_kw,
+            "cycle_time": self._part_steps * self.machine.step_s,
             "spindle_temperature": self._temp,
             AGENT_OVERRIDE: self._override_pct,
-            "spindle_on": float(self._rpm_command > 0),
+            "spindle_on": float(spinning),
             "program_running": float(running),
-            "in_alarm": float(self._overload),
+            "in_alarm": float(self._alarm),
         }
-        return out
 
-    # -- the model ------------------------------------------------------------------------
+    # -- what the bench asks besides -------------------------------------------------------
 
-    def _start_program(self) -> None:
-        self._block = 0
-        self._block_steps = 0
-        self._cycle_steps = 0
+    @property
+    def running(self) -> bool:
+        external = self._driven_to is None or self._driven_running
+        return external and not self.result.finished and not self._alarm
 
-    def _next_block(self) -> None:
-        self._block_steps = 0
-        self._block += 1
-        if self._block == len(self.program):
-            self._start_program()
+    def drive(
+        self, x: float, y: float, z: float, *, running: bool, programmed_feed_mm_min: float = 0.0
+    ) -> None:
+        """Tool positions from outside (a real motion controller) instead of the scenario's
+        moves: the tool reaches (x, y, z) at the next `advance_to`, moving evenly over the
+        steps it takes, and the stock model works out the cut. `running` is the controller's
+        program state: its rising edge starts a part, its falling edge ends one."""
+        if self.stock is None:
+            raise ValueError(f"{self.scenario.source}: only a [stock] scenario can be driven")
+        if self._driven_to is None:
+            self._pos = (x, y, z)
+        if running and not self._driven_running:
+            self._part_steps = 0
+        elif self._driven_running and not running:
+            self._end_part()
+        self._driven_to = (x, y, z)
+        self._driven_running = running
+        self._programmed = programmed_feed_mm_min
+
+    def feed_pct(self) -> int:
+        """The feed percentage the controller applies: knob x agent override, in 1 % steps."""
+        pct = round(round(self.feed_knob_pct) * round(self._override_pct) / 100)
+        return min(pct, int(self.machine.max_feed_pct))
+
+    def reset_alarm(self) -> None:
+        """The operator's reset: clears the alarm and starts the program again."""
+        self._start_run()
+
+    def link_down(self) -> bool:
+        """True while a `link_loss` event of the scenario is on (the bench applies it)."""
+        return any(e.kind == "link_loss" and e.active(self.time_s) for e in self.scenario.events)
+
+    # -- the model --------------------------------------------------------------------------
+
+    def _new_sensor(self) -> LoadSensor:
+        s = self.scenario.sensor
+        return LoadSensor(
+            self.machine.step_s, s.lag_s, s.dead_time_s, s.quantum_pct, s.noise_pct, self._rng
+        )
+
+    def _start_run(self) -> None:
+        self.result = RunResult()
+        self._alarm = False
+        self._overload_steps = 0
+        self._part = 1
+        self._breakage: Event | None = None
+        self._spike_until_s = 0.0
+        self._start_part()
+
+    def _start_part(self) -> None:
+        """A fresh blank on the table and the program from its first piece."""
+        self.stock = new_stock(self.scenario)
+        self._index = 0
+        self._piece_mm = 0.0
+        self._piece_steps = 0
+        self._part_steps = 0
+        self._part_mm = 0.0
+        self._pos = self.program[0].start
+        self._speed = 0.0
+        self._programmed = 0.0
+        self._feed_held = False
 
     def _step(self) -> None:
-        lim, dt = self.limits, self.limits.step_s
-        block = self.program[self._block]
-        depth = 0.0
-        speed_target = 0.0
-        self._feed_held = False
-        if self._overload:
-            self._rpm_command = 0.0
-        else:
-            self._cycle_steps += block.kind != "end"
-            self._block_steps += 1
-            if block.kind in ("rapid", "feed"):
-                if block.kind == "rapid":
-                    speed_target = lim.rapid_mm_min
-                else:
-                    self._modal_feed = block.feed_mm_min
-                    pct = self.feed_pct()
-                    self._feed_held = pct == 0
-                    speed_target = min(block.feed_mm_min * pct / 100, lim.max_feed_mm_min)
-                    depth = block.depth_mm
-                if self._move_towards(block, self._actual_feed / 60 * dt):
-                    self._next_block()
+        m, dt = self.machine, self.machine.step_s
+        motion, area, cutting_kw = "idle", 0.0, 0.0
+        if self.running:
+            self._part_steps += 1
+            if self._driven_to is None:
+                motion, area, cutting_kw = self._move(dt)
             else:
-                if block.kind == "spindle":
-                    self._rpm_command = block.rpm
-                elif block.kind == "tool":
-                    self._tool = block.tool
-                if self._block_steps * dt >= block.seconds - 1e-9:
-                    self._next_block()
-        if speed_target < self._actual_feed:  # look-ahead slows down before the block starts
-            self._actual_feed = speed_target
-        else:
-            self._actual_feed += (speed_target - self._actual_feed) * dt / lim.feed_lag_s
-        ramp = lim.spindle_ramp_rpm_s * dt
-        self._rpm += max(-ramp, min(ramp, self._rpm_command - self._rpm))
-        spinning = self._rpm > 0
-        load_target = 0.0
-        if spinning:
-            load_target = lim.idle_load_pct + lim.cutting_coefficient * depth * self._actual_feed
-            load_target += self._rng.gauss(0.0, lim.load_noise_pct)
-        self._load = max(0.0, self._load + (load_target - self._load) * dt / lim.load_lag_s)
-        heat_target = lim.ambient_degc + lim.heating_degc_per_load_pct * self._load
-        self._temp += (heat_target - self._temp) * dt / lim.thermal_lag_s
-        if self._load > lim.overload_pct:
-            self._overload = True
+                motion, area, cutting_kw = self._move_driven(dt)
+        elif self._alarm:
+            motion = "alarm"
+        if self._broken_now():
+            spike = self.time_s < self._spike_until_s
+            cutting_kw *= self._breakage.spike_factor if spike else self._breakage.residual
+        spinning = self.running
+        load = 100 * (m.idle_power_kw + cutting_kw) / m.rated_power_kw if spinning else 0.0
+        self._watch(load)
+        reading = self.sensor.reading
+        self.sensor.update(load)
+        if any(e.kind == "sensor_freeze" and e.active(self.time_s) for e in self.scenario.events):
+            self.sensor.reading = reading
+        heat_target = _AMBIENT_DEGC + _HEATING_DEGC_PER_LOAD_PCT * self.sensor.reading
+        self._temp += (heat_target - self._temp) * dt / _THERMAL_LAG_S
+        if self.trace is not None:
+            row = (
+                self.time_s,
+                load,
+                self.sensor.reading,
+                self._override_pct,
+                float(self.feed_pct()),
+                self._speed,
+                self._programmed,
+                float(MOTION[motion]),
+                float(self._part),
+                area,
+            )
+            for column, value in zip(self.trace.values(), row, strict=True):
+                column.append(value)
 
-    def _move_towards(self, block: Block, travel_mm: float) -> bool:
-        """Move along the straight line to the block's end point; True once there."""
-        target = [
-            p if t is None else t
-            for p, t in zip(self._pos, (block.x, block.y, block.z), strict=True)
-        ]
-        delta = [t - p for p, t in zip(self._pos, target, strict=True)]
-        remaining = math.sqrt(sum(d * d for d in delta))
-        if remaining <= travel_mm or remaining < 1e-9:
-            self._pos = target
+    def _move(self, dt: float) -> tuple[str, float, float]:
+        """Advance along the program by one step: (motion, engaged area, cutting power kW)."""
+        m = self.machine
+        piece = self.program[self._index]
+        if piece.kind == "dwell":
+            self._speed = 0.0
+            self._piece_steps += 1
+            if self._piece_steps * dt >= piece.seconds - 1e-9:
+                self._next_piece()
+            return "dwell", 0.0, 0.0
+        if piece.kind == "rapid":
+            target = m.rapid_mm_min
+            self._feed_held = False
+        else:
+            self._programmed = piece.feed_mm_min
+            pct = self.feed_pct()
+            self._feed_held = pct == 0
+            target = min(piece.feed_mm_min * pct / 100, m.max_feed_mm_min)
+        if target < self._speed:  # look-ahead: the axes slow down before the change
+            self._speed = target
+        else:
+            self._speed += (target - self._speed) * (1.0 - math.exp(-dt / m.feed_lag_s))
+        travel = self._speed / 60 * dt
+        kc_volume, volume, area = 0.0, 0.0, 0.0
+        while travel > 1e-12 and piece.kind != "dwell":
+            ahead = min(travel, piece.length_mm - self._piece_mm)
+            kc, mm3, area = self._cut(piece, ahead)
+            kc_volume += kc * mm3
+            volume += mm3
+            travel -= ahead
+            self._part_mm += ahead
+            if self._piece_mm >= piece.length_mm - 1e-9:
+                if not self._next_piece():
+                    break
+                piece = self.program[self._index]
+                if piece.kind != self.program[self._index - 1].kind:
+                    break  # a change of kind starts with the next step's speed
+        if self._feed_held:
+            return "hold", 0.0, 0.0
+        if volume <= 0.0:
+            return ("rapid" if piece.kind == "rapid" else "air"), 0.0, 0.0
+        return "cut", area, self._cutting_kw(kc_volume / volume, volume, dt)
+
+    def _move_driven(self, dt: float) -> tuple[str, float, float]:
+        """One step of a `drive`n tool: wherever the motion controller put it."""
+        start, self._pos = self._pos, self._heading
+        travel = math.dist(start, self._pos)
+        self._speed = travel / dt * 60
+        self._part_mm += travel
+        if not travel:
+            return "hold", 0.0, 0.0
+        kc, volume, area = self._stock_cut(start, self._pos)
+        if volume <= 0.0:
+            return "air", 0.0, 0.0
+        return "cut", area, self._cutting_kw(kc, volume, dt)
+
+    def _cutting_kw(self, kc: float, volume_mm3: float, dt: float) -> float:
+        """Cutting power for `volume_mm3` removed in `dt` s from material `kc`, worn tool."""
+        wear = 1.0 + self.scenario.tool.wear_kc_per_part * (self._part - 1)
+        return kc * wear * (volume_mm3 / dt * 60) / (60e6 * self.machine.efficiency)
+
+    def _cut(self, piece: _Piece, ahead_mm: float) -> tuple[float, float, float]:
+        """Move `ahead_mm` along the piece: (Kc, volume removed mm³, engaged area mm²)."""
+        seg = piece.segment
+        before = self._piece_mm
+        self._piece_mm += ahead_mm
+        end = self._piece_mm / piece.length_mm if piece.length_mm else 1.0
+        pos = tuple(
+            a + (b - a) * min(1.0, end) for a, b in zip(piece.start, piece.end, strict=True)
+        )
+        previous, self._pos = self._pos, pos
+        if piece.kind == "rapid":
+            return 0.0, 0.0, 0.0
+        if seg is not None:
+            area = seg.depth_mm * seg.width_mm
+            kc = self.scenario.kc(seg.material) * _zone_factor(seg, before, self._piece_mm)
+            return kc, area * ahead_mm, area
+        return self._stock_cut(previous, pos)
+
+    def _stock_cut(self, a, b) -> tuple[float, float, float]:
+        """The stock model's cut from a to b, in sub-steps under a quarter of the tool."""
+        steps = list(cut_along(self.stock, a, b, self.scenario.tool.diameter_mm / 4))
+        volume = sum(mm3 for _, _, mm3, _ in steps)
+        kc_volume = sum(kc * mm3 for _, kc, mm3, _ in steps)
+        return (kc_volume / volume if volume else 0.0), volume, steps[-1][3]
+
+    def _next_piece(self) -> bool:
+        """On to the next piece; False when the part (or the whole run) is over."""
+        self._index += 1
+        self._piece_mm = 0.0
+        self._piece_steps = 0
+        if self._index < len(self.program):
             return True
-        self._pos = [p + d * travel_mm / remaining for p, d in zip(self._pos, delta, strict=True)]
+        self._end_part()
         return False
+
+    def _end_part(self) -> None:
+        """Count the part's time; then the next part, the next loop, or the end."""
+        self.result.part_times_s.append(self._part_steps * self.machine.step_s)
+        if self._part < self.scenario.parts:
+            self._part += 1
+            self._start_part()
+        elif self.loop:
+            self._start_run()
+        else:
+            self.result.finished = True
+            self._index = len(self.program) - 1
+            self._speed = 0.0
+
+    def _broken_now(self) -> bool:
+        """Breaks the tool when the scenario says so; True once it is broken."""
+        if self._breakage is None:
+            for event in self.scenario.events:
+                if (
+                    event.kind == "breakage"
+                    and event.part == self._part
+                    and self._part_mm >= event.at_mm
+                ):
+                    self._breakage = event
+                    self._spike_until_s = self.time_s + event.spike_s
+                    self.result.broken_at_s = self.time_s
+        return self._breakage is not None
+
+    def _watch(self, load_pct: float) -> None:
+        """Peak load, time above the hard limit, and the drive's overload alarm."""
+        m, result = self.machine, self.result
+        result.peak_load_pct = max(result.peak_load_pct, load_pct)
+        if load_pct > self.scenario.control.hard_limit_pct:
+            result.above_limit_s += m.step_s
+        self._overload_steps = self._overload_steps + 1 if load_pct > m.overload_alarm_pct else 0
+        if self._overload_steps * m.step_s >= m.overload_alarm_s - 1e-9 and not self._alarm:
+            self._alarm = True
+            result.alarm_at_s = self.time_s
+            self._speed = 0.0
+
+
+def _zone_factor(seg: Segment, start_mm: float, end_mm: float) -> float:
+    """The Kc factor of the hard zones holding the middle of the stretch [start, end]."""
+    middle = (start_mm + end_mm) / 2
+    factor = 1.0
+    for zone in seg.hard_zones:
+        if zone.from_mm <= middle < zone.to_mm:
+            factor *= zone.kc_factor
+    return factor
+
+
+def demo_plant() -> CuttingPlant:
+    """The machine `make demo` and `python -m hil serve` run: the demo part, in a loop."""
+    return CuttingPlant(load_scenario(SCENARIO_DIR / "demo_part.toml"), loop=True)

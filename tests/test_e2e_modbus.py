@@ -14,7 +14,7 @@ from edge_agent.samples import Quality
 from edge_agent.service import Agent
 from hil.codec import as_registered
 from hil.controller import SimulatedController
-from hil.plant import SimplePlant
+from hil.plant import demo_plant
 from hil.ptypair import PtyPair
 from hil.register_map import BY_NAME
 
@@ -97,7 +97,7 @@ async def running(tmp_path, plant, clock, rtu=False):
 
 
 async def _read(tmp_path, rtu):
-    plant = SimplePlant()
+    plant = demo_plant()
     async with running(tmp_path, plant, FrozenClock(12.3), rtu=rtu) as (_, agent, _):
         await until(lambda: all_good(agent), what="every tag read good")
         assert_reads_match(agent, plant)
@@ -116,7 +116,7 @@ def test_agent_reads_the_simulated_controller_over_modbus_rtu(tmp_path):
 
 
 async def _restart(tmp_path):
-    plant, clock = SimplePlant(), FrozenClock()
+    plant, clock = demo_plant(), FrozenClock()
     async with running(tmp_path, plant, clock) as (controller, agent, run):
         await until(lambda: all_good(agent), what="first reads")
         port = int(controller.address.rsplit(":", 1)[1])
@@ -140,7 +140,7 @@ def test_controller_restart_values_go_stale_then_agent_reconnects_and_resumes(tm
 
 
 async def _bad_replies(tmp_path):
-    async with running(tmp_path, SimplePlant(), FrozenClock()) as (controller, agent, run):
+    async with running(tmp_path, demo_plant(), FrozenClock()) as (controller, agent, run):
         counters = agent.poller.counters
         await until(lambda: all_good(agent), what="first reads")
 

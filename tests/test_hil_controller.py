@@ -11,7 +11,7 @@ from pymodbus.exceptions import ModbusIOException
 
 from edge_agent.registers import Table, Tag, ValueType, encode_registers
 from hil.controller import SimulatedController
-from hil.plant import SimplePlant
+from hil.plant import demo_plant
 from hil.ptypair import PtyPair
 from hil.register_map import AGENT_OVERRIDE, BY_NAME, TAGS
 
@@ -30,7 +30,7 @@ class FakeClock:
 @contextlib.asynccontextmanager
 async def serving(plant=None, *, timeout_s=1.0, **kwargs):
     clock = FakeClock()
-    controller = SimulatedController(plant or SimplePlant(), clock=clock, **kwargs)
+    controller = SimulatedController(plant or demo_plant(), clock=clock, **kwargs)
     port = await controller.start_tcp("127.0.0.1", 0)
     client = AsyncModbusTcpClient(
         "127.0.0.1", port=port, timeout=timeout_s, retries=0, reconnect_delay=0
@@ -92,7 +92,7 @@ def test_one_read_of_a_whole_block_matches_tag_by_tag_encoding():
 def test_plant_time_is_the_injected_clock_since_the_controller_started():
     async def scenario():
         clock = FakeClock(1000.0)
-        plant = SimplePlant()
+        plant = demo_plant()
         controller = SimulatedController(plant, clock=clock)
         port = await controller.start_tcp()
         client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0)
@@ -282,7 +282,7 @@ def test_rtu_over_a_pty_pair_reads_every_tag_and_takes_the_override():
     async def scenario():
         with PtyPair() as pair:
             clock = FakeClock()
-            controller = SimulatedController(SimplePlant(), clock=clock)
+            controller = SimulatedController(demo_plant(), clock=clock)
             await controller.start_rtu(pair.a, baudrate=115200)
             client = AsyncModbusSerialClient(pair.b, baudrate=115200, timeout=1, retries=0)
             assert await client.connect()

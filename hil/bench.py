@@ -1,0 +1,138 @@
+"""`make hil`: every scenario on the bench, measured against its oracle.
+
+The baseline driver holds the agent override at a fixed 100 %. In real time (the default) each
+scenario's plant is served by its own simulated controller on loopback and the driver is a
+Modbus client that writes the override and reads the machine, as the agent will; link-loss
+events silence the controller. On simulated time (`--sim`) the plant is stepped directly,
+without Modbus: the same physics in a fraction of a second. Later drivers (the adaptive
+controller) run through the same two paths and land in the same table and plots.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from hil.controller import SimulatedController
+from hil.oracle import oracle
+from hil.plant import CuttingPlant, RunResult
+from hil.register_map import AGENT_OVERRIDE, BY_NAME
+from hil.scenario import Scenario
+
+BASELINE = "baseline 100 %"
+BASELINE_OVERRIDE_PCT = 100
+
+
+@dataclass(frozen=True)
+class Run:
+    """One scenario run by one driver: what the plant measured, and the physical limit."""
+
+    scenario: Scenario
+    driver: str
+    result: RunResult
+    oracle_s: float
+    trace: dict[str, array.array]
+    stopped_at_s: float  # plant time when the run ended (finished, alarm or time limit)
+
+    @property
+    def ratio(self) -> float:
+        """Cycle time over the oracle's: 1.0 is the physical limit, above is slower."""
+        return self.result.cycle_time_s / self.oracle_s if self.result.finished else float("nan")
+
+
+def time_limit_s(oracle_s: float) -> float:
+    """How long a run may take before it counts as unfinished: well past any sane driver."""
+    return 4 * oracle_s + 20.0
+
+
+def run_simulated(scenario: Scenario) -> Run:
+    """The baseline on simulated time, the plant stepped directly."""
+    ideal = oracle(scenario).cycle_time_s
+    plant = CuttingPlant(scenario, record=True)
+    plant.write(AGENT_OVERRIDE, BASELINE_OVERRIDE_PCT)
+    limit = time_limit_s(ideal)
+    while plant.running and plant.time_s < limit:
+        plant.advance_to(plant.time_s + 1.0)
+    return Run(scenario, BASELINE, plant.result, ideal, plant.trace, plant.time_s)
+
+
+async def run_realtime(scenario: Scenario, tick_s: float = 0.01) -> Run:
+    """The baseline in real time, through the simulated controller over Modbus TCP."""
+    ideal = oracle(scenario).cycle_time_s
+    plant = CuttingPlant(scenario, record=True)
+    controller = SimulatedController(plant)
+    port = await controller.start_tcp("127.0.0.1", 0)
+    driver = asyncio.create_task(_baseline_client(port))
+    limit = time_limit_s(ideal)
+    try:
+        while plant.running and controller.advance() < limit:
+            controller.faults.silent = plant.link_down()
+            await asyncio.sleep(tick_s)
+    finally:
+        driver.cancel()
+        await asyncio.gather(driver, return_exceptions=True)
+        await controller.stop()
+    return Run(scenario, BASELINE, plant.result, ideal, plant.trace, plant.time_s)
+
+
+async def _baseline_client(port: int, period_s: float = 0.1) -> None:
+    """Writes the fixed override until the controller takes it, then reads the spindle load
+    every period like a monitoring client (and rides out a silent controller)."""
+    override, load = BY_NAME[AGENT_OVERRIDE], BY_NAME["spindle_load"]
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=0.5, retries=0)
+    written = False
+    try:
+        while True:
+            try:
+                if not client.connected:
+                    await client.connect()
+                elif not written:
+                    reply = await client.write_register(override.address, BASELINE_OVERRIDE_PCT)
+                    written = not reply.isError()
+                else:
+                    await client.read_input_registers(load.address, count=1)
+            except (ModbusException, OSError):
+                pass  # a lost link: the next period tries again
+            await asyncio.sleep(period_s)
+    finally:
+        client.close()
+
+
+async def run_all_realtime(
+    scenarios: list[Scenario], progress: Callable[[int, int, float], None]
+) -> list[Run]:
+    """Every scenario at once, each on its own controller; `progress(done, total, elapsed)`."""
+    started = time.monotonic()
+    tasks = [asyncio.create_task(run_realtime(s)) for s in scenarios]
+    while not all(t.done() for t in tasks):
+        progress(sum(t.done() for t in tasks), len(tasks), time.monotonic() - started)
+        await asyncio.wait(tasks, timeout=0.5)
+    progress(len(tasks), len(tasks), time.monotonic() - started)
+    return [t.result() for t in tasks]
+
+
+class Progress:
+    """One status line, redrawn on a terminal; a line every 5 s otherwise (CI logs)."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = -1e9
+
+    def __call__(self, done: int, total: int, elapsed_s: float) -> None:
+        width = 20
+        bar = "#" * (width * done // total) + "." * (width - width * done // total)
+        line = f"hil: [{bar}] {done}/{total} scenarios finished, {elapsed_s:.0f} s"
+        if self.tty:
+            end = "\n" if done == total else ""
+            print(f"\r{line}", end=end, file=self.stream, flush=True)
+        elif elapsed_s - self._last >= 5.0 or done == total:
+            self._last = elapsed_s
+            print(line, file=self.stream, flush=True)

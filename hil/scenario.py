@@ -1,0 +1,448 @@
+"""HIL scenarios: what the plant machines, on which machine, with which sensor and faults.
+
+One TOML schema (docs/hil-scenarios.md) with two ways to describe the work: `[[segments]]`, a
+toolpath whose engagement is given (depth, width, material per segment), or `[stock]` with
+`[[moves]]`, a block of stock and tool moves whose engagement the stock model works out (and
+whose positions may come from outside, from a real motion controller). Bad files fail with one
+line naming the file, the line and the key. Never does I/O beyond reading the file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from edge_agent.tomlcheck import KeyPath, TomlChecker
+from hil.physics import MATERIALS
+from hil.stock import Box, HardSpot, HeightRegion
+
+#: The scenarios shipped with the bench, one TOML file each.
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+
+class ScenarioError(ValueError):
+    """A mistake in a scenario file, as one line: file, line, key, what is wrong."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The machine tool; each default is a small vertical machining centre's figure."""
+
+    rated_power_kw: float = 5.5  # spindle S1 rating: 100 % load
+    idle_power_kw: float = 0.45  # spindle turning in air at cutting speed
+    efficiency: float = 0.8  # spindle drive and transmission, eta in the power formula
+    spindle_rpm: float = 6000.0
+    max_feed_mm_min: float = 6000.0  # the controller's cutting-feed clamp
+    rapid_mm_min: float = 12000.0  # rapids ignore feed overrides, as on most controllers
+    feed_lag_s: float = 0.08  # axis acceleration, as a first-order lag on the path speed
+    max_feed_pct: float = 150.0  # the controller's clamp on knob x agent override
+    overload_alarm_pct: float = 150.0  # the spindle drive trips above this ...
+    overload_alarm_s: float = 1.0  # ... held this long: feed and spindle stop, alarm latched
+    step_s: float = 0.01  # the plant's fixed step: finer than any poll, coarse enough to be cheap
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """How the controller's spindle-load reading lags and blurs the true load."""
+
+    lag_s: float = 0.15  # drive current filtering, first order
+    dead_time_s: float = 0.05  # the drive's and the controller's update cycles
+    quantum_pct: float = 0.1  # the register's resolution
+    noise_pct: float = 0.3  # standard deviation, seeded: deterministic
+
+
+@dataclass(frozen=True)
+class Control:
+    """What adaptive control aims at, and so what the oracle is computed for."""
+
+    target_load_pct: float = 70.0
+    hard_limit_pct: float = 110.0  # above this, the tool is at risk
+    override_min_pct: float = 50.0
+    override_max_pct: float = 150.0
+
+
+@dataclass(frozen=True)
+class Tool:
+    number: int = 1
+    diameter_mm: float = 12.0
+    wear_kc_per_part: float = 0.0  # Kc grows by this fraction with every part finished
+
+
+@dataclass(frozen=True)
+class HardZone:
+    """Part of a segment, by distance from its start, where Kc is `kc_factor` times higher."""
+
+    from_mm: float
+    to_mm: float
+    kc_factor: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of a given toolpath. `cut` moves at the programmed feed with the engagement
+    given (depth 0: an air cut); `rapid` moves at the rapid rate; `dwell` waits `seconds`."""
+
+    kind: str
+    length_mm: float = 0.0
+    depth_mm: float = 0.0
+    width_mm: float = 0.0
+    feed_mm_min: float = 0.0
+    material: str = "steel"
+    seconds: float = 0.0
+    hard_zones: tuple[HardZone, ...] = ()
+
+
+@dataclass(frozen=True)
+class StockSpec:
+    box: Box
+    top_z: float
+    material: str
+    cell_mm: float = 0.5
+    regions: tuple[HeightRegion, ...] = ()
+    hard_spots: tuple[HardSpot, ...] = ()
+
+
+@dataclass(frozen=True)
+class Move:
+    """A straight tool move to an absolute point; `rapid` ignores the feed and its override."""
+
+    x: float
+    y: float
+    z: float
+    rapid: bool
+    feed_mm_min: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """`breakage` at `at_mm` along part `part`'s path; `sensor_freeze` and `link_loss` from
+    `start_s` for `duration_s` of plant time."""
+
+    kind: str
+    at_mm: float = 0.0
+    part: int = 1
+    start_s: float = 0.0
+    duration_s: float = 0.0
+    spike_factor: float = 3.0  # the load jumps this much as the edge chips ...
+    spike_s: float = 0.05  # ... for this long, then ...
+    residual: float = 0.05  # ... the broken tool only rubs: this fraction of the cutting power
+
+    def active(self, t_s: float) -> bool:
+        return self.start_s <= t_s < self.start_s + self.duration_s
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    seed: int = 0
+    parts: int = 1
+    machine: Machine = field(default_factory=Machine)
+    sensor: Sensor = field(default_factory=Sensor)
+    control: Control = field(default_factory=Control)
+    tool: Tool = field(default_factory=Tool)
+    materials: dict[str, float] = field(default_factory=lambda: dict(MATERIALS))
+    segments: tuple[Segment, ...] = ()
+    stock: StockSpec | None = None
+    start: tuple[float, float, float] = (0.0, 0.0, 50.0)
+    moves: tuple[Move, ...] = ()
+    events: tuple[Event, ...] = ()
+    source: str = "<memory>"
+
+    def kc(self, material: str) -> float:
+        return self.materials[material]
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_scenario(text, str(path))
+
+
+def shipped_scenarios() -> list[Path]:
+    return sorted(SCENARIO_DIR.glob("*.toml"))
+
+
+def scenario_path(name_or_path: str) -> Path:
+    """A shipped scenario by name (`hard_spot`), or a path to a file."""
+    path = SCENARIO_DIR / f"{name_or_path}.toml"
+    if path.exists():
+        return path
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.exists():
+        return path
+    known = ", ".join(p.stem for p in shipped_scenarios())
+    raise ScenarioError(f"{name_or_path}: no such scenario (shipped: {known})")
+
+
+def parse_scenario(text: str, source: str = "<memory>") -> Scenario:
+    checker = _ScenarioChecker(source, text, ScenarioError)
+    return checker.scenario(checker.parse())
+
+
+_TOP = (
+    "name",
+    "description",
+    "seed",
+    "parts",
+    "machine",
+    "sensor",
+    "control",
+    "tool",
+    "materials",
+    "segments",
+    "stock",
+    "start",
+    "moves",
+    "events",
+)
+_EVENT_KEYS = {
+    "breakage": ("kind", "at_mm", "part", "spike_factor", "spike_s", "residual"),
+    "sensor_freeze": ("kind", "start_s", "duration_s"),
+    "link_loss": ("kind", "start_s", "duration_s"),
+}
+
+
+class _ScenarioChecker(TomlChecker):
+    def scenario(self, data: dict) -> Scenario:
+        self.table(data, (), _TOP)
+        materials = self.materials(data)
+        machine = self.positive_section(data, "machine", Machine)
+        sensor = self.section(data, "sensor", Sensor)
+        for key in ("lag_s", "dead_time_s", "quantum_pct", "noise_pct"):
+            if getattr(sensor, key) < 0:
+                raise self.fail(
+                    ("sensor", key), f"must not be negative, got {getattr(sensor, key)}"
+                )
+        control = self.control(data, machine)
+        tool = self.section(data, "tool", Tool)
+        self.positive(data.get("tool", {}), ("tool",), "diameter_mm", 12.0)
+        if tool.wear_kc_per_part < 0:
+            raise self.fail(("tool", "wear_kc_per_part"), "must not be negative")
+        scenario = Scenario(
+            name=self.value(data, (), "name", str),
+            description=self.value(data, (), "description", str),
+            seed=self.int_in(data, (), "seed", 0, 2**63 - 1, 0),
+            parts=self.int_in(data, (), "parts", 1, 10_000, 1),
+            machine=machine,
+            sensor=sensor,
+            control=control,
+            tool=tool,
+            materials=materials,
+            source=self.source,
+        )
+        has_segments, has_stock = "segments" in data, "stock" in data
+        if has_segments == has_stock:
+            raise self.fail((), "needs either [[segments]] or [stock] with [[moves]], not both")
+        if has_segments:
+            segments = self.segments(data, materials)
+            scenario = replace(scenario, segments=segments)
+        else:
+            if "moves" not in data:
+                raise self.fail(("moves",), "missing: a [stock] scenario needs [[moves]]")
+            start = self.point(data, (), "start", (0.0, 0.0, 50.0))
+            stock = self.stock(data, materials)
+            scenario = replace(scenario, stock=stock, start=start, moves=self.moves(data, start))
+        return replace(scenario, events=self.events(data, scenario))
+
+    def positive_section(self, data: dict, name: str, cls: type):
+        section = self.section(data, name, cls)
+        for key, value in vars(section).items():
+            if value <= 0:
+                raise self.fail((name, key), f"must be greater than 0, got {value}")
+        return section
+
+    def materials(self, data: dict) -> dict[str, float]:
+        raw = data.get("materials", {})
+        self.table(raw, ("materials",), raw.keys() if isinstance(raw, dict) else ())
+        materials = dict(MATERIALS)
+        for name in raw:
+            materials[name] = self.positive(raw, ("materials",), name)
+        return materials
+
+    def control(self, data: dict, machine: Machine) -> Control:
+        control = self.positive_section(data, "control", Control)
+        path = ("control",)
+        idle_pct = 100 * machine.idle_power_kw / machine.rated_power_kw
+        if control.target_load_pct <= idle_pct:
+            raise self.fail(
+                (*path, "target_load_pct"),
+                f"must be above the idle load ({idle_pct:.1f} %), got {control.target_load_pct}",
+            )
+        if control.hard_limit_pct <= control.target_load_pct:
+            raise self.fail((*path, "hard_limit_pct"), "must be above target_load_pct")
+        if control.override_max_pct < control.override_min_pct:
+            raise self.fail((*path, "override_max_pct"), "must not be below override_min_pct")
+        return control
+
+    def material(self, data: dict, path: KeyPath, materials: dict[str, float]) -> str:
+        return self.choice(data, path, "material", sorted(materials), "steel")
+
+    def segments(self, data: dict, materials) -> tuple[Segment, ...]:
+        raw = data["segments"]
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(("segments",), "must be an array of tables ([[segments]])")
+        segments = []
+        keys = {
+            "cut": (
+                "kind",
+                "length_mm",
+                "depth_mm",
+                "width_mm",
+                "feed_mm_min",
+                "material",
+                "hard_zones",
+            ),
+            "rapid": ("kind", "length_mm"),
+            "dwell": ("kind", "seconds"),
+        }
+        for i, entry in enumerate(raw):
+            path = ("segments", i)
+            if not isinstance(entry, dict):
+                raise self.fail(path, "must be a table ([[segments]])")
+            kind = self.choice(entry, path, "kind", tuple(keys))
+            self.table(entry, path, keys[kind])
+            if kind == "dwell":
+                segments.append(Segment("dwell", seconds=self.positive(entry, path, "seconds")))
+                continue
+            length = self.positive(entry, path, "length_mm")
+            if kind == "rapid":
+                segments.append(Segment("rapid", length_mm=length))
+                continue
+            depth = self.non_negative(entry, path, "depth_mm")
+            width = self.non_negative(entry, path, "width_mm", 0.0 if depth == 0 else ...)
+            segments.append(
+                Segment(
+                    "cut",
+                    length_mm=length,
+                    depth_mm=depth,
+                    width_mm=width,
+                    feed_mm_min=self.positive(entry, path, "feed_mm_min"),
+                    material=self.material(entry, path, materials),
+                    hard_zones=self.hard_zones(
+                        self.value(entry, path, "hard_zones", list, []),
+                        (*path, "hard_zones"),
+                        length,
+                    ),
+                )
+            )
+        return tuple(segments)
+
+    def non_negative(self, data, path, key, default=...) -> float:
+        value = self.value(data, path, key, float, default)
+        if value < 0:
+            raise self.fail((*path, key), f"must not be negative, got {value}")
+        return value
+
+    def hard_zones(self, raw, path: KeyPath, length: float) -> tuple[HardZone, ...]:
+        zones = []
+        for i, entry in enumerate(raw):
+            where = (*path, i)
+            self.table(entry, where, ("from_mm", "to_mm", "kc_factor"))
+            start = self.non_negative(entry, where, "from_mm")
+            stop = self.positive(entry, where, "to_mm")
+            if not start < stop <= length:
+                raise self.fail(
+                    (*where, "to_mm"), f"must be above from_mm and at most length_mm ({length:g})"
+                )
+            zones.append(HardZone(start, stop, self.positive(entry, where, "kc_factor")))
+        return tuple(zones)
+
+    def point(self, data, path, key, default=...) -> tuple[float, float, float]:
+        value = self.value(data, path, key, list, default)
+        if len(value) != 3 or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        ):
+            raise self.fail((*path, key), f"must be [x, y, z] in mm, got {value}")
+        return tuple(float(v) for v in value)
+
+    def box(self, data, path) -> Box:
+        spans = []
+        for key in ("x", "y"):
+            span = self.value(data, path, key, list)
+            if len(span) != 2 or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in span
+            ):
+                raise self.fail((*path, key), f"must be [min, max] in mm, got {span}")
+            if not span[0] < span[1]:
+                raise self.fail((*path, key), f"min must be below max, got {span}")
+            spans.append((float(span[0]), float(span[1])))
+        return Box(*spans)
+
+    def stock(self, data, materials) -> StockSpec:
+        raw, path = data["stock"], ("stock",)
+        self.table(raw, path, ("x", "y", "top_z", "material", "cell_mm", "regions", "hard_spots"))
+        box = self.box(raw, path)
+        cell = self.positive(raw, path, "cell_mm", 0.5)
+        regions, spots = [], []
+        for i, entry in enumerate(self.value(raw, path, "regions", list, [])):
+            where = (*path, "regions", i)
+            self.table(entry, where, ("x", "y", "top_z"))
+            regions.append(
+                HeightRegion(self.box(entry, where), self.value(entry, where, "top_z", float))
+            )
+        for i, entry in enumerate(self.value(raw, path, "hard_spots", list, [])):
+            where = (*path, "hard_spots", i)
+            self.table(entry, where, ("x", "y", "kc_factor"))
+            spots.append(HardSpot(self.box(entry, where), self.positive(entry, where, "kc_factor")))
+        return StockSpec(
+            box=box,
+            top_z=self.value(raw, path, "top_z", float),
+            material=self.material(raw, path, materials),
+            cell_mm=cell,
+            regions=tuple(regions),
+            hard_spots=tuple(spots),
+        )
+
+    def moves(self, data, start) -> tuple[Move, ...]:
+        raw = data["moves"]
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(("moves",), "must be an array of tables ([[moves]])")
+        x, y, z = start
+        feed = None
+        moves = []
+        for i, entry in enumerate(raw):
+            path = ("moves", i)
+            self.table(entry, path, ("x", "y", "z", "rapid", "feed_mm_min"))
+            x = self.value(entry, path, "x", float, x)
+            y = self.value(entry, path, "y", float, y)
+            z = self.value(entry, path, "z", float, z)
+            rapid = self.value(entry, path, "rapid", bool, False)
+            if "feed_mm_min" in entry:
+                feed = self.positive(entry, path, "feed_mm_min")
+            if not rapid and feed is None:
+                raise self.fail((*path, "feed_mm_min"), "missing (no feed programmed yet)")
+            moves.append(Move(x, y, z, rapid, 0.0 if rapid else feed))
+        return tuple(moves)
+
+    def events(self, data, scenario: Scenario) -> tuple[Event, ...]:
+        raw = self.value(data, (), "events", list, [])
+        events = []
+        for i, entry in enumerate(raw):
+            path = ("events", i)
+            if not isinstance(entry, dict):
+                raise self.fail(path, "must be a table ([[events]])")
+            kind = self.choice(entry, path, "kind", tuple(_EVENT_KEYS))
+            self.table(entry, path, _EVENT_KEYS[kind])
+            if kind == "breakage":
+                event = Event(
+                    kind,
+                    at_mm=self.non_negative(entry, path, "at_mm"),
+                    part=self.int_in(entry, path, "part", 1, scenario.parts, 1),
+                    spike_factor=self.positive(entry, path, "spike_factor", 3.0),
+                    spike_s=self.positive(entry, path, "spike_s", 0.05),
+                    residual=self.non_negative(entry, path, "residual", 0.05),
+                )
+            else:
+                event = Event(
+                    kind,
+                    start_s=self.non_negative(entry, path, "start_s"),
+                    duration_s=self.positive(entry, path, "duration_s"),
+                )
+            events.append(event)
+        return tuple(events)
