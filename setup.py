@@ -68,8 +68,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["edge_agent", "edge_agent.*", "hil", "hil.*"]),
     package_data={
-        # Recorded CSV runs and toml register maps for the simulated controller.
-        "hil": ["data/**/*"],
+        # Recorded CSV runs and toml register maps for the simulated controller; scenarios.
+        "hil": ["data/**/*", "scenarios/*.toml"],
         "edge_agent": ["defaults/*.toml"],
     },
     # Generated C is build output (and large); the wheel carries the compiled module.
