@@ -1,4 +1,4 @@
-"""The `edge-agent` command: run | check-config | decode | demo.
+"""The `edge-agent` command: run | check-config | decode | demo | teach.
 
 Errors a person can fix (a bad config, a missing file) end as one line on stderr and
 exit status 2; nothing here prints a traceback for them.
@@ -14,8 +14,12 @@ import sys
 
 from . import __version__
 from .config import ConfigError, load_config
+from .control.teach import TeachError, TeachStore, to_json
 from .sources.poll_plan import PlanLimits, plan_reads
 from .telemetry.sink import SinkError
+
+#: Where the systemd service and the README install the configuration.
+DEFAULT_CONFIG = "/etc/edge-agent/agent.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,13 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--spool", default="demo-spool.db", help="the spool file (default: demo-spool.db here)"
     )
+    _add_teach(commands)
     args = parser.parse_args(argv)
 
     try:
-        return {"run": _run, "check-config": _check, "decode": _decode, "demo": _demo}[
-            args.command
-        ](args)
-    except (ConfigError, SinkError) as exc:
+        return {
+            "run": _run,
+            "check-config": _check,
+            "decode": _decode,
+            "demo": _demo,
+            "teach": _teach,
+        }[args.command](args)
+    except (ConfigError, SinkError, TeachError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -112,6 +121,66 @@ def _demo(args) -> int:
     except ReplayMapError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _add_teach(commands) -> None:
+    teach = commands.add_parser(
+        "teach",
+        help="list, forget or export the tools' learned loads",
+        description="The teach-in records: the first cut with a tool learns its peak load; "
+        "later cuts aim at [control] teach_fraction of it.",
+    )
+    actions = teach.add_subparsers(dest="action", required=True)
+    config_help = f"the agent's configuration (default {DEFAULT_CONFIG})"
+    listing = actions.add_parser("list", help="one line per taught tool, with its target")
+    listing.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+    reset_help = (
+        "forget one tool: its next cut teaches again (a running agent picks this up "
+        "at its next program start; it watches the file)"
+    )
+    reset = actions.add_parser("reset", help=reset_help, description=reset_help)
+    reset.add_argument("tool", type=int, metavar="TOOL", help="the tool number")
+    reset.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+    export = actions.add_parser(
+        "export", help="the teach file's JSON, for backup or another machine"
+    )
+    export.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+    export.add_argument("--out", metavar="FILE", help="write it here (default: stdout)")
+
+
+def _teach(args) -> int:
+    control = load_config(args.config).control
+    store = TeachStore(control.teach_file)
+    if args.action == "reset":
+        if not store.reset(args.tool):
+            print(f"edge-agent: tool {args.tool} is not taught ({store.path})", file=sys.stderr)
+            return 1
+        print(f"tool {args.tool} forgotten: its next cut teaches again ({store.path})")
+        return 0
+    records = store.load()
+    if args.action == "export":
+        if args.out:
+            TeachStore(args.out).save(records)
+            print(f"{len(records)} tools written to {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(to_json(records))
+        return 0
+    if not records:
+        print(f"no tools taught yet ({store.path})")
+        return 0
+    print(
+        f"{'tool':>6} {'peak %':>7} {'idle %':>7} {'target %':>8} {'blocks':>6} "
+        f"{'program':>8}  learned_at"
+    )
+    for tool, r in sorted(records.items()):
+        target = r.target_pct(control.teach_fraction, control.hard_limit_pct)
+        print(
+            f"{tool:>6} {r.peak_load_pct:>7.1f} {r.idle_load_pct:>7.1f} {target:>8.1f} "
+            f"{len(r.cut_blocks):>6} {r.program:>8}  {r.learned_at}"
+        )
+    if control.target_mode != "teach_in":
+        print(f'(target_mode is "{control.target_mode}": these targets are not in use)')
     return 0
 
 

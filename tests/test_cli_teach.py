@@ -1,0 +1,180 @@
+"""`edge-agent teach`: list, reset and export the learned records, with one-line errors."""
+
+import json
+
+import pytest
+
+from edge_agent.cli import main
+from edge_agent.config import ConfigError
+from edge_agent.control.teach import TeachStore, ToolRecord
+
+pytestmark = pytest.mark.timeout(60)
+
+STAMP = "2024-05-01T10:00:00Z"
+
+CONFIG = """\
+[machine]
+site = "plant-a"
+machine_id = "mill-01"
+
+[controller]
+host = "10.0.0.5"
+
+[poll_groups.fast]
+period_s = 0.1
+
+[[tags]]
+name = "spindle_load"
+address = 0
+table = "input"
+type = "uint16"
+scale = 0.1
+poll_group = "fast"
+
+[[tags]]
+name = "feed_override"
+address = 1
+table = "holding"
+type = "uint16"
+poll_group = "fast"
+
+[control]
+target_mode = "teach_in"
+teach_fraction = 0.8
+hard_limit_pct = 100.0
+teach_file = "{teach_file}"
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """(config path, the store it names)."""
+    store = TeachStore(tmp_path / "state" / "teach.json")
+    config = tmp_path / "agent.toml"
+    config.write_text(CONFIG.format(teach_file=store.path))
+    return str(config), store
+
+
+def record(tool, peak=80.0, idle=10.0, blocks=(20, 30, 40), program=1001):
+    return ToolRecord(tool, peak, idle, blocks, program, 50, STAMP)
+
+
+def test_list_with_nothing_taught_says_so(setup, capsys):
+    config, store = setup
+    assert main(["teach", "list", "--config", config]) == 0
+    assert capsys.readouterr().out == f"no tools taught yet ({store.path})\n"
+
+
+def test_list_prints_one_line_per_tool_with_its_target(setup, capsys):
+    config, store = setup
+    store.save({12: record(12, peak=120.0, blocks=(5,), program=2002), 5: record(5)})
+    assert main(["teach", "list", "--config", config]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert " ".join(header.split()) == "tool peak % idle % target % blocks program learned_at"
+    # 0.8 x 80 = 64; 0.8 x 120 = 96 is capped at 90 % of the 100 % hard limit.
+    assert [row.split() for row in rows] == [
+        ["5", "80.0", "10.0", "64.0", "3", "1001", STAMP],
+        ["12", "120.0", "10.0", "90.0", "1", "2002", STAMP],
+    ]
+
+
+def test_list_notes_when_the_targets_are_not_in_use(setup, capsys):
+    config, store = setup
+    with open(config, "r+") as f:
+        text = f.read().replace('target_mode = "teach_in"', 'target_mode = "fixed"')
+        f.seek(0)
+        f.write(text)
+        f.truncate()
+    store.save({5: record(5)})
+    assert main(["teach", "list", "--config", config]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        '(target_mode is "fixed": these targets are not in use)'
+    )
+
+
+def test_reset_forgets_one_tool(setup, capsys):
+    config, store = setup
+    store.save({5: record(5), 12: record(12)})
+    assert main(["teach", "reset", "5", "--config", config]) == 0
+    assert "tool 5 forgotten" in capsys.readouterr().out
+    assert list(store.load()) == [12]
+
+
+def test_reset_of_an_untaught_tool_is_one_line_and_exit_1(setup, capsys):
+    config, store = setup
+    store.save({12: record(12)})
+    assert main(["teach", "reset", "5", "--config", config]) == 1
+    err = capsys.readouterr().err
+    assert err == f"edge-agent: tool 5 is not taught ({store.path})\n"
+    assert list(store.load()) == [12]
+
+
+@pytest.mark.parametrize("command", [["teach"], ["teach", "reset"]])
+def test_reset_help_says_when_a_running_agent_sees_it(capsys, command):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    assert "next program start" in " ".join(capsys.readouterr().out.split())
+
+
+def test_export_writes_the_store_json_to_stdout(setup, capsys):
+    config, store = setup
+    store.save({5: record(5)})
+    assert main(["teach", "export", "--config", config]) == 0
+    assert capsys.readouterr().out == store.path.read_text()
+
+
+def test_export_of_an_empty_store_is_an_empty_teach_file(setup, capsys):
+    config, _ = setup
+    assert main(["teach", "export", "--config", config]) == 0
+    assert json.loads(capsys.readouterr().out) == {"version": 1, "tools": {}}
+
+
+def test_export_to_a_file_can_be_loaded_on_another_machine(setup, tmp_path, capsys):
+    config, store = setup
+    store.save({5: record(5), 12: record(12)})
+    out = tmp_path / "backup" / "teach.json"
+    assert main(["teach", "export", "--config", config, "--out", str(out)]) == 0
+    assert TeachStore(out).load() == store.load()
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("action", [["list"], ["reset", "5"], ["export"]])
+def test_a_corrupt_teach_file_is_one_line_and_exit_2(setup, capsys, action):
+    config, store = setup
+    store.path.parent.mkdir()
+    store.path.write_text("{not json")
+    assert main(["teach", *action, "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"edge-agent: {store.path}: not a teach file: invalid JSON")
+    assert store.path.read_text() == "{not json"
+
+
+@pytest.mark.parametrize("action", [["list"], ["reset", "5"], ["export"]])
+def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys, action):
+    bad = tmp_path / "agent.toml"
+    bad.write_text("[machine]\n")
+    assert main(["teach", *action, "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "machine.site: missing" in err
+
+
+def test_a_missing_config_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["teach", "list", "--config", str(tmp_path / "none.toml")]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("none.toml: cannot read: No such file or directory")
+    )
+
+
+def test_the_config_defaults_to_the_installed_path(monkeypatch, capsys):
+    import edge_agent.cli as cli
+
+    def load_config(path):
+        raise ConfigError(f"{path}: cannot read: No such file or directory")
+
+    monkeypatch.setattr(cli, "load_config", load_config)
+    assert main(["teach", "list"]) == 2
+    assert capsys.readouterr().err.startswith("edge-agent: /etc/edge-agent/agent.toml: ")
