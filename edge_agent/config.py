@@ -126,6 +126,60 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """Adaptive feed control (docs/adaptive-control.md has each figure's reason)."""
+
+    enabled: bool = False
+    # What the loop reads (tag names; a filtered channel for the signal) and the one register
+    # it writes; `writable` is the actuator's whitelist, which must hold `override_tag`.
+    signal: str = "spindle_load"
+    override_tag: str = "agent_feed_override"
+    writable: tuple[str, ...] = ("agent_feed_override",)
+    knob_tag: str = "feed_knob"
+    spindle_on_tag: str = "spindle_on"
+    program_running_tag: str = "program_running"
+    alarm_tag: str = "in_alarm"
+    tool_tag: str = "tool_number"
+    program_tag: str = "program_number"
+    block_tag: str = "block_number"
+    enable_tag: str = ""  # a register the part program or operator sets (0: off); "" = none
+    tools: tuple[int, ...] = ()  # tools under control; empty: every tool
+    programs: tuple[int, ...] = ()  # programs under control; empty: every program
+    period_s: float = 0.01  # 100 Hz
+    stale_s: float = 0.3  # the signal or the run state older than this is a fault
+    frozen_s: float = 0.5  # a load reading that has not moved this long is a stuck sensor; 0: off
+    # The target: a fixed load, or a fraction of the peak a teach-in cut learned per tool.
+    target_mode: str = "fixed"
+    target_load_pct: float = 70.0
+    teach_fraction: float = 0.9
+    teach_file: str = "/var/lib/edge-agent/teach.json"
+    hard_limit_pct: float = 110.0
+    idle_load_pct: float = 0.0  # 0: learned while the spindle turns in air
+    idle_settle_s: float = 0.5  # after control starts, the load settles to idle (no entry)
+    override_min_pct: float = 50.0
+    override_max_pct: float = 150.0
+    safe_override_pct: float = 100.0  # a fault: override := min(current, this)
+    neutral_override_pct: float = 100.0  # written once when control ends
+    air_override_pct: float = 150.0
+    entry_override_pct: float = 0.0  # 0: the override the last cut ended with (100 at first)
+    entry_margin_pct: float = 2.0  # load this far over idle: the tool enters the material
+    entry_s: float = 0.2  # hold the entry override this long (about a cutter radius)
+    exit_fraction: float = 0.08  # cutting load below this share of the target's: exit
+    exit_s: float = 0.1
+    kp: float = 0.6
+    ki: float = 4.0
+    deadband: float = 0.01
+    rise_pct_per_s: float = 60.0  # raise slowly ...
+    fall_pct_per_s: float = 1000.0  # ... cut fast
+    overload_persist_s: float = 1.0
+    breakage_spike_ratio: float = 1.3  # cutting load rising to this x the target's ...
+    breakage_drop_fraction: float = 0.3  # ... then falling below this share of it ...
+    breakage_window_s: float = 0.5  # ... within this time: the tool broke
+    refresh_s: float = 1.0  # re-write the override this often (controllers that revert)
+    verify_s: float = 0.5  # a write not read back within this long is counted and re-sent
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     # MQTT publishing arrives with the store-and-forward issue; until then frames stay
     # in the spool and `enabled = true` is refused rather than silently ignored.
@@ -150,6 +204,7 @@ class AgentConfig:
     poll_groups: dict[str, PollGroup]
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     channels: dict[str, ChannelConfig] = field(default_factory=dict)
+    control: ControlConfig = field(default_factory=ControlConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -179,6 +234,7 @@ _SECTIONS = (
     "tags",
     "poll_groups",
     "channels",
+    "control",
     "telemetry",
     "spool",
     "upstream",
@@ -211,6 +267,7 @@ class _Validator(TomlChecker):
         tags = self.tags(data, groups)
         telemetry = self.telemetry(data, {t.name for t in tags})
         channels = self.channels(data, tags, groups)
+        control = self.control(data, {t.name: t for t in tags})
         spool = self.section(data, "spool", SpoolConfig)
         if not spool.path:
             raise self.fail(("spool", "path"), "must not be empty")
@@ -236,6 +293,7 @@ class _Validator(TomlChecker):
             poll_groups=groups,
             telemetry=telemetry,
             channels=channels,
+            control=control,
             spool=spool,
             upstream=upstream,
             service=service,
@@ -402,6 +460,75 @@ class _Validator(TomlChecker):
             if name not in tag_names:
                 raise self.fail((*path, "include", i), f"no tag named {name!r}")
         return TelemetryConfig(interval, max_points, tuple(include))
+
+    def control(self, data: dict, tags: dict[str, Tag]) -> ControlConfig:
+        cfg = self.section(data, "control", ControlConfig)
+        raw, path = data.get("control", {}), ("control",)
+        self.choice(raw, path, "target_mode", ("fixed", "teach_in"), "fixed")
+        for key in (
+            "period_s",
+            "stale_s",
+            "entry_s",
+            "exit_s",
+            "overload_persist_s",
+            "idle_settle_s",
+        ):
+            self.positive(raw, path, key, getattr(cfg, key))
+        for key in ("breakage_window_s", "refresh_s", "verify_s", "teach_fraction"):
+            self.positive(raw, path, key, getattr(cfg, key))
+        for key in (
+            "kp",
+            "ki",
+            "deadband",
+            "rise_pct_per_s",
+            "fall_pct_per_s",
+            "idle_load_pct",
+            "frozen_s",
+        ):
+            if getattr(cfg, key) < 0:
+                raise self.fail((*path, key), f"must not be negative, got {getattr(cfg, key)}")
+        if not 0 < cfg.override_min_pct <= cfg.override_max_pct:
+            raise self.fail((*path, "override_min_pct"), "must be above 0 and not above the max")
+        for key in ("safe_override_pct", "air_override_pct", "entry_override_pct"):
+            if key == "entry_override_pct" and cfg.entry_override_pct == 0:
+                continue
+            if not cfg.override_min_pct <= getattr(cfg, key) <= cfg.override_max_pct:
+                raise self.fail(
+                    (*path, key),
+                    f"must lie within override_min_pct..override_max_pct "
+                    f"({cfg.override_min_pct:g}..{cfg.override_max_pct:g})",
+                )
+        if not cfg.target_load_pct < cfg.hard_limit_pct:
+            raise self.fail((*path, "target_load_pct"), "must be below hard_limit_pct")
+        if not cfg.enabled:
+            return cfg
+        for key in (
+            "signal",
+            "knob_tag",
+            "spindle_on_tag",
+            "program_running_tag",
+            "alarm_tag",
+            "tool_tag",
+            "program_tag",
+            "block_tag",
+            "enable_tag",
+            "override_tag",
+        ):
+            name = getattr(cfg, key)
+            if name and name not in tags:
+                raise self.fail((*path, key), f"no tag named {name!r}")
+        for i, name in enumerate(cfg.writable):
+            tag = tags.get(name)
+            if tag is None:
+                raise self.fail((*path, "writable", i), f"no tag named {name!r}")
+            if tag.table is not Table.HOLDING:
+                raise self.fail(
+                    (*path, "writable", i),
+                    f"{name!r} is a {tag.table.value} tag: only holding registers are written",
+                )
+        if cfg.override_tag not in cfg.writable:
+            raise self.fail((*path, "override_tag"), f"{cfg.override_tag!r} is not in writable")
+        return cfg
 
     def channels(self, data: dict, tags, groups) -> dict[str, ChannelConfig]:
         raw = self.table(data.get("channels", {}), ("channels",), [t.name for t in tags])

@@ -130,6 +130,8 @@ def summary(agent: Agent, elapsed_s: float, spool: str) -> str:
             f"latency p50 {stats.latency.percentile(50) * 1e3:.2f} ms "
             f"p99 {stats.latency.percentile(99) * 1e3:.2f} ms, {stats.overruns} overruns"
         )
+    if agent.control is not None:
+        lines += control_summary(agent)
     errors = {k: v for k, v in counts.items() if k not in ("samples", "requests")}
     lines += [
         f"  requests           {counts['requests']}; other counts: "
@@ -141,3 +143,20 @@ def summary(agent: Agent, elapsed_s: float, spool: str) -> str:
         f"  see the frames:    edge-agent decode {spool}",
     ]
     return "\n".join(lines)
+
+
+def control_summary(agent: Agent) -> list[str]:
+    loop, cfg = agent.control, agent.config.control
+    actuator = loop.actuator
+    written = actuator.value.get(cfg.override_tag)
+    events = ", ".join(f"{k} {v}" for k, v in sorted(agent.control_events.items())) or "none"
+    override = "-" if written is None else f"{written:g} %"
+    return [
+        f"  adaptive control   target {loop.controller.target_pct():g} %, "
+        f"now {loop.controller.state}, override {override}; "
+        f"{actuator.counters['writes']} writes, {actuator.counters['verified']} read back",
+        f"  control loop       {1 / cfg.period_s:g} Hz: {loop.ticks} ticks, lateness p99 "
+        f"{loop.lateness.percentile(99) * 1e3:.2f} ms, sample-to-write p99 "
+        f"{loop.latency.percentile(99) * 1e3:.1f} ms, {loop.overruns} overruns",
+        f"  control events     {events}",
+    ]

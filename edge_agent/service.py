@@ -1,21 +1,29 @@
-"""The agent's wiring on one asyncio loop: controller link -> poller -> batcher -> spool.
+"""The agent's wiring: controller link -> poller -> filters -> (control loop, batcher -> spool).
 
-Data flows one way. The poller hands samples to the batcher synchronously (no queue to
-overflow); frames go to the durable sink, whose SQLite work runs in its own thread, so
-neither the poller nor (later) the control loop ever waits on the disk.
+Data flows one way. I/O runs on one asyncio loop; the control loop runs in its own thread
+(`control/loop.py`), fed through a queue the poller fills without waiting, writing through the
+link's one writer without waiting; frames go to the durable sink, whose SQLite work runs in
+its own thread, so neither the poller nor the control loop ever waits on the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
+import queue
 import uuid
+from collections import Counter
 from contextlib import suppress
 
 from . import __version__
 from .clock import SystemClock
 from .config import AgentConfig
+from .control.actuator import Actuator
+from .control.adaptive import AdaptiveController
+from .control.loop import ControlLoop
+from .control.teach import TeachError, TeachStore
 from .filters.chain import FilterChain
 from .samples import Quality, Sample
 from .sources.modbus import ModbusPoller
@@ -48,8 +56,69 @@ class Agent:
         self.points_stored = 0
         self.last_seq = 0
         self._full = asyncio.Event()
+        self.control: ControlLoop | None = None
+        self._tasks_in_flight: set[asyncio.Task] = set()
+        self.control_events: Counter[str] = Counter()
+        self._control_inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._control_tags: frozenset[str] = frozenset()
+        self._teach = TeachStore(config.control.teach_file)
+
+    def _start_control(self) -> None:
+        """The control loop's thread, its controller and the one actuator (which takes the
+        link's only writer). Teach-in records are read here, once, before the loop starts."""
+        cfg = self.config.control
+        loop = asyncio.get_running_loop()
+        taught = {}
+        if cfg.target_mode == "teach_in":
+            try:
+                taught = self._teach.load()
+            except TeachError as exc:
+                log.error("%s; teach-in starts afresh for every tool", exc)
+        controller = AdaptiveController(cfg, taught)
+        self._control_tags = frozenset(controller.inputs)
+        tags = {t.name: t for t in self.config.tags}
+        actuator = Actuator(cfg, tags, self.link.take_writer(loop))
+        self.control = ControlLoop(
+            controller,
+            actuator,
+            self._control_inbox,
+            link_up=lambda: self.link.connected,
+            on_events=lambda events: loop.call_soon_threadsafe(self._control_events, events),
+            clock_ns=self.clock.monotonic_ns,
+        )
+        self.control.start()
+        log.info(
+            "adaptive control on %s at %g Hz, target %s",
+            cfg.signal,
+            1 / cfg.period_s,
+            "taught per tool" if cfg.target_mode == "teach_in" else f"{cfg.target_load_pct:g} %",
+        )
+
+    def _control_events(self, events: list[tuple[str, dict]]) -> None:
+        """Events from the control thread, on the event loop: stored as telemetry; a teach-in
+        record also goes to the teach file (in a worker thread: it fsyncs)."""
+        for kind, detail in events:
+            self.control_events[kind] += 1
+            if kind == "teach_in_learned":
+                record = detail["record"]
+                detail = dataclasses.asdict(record)
+                self._background(asyncio.to_thread(self._teach.put, record))
+            log.log(
+                logging.WARNING if kind in ("overload", "breakage", "undercut") else logging.INFO,
+                "control: %s %s",
+                kind,
+                detail,
+            )
+            self._background(self.store_event(kind, detail))
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks_in_flight.add(task)
+        task.add_done_callback(self._tasks_in_flight.discard)
 
     def _on_samples(self, samples: list[Sample]) -> None:
+        arrived_ns = self.clock.monotonic_ns()
+        for_control = []
         for sample in samples:
             name = sample.channel
             self.latest[name] = sample
@@ -57,6 +126,8 @@ class Agent:
             filtered = _filter(chain, sample) if chain else None
             if filtered is not None:
                 self.filtered[name] = filtered
+            if name in self._control_tags and (chain is None or filtered is not None):
+                for_control.append((arrived_ns, filtered or sample))
             if name not in self._include:
                 continue
             mode = self.config.channels[name].telemetry if chain else "raw"
@@ -69,6 +140,8 @@ class Agent:
                 full |= self.batcher.add(filtered._replace(channel=f"{name}_filtered"))
             if full:
                 self._full.set()
+        if for_control:
+            self._control_inbox.put(for_control)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); always flushes and closes."""
@@ -89,6 +162,8 @@ class Agent:
             # healthy start does not count its first cycles as "link down"; a dead
             # controller is still polled (and its values go stale) after that.
             await self.link.wait_connected(self.config.controller.timeout_s)
+            if self.config.control.enabled:
+                self._start_control()
             tasks += [
                 asyncio.create_task(self.poller.run(), name="poller"),
                 asyncio.create_task(self._flush_periodically(), name="frames"),
@@ -101,10 +176,25 @@ class Agent:
                 if task is not stopped and task.exception():
                     raise task.exception()
         finally:
+            await self._stop_control()
             await cancel_and_wait(tasks)
             await self.flush()
             await self.store_event("agent_stop", {})
             await self.sink.close()
+
+    async def _stop_control(self) -> None:
+        """Stop the loop, then leave the feed at min(current, safe): the agent stopping is a
+        fault like any other (docs/safety.md)."""
+        if self.control is None:
+            return
+        self.control.stop()
+        cfg, actuator = self.config.control, self.control.actuator
+        current = actuator.value.get(cfg.override_tag)
+        if current is not None and current > cfg.safe_override_pct:
+            actuator.set(cfg.override_tag, cfg.safe_override_pct, self.clock.monotonic_ns())
+        await actuator.writer.flush()
+        if self._tasks_in_flight:
+            await asyncio.wait(list(self._tasks_in_flight))
 
     async def flush(self) -> None:
         """Close the open batch into a frame and store it."""

@@ -80,21 +80,33 @@ class TomlChecker:
         return value
 
     def section(self, data: dict, name: str, cls: type, required: bool = False) -> Any:
-        """Validate a flat section against the dataclass `cls` (its fields and defaults)."""
+        """Validate a flat section against the dataclass `cls`: its fields, their types (str,
+        int, float, bool, or a tuple of int or str, written as an array) and defaults."""
         if name not in data:
             if required:
                 raise self.fail((name,), "missing section")
             return cls()
         raw = self.table(data[name], (name,), [f.name for f in fields(cls)])
-        kinds = {"int": int, "float": float, "str": str, "bool": bool}
-        return cls(
-            **{
-                f.name: self.value(
-                    raw, (name,), f.name, kinds[f.type], ... if f.default is MISSING else f.default
-                )
-                for f in fields(cls)
-            }
-        )
+        values = {}
+        for f in fields(cls):
+            default = ... if f.default is MISSING else f.default
+            if f.type in _TUPLES:
+                default = list(default) if default is not ... else ...
+                items = self.value(raw, (name,), f.name, list, default)
+                kind = _TUPLES[f.type]
+                for i, item in enumerate(items):
+                    if not isinstance(item, kind) or isinstance(item, bool):
+                        raise self.fail(
+                            (name, f.name, i), f"must be {KIND_NAMES[kind]}, got {kind_name(item)}"
+                        )
+                values[f.name] = tuple(items)
+            else:
+                values[f.name] = self.value(raw, (name,), f.name, _KINDS[f.type], default)
+        return cls(**values)
+
+
+_KINDS = {"int": int, "float": float, "str": str, "bool": bool}
+_TUPLES = {"tuple[int, ...]": int, "tuple[str, ...]": str}
 
 
 class KeyLines:

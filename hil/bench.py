@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import array
 import asyncio
+import dataclasses
+import queue
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +22,12 @@ from dataclasses import dataclass
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from edge_agent.config import ChannelConfig, ControlConfig, FilterSpec
+from edge_agent.control.actuator import Actuator
+from edge_agent.control.adaptive import AdaptiveController, State
+from edge_agent.control.loop import ControlLoop
+from edge_agent.filters.chain import FilterChain
+from edge_agent.samples import Sample
 from hil.controller import SimulatedController
 from hil.oracle import oracle
 from hil.plant import CuttingPlant, RunResult
@@ -136,3 +144,97 @@ class Progress:
         elif elapsed_s - self._last >= 5.0 or done == total:
             self._last = elapsed_s
             print(line, file=self.stream, flush=True)
+
+
+ADAPTIVE = "adaptive"
+
+
+#: The agent's control settings on the bench: the defaults, aimed at the scenario's target.
+#: Tags are the simulated controller's register map (hil/register_map.py).
+def control_config(scenario: Scenario, **change) -> ControlConfig:
+    c = scenario.control
+    return dataclasses.replace(
+        ControlConfig(
+            enabled=True,
+            target_load_pct=c.target_load_pct,
+            hard_limit_pct=c.hard_limit_pct,
+            override_min_pct=c.override_min_pct,
+            override_max_pct=c.override_max_pct,
+            air_override_pct=c.override_max_pct,
+        ),
+        **change,
+    )
+
+
+class _PlantWriter:
+    """The actuator's writer on simulated time: straight into the plant, as the controller
+    would apply a Modbus write; lost while the scenario's link is down."""
+
+    def __init__(self, plant: CuttingPlant):
+        self.plant = plant
+
+    def write(self, tag, value: float) -> None:
+        if not self.plant.link_down():
+            self.plant.write(tag.name, value)
+
+
+def run_adaptive_simulated(
+    scenario: Scenario,
+    cfg: ControlConfig | None = None,
+    poll_s: float = 0.02,
+    filters: tuple[FilterSpec, ...] = (),
+) -> tuple[Run, ControlLoop]:
+    """The agent's control path on simulated time: the plant polled every `poll_s` (no
+    replies while the link is down), the signal through the agent's filter chain, the
+    agent's own control loop ticked every period."""
+    cfg = cfg or control_config(scenario)
+    chain = FilterChain(ChannelConfig(cfg.signal, filters, sample_rate_hz=1 / poll_s))
+    ideal = oracle(scenario).cycle_time_s
+    plant = CuttingPlant(scenario, record=True)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    now_ns = 0
+    loop = ControlLoop(
+        AdaptiveController(cfg),
+        Actuator(cfg, BY_NAME, _PlantWriter(plant)),
+        inbox,
+        link_up=lambda: not plant.link_down(),
+        on_events=lambda events: loop.events.extend((now_ns, e) for e in events),
+        clock_ns=lambda: now_ns,
+    )
+    loop.events = []
+    period_ns, poll_ns = round(cfg.period_s * 1e9), round(poll_s * 1e9)
+    limit_ns = round(time_limit_s(ideal) * 1e9)
+    next_poll_ns = 0
+    held_since_ns = None
+    while plant.running and now_ns < limit_ns:
+        now_ns += period_ns
+        plant.advance_to(now_ns / 1e9)
+        if now_ns >= next_poll_ns:
+            next_poll_ns += poll_ns
+            if not plant.link_down():
+                values = plant.values()
+                values[cfg.signal] = chain.push(values[cfg.signal])
+                inbox.put([(now_ns, Sample(name, now_ns, values[name])) for name in _POLLED])
+        loop.tick(now_ns)
+        held = loop.controller.state is State.HOLD
+        held_since_ns = (held_since_ns or now_ns) if held else None
+        if held_since_ns is not None and now_ns - held_since_ns >= HOLD_ENDS_RUN_S * 1e9:
+            break  # the feed is held: an operator takes over from here
+    run = Run(scenario, ADAPTIVE, plant.result, ideal, plant.trace, plant.time_s)
+    return run, loop
+
+
+#: A feed hold this long ends a bench run: on a real machine an operator would step in.
+HOLD_ENDS_RUN_S = 2.0
+
+_POLLED = (
+    "spindle_load",
+    "agent_feed_override",
+    "feed_knob",
+    "spindle_on",
+    "program_running",
+    "in_alarm",
+    "tool_number",
+    "program_number",
+    "block_number",
+)

@@ -56,6 +56,7 @@ TRACE_COLUMNS = (
     "motion",  # MOTION code
     "part",
     "area_mm2",  # engaged cross-section (a_p x a_e)
+    "kc",  # specific cutting force of what is engaged, wear included (0 in air)
 )
 
 _AMBIENT_DEGC = 22.0
@@ -96,7 +97,8 @@ class _Piece:
 
 
 def program_of(scenario: Scenario) -> tuple[_Piece, ...]:
-    """The scenario's work as pieces: segments laid end to end along X, or the moves."""
+    """The scenario's work as pieces: the spindle start, then the segments laid end to end
+    along X, or the moves."""
     pieces = []
     if scenario.segments:
         x = 0.0
@@ -106,13 +108,15 @@ def program_of(scenario: Scenario) -> tuple[_Piece, ...]:
                 _Piece(seg.kind, (x, 0.0, 0.0), (end, 0.0, 0.0), seg.feed_mm_min, seg.seconds, seg)
             )
             x = end
-        return tuple(pieces)
-    here = scenario.start
-    for move in scenario.moves:
-        end = (move.x, move.y, move.z)
-        pieces.append(_Piece("rapid" if move.rapid else "cut", here, end, move.feed_mm_min))
-        here = end
-    return tuple(pieces)
+    else:
+        here = scenario.start
+        for move in scenario.moves:
+            end = (move.x, move.y, move.z)
+            pieces.append(_Piece("rapid" if move.rapid else "cut", here, end, move.feed_mm_min))
+            here = end
+    origin = pieces[0].start
+    spindle_start = _Piece("dwell", origin, origin, seconds=scenario.machine.spindle_start_s)
+    return (spindle_start, *pieces)
 
 
 def new_stock(scenario: Scenario) -> StockModel | None:
@@ -174,6 +178,7 @@ class CuttingPlant:
         self._driven_to: tuple[float, float, float] | None = None  # see `drive`
         self._driven_running = False
         self._heading = (0.0, 0.0, 0.0)
+        self._engaged_kc = 0.0
         self._start_run()
 
     # -- the Plant protocol ---------------------------------------------------------------
@@ -309,6 +314,7 @@ class CuttingPlant:
     def _step(self) -> None:
         m, dt = self.machine, self.machine.step_s
         motion, area, cutting_kw = "idle", 0.0, 0.0
+        self._engaged_kc = 0.0
         if self.running:
             self._part_steps += 1
             if self._driven_to is None:
@@ -341,6 +347,7 @@ class CuttingPlant:
                 float(MOTION[motion]),
                 float(self._part),
                 area,
+                self._engaged_kc,
             )
             for column, value in zip(self.trace.values(), row, strict=True):
                 column.append(value)
@@ -404,7 +411,8 @@ class CuttingPlant:
     def _cutting_kw(self, kc: float, volume_mm3: float, dt: float) -> float:
         """Cutting power for `volume_mm3` removed in `dt` s from material `kc`, worn tool."""
         wear = 1.0 + self.scenario.tool.wear_kc_per_part * (self._part - 1)
-        return kc * wear * (volume_mm3 / dt * 60) / (60e6 * self.machine.efficiency)
+        self._engaged_kc = kc * wear
+        return self._engaged_kc * (volume_mm3 / dt * 60) / (60e6 * self.machine.efficiency)
 
     def _cut(self, piece: _Piece, ahead_mm: float) -> tuple[float, float, float]:
         """Move `ahead_mm` along the piece: (Kc, volume removed mm³, engaged area mm²)."""

@@ -36,6 +36,7 @@ class Machine:
     max_feed_mm_min: float = 6000.0  # the controller's cutting-feed clamp
     rapid_mm_min: float = 12000.0  # rapids ignore feed overrides, as on most controllers
     feed_lag_s: float = 0.08  # axis acceleration, as a first-order lag on the path speed
+    spindle_start_s: float = 1.0  # each part starts with the spindle coming up to speed
     max_feed_pct: float = 150.0  # the controller's clamp on knob x agent override
     overload_alarm_pct: float = 150.0  # the spindle drive trips above this ...
     overload_alarm_s: float = 1.0  # ... held this long: feed and spindle stop, alarm latched

@@ -17,7 +17,7 @@ def test_check_config_prints_the_read_plan(capsys):
     assert main(["check-config", str(ROOT / "edge_agent/defaults/demo.toml")]) == 0
     out = capsys.readouterr().out
     assert "ok: 22 tags in 2 poll groups" in out
-    assert "fast: every 0.1 s, 5 read requests" in out
+    assert "fast: every 0.02 s, 5 read requests" in out
 
 
 def test_check_config_error_is_one_line_and_exit_2(tmp_path, capsys):

@@ -38,9 +38,10 @@ seconds = 1.0
     normal = cutting_w_min / (1700 * 4 * 10)  # 2400 mm/min: override 160 %, capped at 150 %
     hard = cutting_w_min / (3400 * 4 * 10)  # 1200 mm/min: override 80 %
     assert normal == pytest.approx(2400) and hard == pytest.approx(1200)
-    want = 60 / 12000 * 60 + 80 / (1.5 * 1500) * 60 + 20 / 1200 * 60 + 1.0
+    spindle_start = 1.0
+    want = spindle_start + 60 / 12000 * 60 + 80 / (1.5 * 1500) * 60 + 20 / 1200 * 60 + 1.0
     assert oracle(scenario).cycle_time_s == pytest.approx(want, rel=1e-12)
-    assert want == pytest.approx(4.43333, abs=1e-5)
+    assert want == pytest.approx(5.43333, abs=1e-5)
 
 
 def test_stock_slot_by_hand_engaged_for_the_block_length_and_in_air_at_full_override():
@@ -63,7 +64,7 @@ feed_mm_min = 3000
     )
     in_steel = 3.4 * 60e6 * 0.8 / (1700 * 3 * 10)  # 3200 mm/min: override 106.7 %
     in_air = 1.5 * 3000  # 4500 mm/min: the highest override, under the 6000 clamp
-    want = 100 / in_steel * 60 + 40 / in_air * 60
+    want = 1.0 + 100 / in_steel * 60 + 40 / in_air * 60  # after the 1 s spindle start
     # Entering and leaving, the front of the tool is partly in material for about a radius.
     assert oracle(scenario).cycle_time_s == pytest.approx(want, rel=0.01)
 

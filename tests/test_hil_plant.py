@@ -245,7 +245,8 @@ def test_a_hard_zone_raises_the_load_by_its_factor_only_inside_it():
     plant.advance_to(20.0)
     idle = 100 * scenario.machine.idle_power_kw / scenario.machine.rated_power_kw
     base = expected_load(scenario, 1700, 4, 10, 1500) - idle
-    position = [t * 1500 / 60 for t in plant.trace["t_s"]]  # the feed reaches 1500 at once
+    # after the 1 s spindle start, the feed reaches 1500 mm/min at once
+    position = [(t - 1.0) * 1500 / 60 for t in plant.trace["t_s"]]
     for x, load, motion in zip(
         position, plant.trace["load_true_pct"], plant.trace["motion"], strict=True
     ):
@@ -362,8 +363,9 @@ def test_cycle_time_time_above_the_hard_limit_and_peak_are_measured():
     plant.advance_to(60.0)
     result = plant.result
     assert result.finished
-    # 50 mm rapid at 12000, 100 + 80 mm at 1500 mm/min, 50 mm rapid; plus the axes' lag
-    assert result.cycle_time_s == pytest.approx(0.25 + 7.2 + 0.25, abs=0.2)
+    # 1 s spindle start, 50 mm rapid at 12000, 100 + 80 mm at 1500 mm/min, 50 mm rapid;
+    # plus the axes' lag
+    assert result.cycle_time_s == pytest.approx(1.0 + 0.25 + 7.2 + 0.25, abs=0.2)
     m = scenario.machine
     heavy = 100 * (m.idle_power_kw + cutting_power_kw(1700, 10, 12, 1500, m.efficiency)) / 5.5
     assert result.peak_load_pct == pytest.approx(heavy, rel=1e-6)

@@ -2,8 +2,9 @@
 
 Owns reconnection (capped, jittered exponential backoff) and turns pymodbus' replies and
 exceptions into three outcomes a poller can count: registers, an exception code, or a
-`LinkError`. Never writes registers: reads only (writes belong to the actuator).
-A request on a link that is down fails at once; it never waits for the reconnect.
+`LinkError`. Writes go only through the one `RegisterWriter` the link hands out, once, to the
+actuator (`take_writer`): no other code can write to the machine. A request on a link that is
+down fails at once; it never waits for the reconnect.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from ..config import ControllerConfig
-from ..registers import Table
+from ..registers import Table, Tag, encode_registers
 from .poll_plan import ReadRequest
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,28 @@ def make_client(cfg: ControllerConfig):
     return AsyncModbusTcpClient(cfg.host, port=cfg.port, **common)
 
 
+class RegisterWriter:
+    """Hands writes from any thread to the link's event loop, never waiting for them."""
+
+    def __init__(self, link: ModbusLink, loop: asyncio.AbstractEventLoop):
+        self._link, self._loop = link, loop
+        self._pending: set[asyncio.Task] = set()
+
+    def write(self, tag: Tag, value: float) -> None:
+        self._loop.call_soon_threadsafe(self._start, tag, value)
+
+    def _start(self, tag: Tag, value: float) -> None:
+        task = self._loop.create_task(self._link._write(tag, value))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def flush(self) -> None:
+        """Wait for the writes already started (the agent's last write on the way out)."""
+        await asyncio.sleep(0)  # let call_soon_threadsafe callbacks start their tasks
+        if self._pending:
+            await asyncio.wait(list(self._pending))
+
+
 class ModbusLink:
     """One connection per controller, shared by every poll group (and later the actuator)."""
 
@@ -82,6 +106,40 @@ class ModbusLink:
         self._up = asyncio.Event()
         self._lost = asyncio.Event()
         self._lost.set()
+        self._writer: RegisterWriter | None = None
+        self.write_counters: Counter[str] = Counter()
+
+    def take_writer(self, loop: asyncio.AbstractEventLoop) -> RegisterWriter:
+        """The link's one writer, for the actuator; a second call is refused, so whoever
+        holds it is the only code that can write to the machine."""
+        if self._writer is not None:
+            raise RuntimeError(f"controller {self.where}: the register writer is already taken")
+        self._writer = RegisterWriter(self, loop)
+        return self._writer
+
+    async def _write(self, tag: Tag, value: float) -> None:
+        """One holding-register write; failures are counted and logged once per kind."""
+        if not self.connected:
+            self._write_failed("down", "link down")
+            return
+        try:
+            reply = await self._client.write_registers(
+                tag.address, encode_registers(tag, value), device_id=self.cfg.unit_id
+            )
+        except (ModbusException, OSError) as exc:
+            self._write_failed("failed", str(exc).splitlines()[0] or type(exc).__name__)
+            return
+        if reply.isError():
+            self._write_failed(f"exception_{reply.exception_code:02d}", f"{tag.name} refused")
+            return
+        self.write_counters["ok"] += 1
+
+    def _write_failed(self, kind: str, detail: str) -> None:
+        if not self.write_counters[kind]:
+            log.warning(
+                "controller %s: write %s: %s (further ones counted)", self.where, kind, detail
+            )
+        self.write_counters[kind] += 1
 
     @property
     def connected(self) -> bool:

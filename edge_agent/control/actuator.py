@@ -1,0 +1,110 @@
+"""The one actuator: the only code in the agent that writes to the machine.
+
+It holds the one `RegisterWriter` the controller link hands out (a second request is refused,
+so no other code can write), and writes only the holding registers whitelisted in
+`[control] writable`. Every value is clamped to [0, override_max] (0 is the feed hold), rises
+are rate-limited (falls are not: cutting the feed is always allowed at once), the value is
+re-written every `refresh_s` for controllers that revert an override nobody refreshes, and
+each write is checked against the register's read-back. Every refusal is logged once per kind
+and counted. Sans-IO apart from the writer: the caller passes the time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from typing import Protocol
+
+from ..config import ControlConfig
+from ..registers import Tag
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+
+
+class RegisterWriter(Protocol):
+    """Sends one register write without waiting for it (the link's own writer)."""
+
+    def write(self, tag: Tag, value: float) -> None: ...
+
+
+class Actuator:
+    def __init__(self, cfg: ControlConfig, tags: dict[str, Tag], writer: RegisterWriter):
+        self.cfg = cfg
+        self.whitelist = {name: tags[name] for name in cfg.writable}
+        self.writer = writer
+        self.low, self.high = 0.0, cfg.override_max_pct
+        self.counters: Counter[str] = Counter()
+        self.value: dict[str, float] = {}  # what was last written, per register
+        self._target: dict[str, float] = {}
+        self._written_ns: dict[str, int] = {}
+        self._unverified: dict[str, int] = {}  # register -> when a write still unread was sent
+        self._logged: set[str] = set()
+
+    def set(self, name: str, value: float, now_ns: int) -> float | None:
+        """Ask for `value` in register `name`; the value written now, or None."""
+        if name not in self.whitelist:
+            self._refuse("not_whitelisted", f"{name!r} is not in [control] writable: refused")
+            return None
+        if not math.isfinite(value):
+            self._refuse("not_finite", f"{name}: {value} is not a number: refused")
+            return None
+        if not self.low <= value <= self.high:
+            self._refuse("clamped", f"{name}: {value:g} clamped to {self.low:g}..{self.high:g}")
+            value = min(self.high, max(self.low, value))
+        self._target[name] = value
+        return self.tick(now_ns, only=name)
+
+    def tick(self, now_ns: int, only: str | None = None) -> float | None:
+        """Move each register toward its target (rises at the rate limit), refresh, re-send
+        what was not read back in time. Returns the last value written, if any."""
+        written = None
+        for name in [only] if only else list(self._target):
+            target, current = self._target[name], self.value.get(name)
+            last_ns = self._written_ns.get(name, now_ns)
+            value = target
+            if current is not None and target > current:
+                step = self.cfg.rise_pct_per_s * (now_ns - last_ns) / NS
+                if target - current > step:
+                    value = current + step
+                    self.counters["rate_limited"] += 1
+            value = self._resolution(name, value)
+            due = current is None or value != current
+            due |= now_ns - last_ns >= self.cfg.refresh_s * NS
+            unverified = self._unverified.get(name)
+            if unverified is not None and now_ns - unverified >= self.cfg.verify_s * NS:
+                self._refuse(
+                    "not_read_back", f"{name}: write of {current:g} not read back; re-sent"
+                )
+                due = True
+            if due:
+                written = self._write(name, value, now_ns)
+        return written
+
+    def _resolution(self, name: str, value: float) -> float:
+        """Down to the register's resolution: a rise never beats the rate limit by rounding
+        up, a fall never stops short of what was asked."""
+        quantum = self.whitelist[name].scale
+        return math.floor(value / quantum + 1e-9) * quantum
+
+    def read_back(self, name: str, value: float) -> None:
+        """The register's value as polled: a write is verified when it reads back."""
+        if name in self._unverified and self.value.get(name) == value:
+            del self._unverified[name]
+            self.counters["verified"] += 1
+
+    def _write(self, name: str, value: float, now_ns: int) -> float:
+        self.writer.write(self.whitelist[name], value)
+        self.value[name] = value
+        self._written_ns[name] = now_ns
+        self._unverified.setdefault(name, now_ns)
+        self.counters["writes"] += 1
+        return value
+
+    def _refuse(self, kind: str, message: str) -> None:
+        self.counters[kind] += 1
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning("actuator: %s (further ones counted, not logged)", message)

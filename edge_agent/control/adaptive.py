@@ -1,0 +1,411 @@
+"""The adaptive feed controller: a sans-IO state machine around the control law.
+
+Fed the samples the sources produced (each with its monotonic arrival time) and the time now,
+it answers with the feed override it wants and the events to record. It never reads a clock,
+never touches the machine and never waits: the control loop (`loop.py`) owns the time and
+hands the override to the one actuator. docs/adaptive-control.md is its specification; the
+safety rules it keeps are in docs/safety.md.
+
+States: starting (inputs not all seen yet), idle (spindle off, program not running, or
+control disabled for this tool or program: no writes), teach (a teach-in cut at the neutral
+override), air (boost), entry, cutting (the PI law), hold (feed hold after an overload or a
+breakage, until the program ends), fault (an input stale, bad or missing, the link down, a
+controller alarm: override := min(current, safe) at once; a fault never raises the feed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from ..config import ControlConfig
+from ..kernels.feedlaw import FeedLaw
+from ..samples import Quality, Sample
+from .teach import TeachIn, ToolRecord
+
+NS = 1_000_000_000
+
+#: How far the learned idle load moves toward each air-cut sample near it: about a 50-sample
+#: average, a few tenths of a second at the usual poll rates.
+IDLE_AVERAGING = 0.02
+
+#: Samples in a row over idle + margin that make an entry: one noisy sample does not.
+ENTRY_SAMPLES = 2
+
+#: The override that stops the feed: a feed hold through the agent's own register.
+FEED_HOLD = 0.0
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    TEACH = "teach"
+    AIR = "air"
+    ENTRY = "entry"
+    CUTTING = "cutting"
+    HOLD = "hold"
+    FAULT = "fault"
+
+
+#: States in which the tool may be cutting, so overload and breakage are watched.
+_WATCHED = (State.TEACH, State.ENTRY, State.CUTTING, State.AIR)
+
+
+@dataclass
+class Command:
+    """What one update decided: the override to write (None: write nothing) and events."""
+
+    override: float | None
+    events: list[tuple[str, dict]] = field(default_factory=list)
+
+
+class AdaptiveController:
+    """One machine's feed control. `update` is the only entry point that changes anything."""
+
+    def __init__(self, cfg: ControlConfig, taught: dict[int, ToolRecord] | None = None):
+        self.cfg = cfg
+        self.taught = dict(taught or {})
+        self.law = FeedLaw(
+            cfg.kp,
+            cfg.ki,
+            cfg.override_min_pct,
+            cfg.override_max_pct,
+            cfg.rise_pct_per_s,
+            cfg.fall_pct_per_s,
+            cfg.safe_override_pct,
+            cfg.deadband,
+            cfg.neutral_override_pct,
+        )
+        self.state = State.STARTING
+        self.link_up = True
+        # Latest sample of each input and when it arrived (monotonic ns).
+        self.latest: dict[str, tuple[int, Sample]] = {}
+        self.override: float | None = None  # what the register holds, as far as we know
+        self.idle_pct: float | None = cfg.idle_load_pct or None
+        self.hold_reason = ""
+        self.inputs = tuple(
+            name
+            for name in (
+                cfg.signal,
+                cfg.override_tag,
+                cfg.spindle_on_tag,
+                cfg.program_running_tag,
+                cfg.alarm_tag,
+                cfg.tool_tag,
+                cfg.program_tag,
+                cfg.block_tag,
+                cfg.knob_tag,
+                cfg.enable_tag,
+            )
+            if name
+        )
+        # Inputs that must be younger than `stale_s`: the signal and the run state. The others
+        # (tool, program, block, knob, enable) may sit in a slow poll group: their samples'
+        # quality (stale after their group's limit) is what counts.
+        self._timely = frozenset(
+            name
+            for name in (cfg.signal, cfg.spindle_on_tag, cfg.program_running_tag, cfg.alarm_tag)
+            if name
+        )
+        self._events: list[tuple[str, dict]] = []
+        self._started_ns: int | None = None
+        self._signal_changed_ns = 0
+        self._now_ns = 0
+        self._settled_ns = 0
+        self._over_idle = 0
+        self._last_cut_override: float | None = None
+        self._exit_override = 0.0
+        self._last_signal_ns: int | None = None
+        self._entry_until_ns = 0
+        self._exit_since_ns: int | None = None
+        self._over_since_ns: int | None = None
+        self._recent: deque[tuple[int, float]] = deque()
+        self._teach: TeachIn | None = None
+        self._block: int | None = None
+        self._cut_in_block = False
+
+    # -- the entry point ---------------------------------------------------------------------
+
+    def update(self, now_ns: int, arrivals: list[tuple[int, Sample]]) -> Command:
+        """Take the samples that arrived since the last update; decide for `now_ns`."""
+        signal = self.cfg.signal
+        self._now_ns = now_ns
+        for arrived_ns, sample in arrivals:
+            previous = self.latest.get(sample.channel)
+            if sample.channel == signal and (previous is None or previous[1].value != sample.value):
+                self._signal_changed_ns = arrived_ns
+            self.latest[sample.channel] = (arrived_ns, sample)
+            if sample.channel == self.cfg.override_tag and sample.quality is Quality.GOOD:
+                self.override = sample.value if self.override is None else self.override
+        if self.state is State.STARTING:
+            self._started_ns = self._started_ns if self._started_ns is not None else now_ns
+            waited = now_ns - self._started_ns > self.cfg.stale_s * NS
+            if not waited and any(name not in self.latest for name in self.inputs):
+                return self._command(None)
+        fault = self._fault(now_ns)
+        if fault:
+            return self._command(self._enter_fault(fault))
+        if self.state is State.STARTING:
+            self._go(State.IDLE, "inputs ready")
+        if not self._active():
+            return self._command(self._enter_idle())
+        if self.state in (State.IDLE, State.FAULT):
+            self._start_control()
+        self._watch_block()
+        for arrived_ns, sample in arrivals:
+            if sample.channel == signal and self.state is not State.HOLD:
+                self._on_signal(arrived_ns, sample.value)
+        return self._command(self._desired())
+
+    def set_taught(self, taught: dict[int, ToolRecord]) -> None:
+        """New teach-in records (the file changed); used from the next program start."""
+        self.taught = dict(taught)
+
+    def commanded(self, override: float) -> None:
+        """The actuator wrote `override`: that is what the register holds now."""
+        self.override = override
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def _value(self, name: str) -> float:
+        return self.latest[name][1].value
+
+    def _fault(self, now_ns: int) -> str:
+        """Why the inputs cannot be trusted now; "" when they can."""
+        if not self.link_up:
+            return "controller link down"
+        stale_ns = self.cfg.stale_s * NS
+        for name in self.inputs:
+            seen = self.latest.get(name)
+            if seen is None:
+                return f"{name} missing"
+            arrived_ns, sample = seen
+            if sample.quality is not Quality.GOOD:
+                return f"{name} {sample.quality.name.lower()}"
+            if not math.isfinite(sample.value):
+                return f"{name} not a number"
+            if name in self._timely and now_ns - arrived_ns > stale_ns:
+                return f"{name} stale"
+        cfg = self.cfg
+        if cfg.alarm_tag and self._value(cfg.alarm_tag):
+            return "controller alarm"
+        turning = self._value(cfg.spindle_on_tag) and self._value(cfg.program_running_tag)
+        if cfg.frozen_s and turning and now_ns - self._signal_changed_ns > cfg.frozen_s * NS:
+            return f"{cfg.signal} frozen"  # a live load reading always moves a little
+        return ""
+
+    def _active(self) -> bool:
+        cfg = self.cfg
+        if not (self._value(cfg.spindle_on_tag) and self._value(cfg.program_running_tag)):
+            return False
+        if cfg.tools and int(self._value(cfg.tool_tag)) not in cfg.tools:
+            return False
+        if cfg.programs and int(self._value(cfg.program_tag)) not in cfg.programs:
+            return False
+        return not cfg.enable_tag or bool(self._value(cfg.enable_tag))
+
+    # -- state changes -----------------------------------------------------------------------
+
+    def _go(self, state: State, reason: str, **detail) -> None:
+        if state is not self.state:
+            change = {"from": self.state.value, "to": state.value, "reason": reason, **detail}
+            self._events.append(("control_state", change))
+            self.state = state
+
+    def _enter_fault(self, reason: str) -> float | None:
+        if self.state is not State.FAULT:
+            self._finish_teach()
+            self._go(State.FAULT, reason)
+        if self.override is None:
+            return None  # never read: min(current, safe) is unknown, so write nothing
+        return min(self.override, self.cfg.safe_override_pct)
+
+    def _enter_idle(self) -> float | None:
+        was = self.state
+        if was is State.IDLE:
+            return None
+        self._finish_teach()
+        self._go(State.IDLE, "program not running, spindle off or control disabled")
+        if was is State.STARTING or self.override is None:
+            return None
+        # The one write outside active control: leave the programmed feed as it was written.
+        return self.cfg.neutral_override_pct
+
+    def _start_control(self) -> None:
+        cfg = self.cfg
+        tool = int(self._value(cfg.tool_tag)) if cfg.tool_tag else 0
+        self._recent.clear()
+        self._over_since_ns = self._exit_since_ns = self._last_signal_ns = None
+        self._settled_ns = self._now_ns + round(cfg.idle_settle_s * NS)
+        self._last_cut_override = None
+        self.law.reset(self.override if self.override is not None else cfg.neutral_override_pct)
+        if cfg.target_mode == "teach_in" and tool not in self.taught:
+            program = int(self._value(cfg.program_tag)) if cfg.program_tag else 0
+            self._teach = TeachIn(tool, program, self.idle_pct or 0.0)
+            self._go(State.TEACH, "no teach-in for this tool yet", tool=tool)
+        else:
+            self._go(State.AIR, "program running")
+
+    def _finish_teach(self) -> None:
+        if self._teach is None:
+            return
+        recorder, self._teach = self._teach, None
+        record = recorder.finish(datetime.now(UTC).isoformat(timespec="seconds"))
+        if record is not None:
+            self.taught[record.tool] = record
+            self._events.append(("teach_in_learned", {"record": record}))
+
+    def _hold(self, kind: str, **detail) -> None:
+        self.hold_reason = kind
+        self._events.append((kind, detail))
+        self._go(State.HOLD, kind)
+
+    # -- the signal --------------------------------------------------------------------------
+
+    def target_pct(self) -> float:
+        cfg = self.cfg
+        if cfg.target_mode == "teach_in":
+            tool = int(self._value(cfg.tool_tag)) if cfg.tool_tag else 0
+            record = self.taught.get(tool)
+            if record is not None:
+                return record.target_pct(cfg.teach_fraction, cfg.hard_limit_pct)
+        return cfg.target_load_pct
+
+    def _on_signal(self, t_ns: int, load: float) -> None:
+        cfg = self.cfg
+        dt = (t_ns - self._last_signal_ns) / NS if self._last_signal_ns is not None else 0.0
+        self._last_signal_ns = t_ns
+        idle = self._track_idle(t_ns, load)
+        target = self.target_pct()
+        span = target - idle
+        margin = cfg.entry_margin_pct
+        cutting = load > idle + margin
+        self._over_idle = self._over_idle + 1 if cutting else 0
+        if t_ns < self._settled_ns:
+            return
+        if cutting:
+            self._cut_in_block = True
+        if self._watch(t_ns, load, idle, span):
+            return
+        if self.state is State.TEACH:
+            self._teach.observe(load, self._block or 0, cutting)
+        elif self.state is State.AIR:
+            if self._over_idle >= ENTRY_SAMPLES:
+                self._entry_until_ns = t_ns + round(cfg.entry_s * NS)
+                self.law.reset(min(self.law.override, self._entry_override()))
+                self._go(State.ENTRY, "load rose over idle", load_pct=load)
+            elif dt > 0:
+                boost = self.law.override + cfg.rise_pct_per_s * dt
+                self.law.reset(min(cfg.air_override_pct, self._no_raise(boost)))
+        elif self.state is State.ENTRY:
+            if not cutting:
+                self._go(State.AIR, "load fell back to idle")
+            elif t_ns >= self._entry_until_ns:
+                self._go(State.CUTTING, "entry done")
+        elif self.state is State.CUTTING:
+            before = self.law.override
+            after = self.law.step(load, target, idle, dt) if dt > 0 else before
+            if after > before and self._no_raise(after) < after:
+                self.law.reset(before)  # the operator turned the knob down: do not fight it
+            if load - idle < cfg.exit_fraction * span:
+                if self._exit_since_ns is None:
+                    self._exit_since_ns, self._exit_override = t_ns, before
+                if t_ns - self._exit_since_ns >= cfg.exit_s * NS:
+                    self._exit_since_ns = None
+                    self._last_cut_override = self._exit_override
+                    self._go(State.AIR, "load fell to the exit level", load_pct=load)
+            else:
+                self._exit_since_ns = None
+
+    def _entry_override(self) -> float:
+        """The configured entry override, or (0) the one the last cut of this program ended
+        with: the next cut is most likely like the last (a pass beside a pass)."""
+        if self.cfg.entry_override_pct:
+            return self.cfg.entry_override_pct
+        if self._last_cut_override is None:
+            return self.cfg.neutral_override_pct
+        return self._last_cut_override
+
+    def _no_raise(self, wanted: float) -> float:
+        """While the operator's knob is below 100 %, the agent lowers but never raises."""
+        cfg = self.cfg
+        if cfg.knob_tag and self._value(cfg.knob_tag) < 100.0:
+            return min(wanted, self.law.override)
+        return wanted
+
+    def _track_idle(self, t_ns: int, load: float) -> float:
+        """The spindle's load turning in air: configured, or learned. While the spindle
+        settles after control starts, the idle level is the load itself (no entry can be
+        seen); then, in air, an average of the samples near it (noise averages out, a warming
+        spindle drifts), snapping down to any sample clearly below it."""
+        cfg = self.cfg
+        if cfg.idle_load_pct:
+            return cfg.idle_load_pct
+        if (
+            self.idle_pct is None
+            or t_ns < self._settled_ns
+            or load < self.idle_pct - cfg.entry_margin_pct
+        ):
+            self.idle_pct = load
+        elif self.state is State.AIR and load < self.idle_pct + cfg.entry_margin_pct:
+            self.idle_pct += (load - self.idle_pct) * IDLE_AVERAGING
+        return self.idle_pct
+
+    def _watch(self, t_ns: int, load: float, idle: float, span: float) -> bool:
+        """Overload and breakage; True when they stopped the feed."""
+        cfg = self.cfg
+        if self.state not in _WATCHED:
+            return False
+        at_min = self.state is State.CUTTING and self.law.override <= cfg.override_min_pct
+        overloaded = load > cfg.hard_limit_pct or (at_min and load > idle + 1.1 * span)
+        if overloaded:
+            self._over_since_ns = self._over_since_ns or t_ns
+            if t_ns - self._over_since_ns >= cfg.overload_persist_s * NS:
+                self._hold("overload", load_pct=load, persisted_s=cfg.overload_persist_s)
+                return True
+        else:
+            self._over_since_ns = None
+        window_ns = cfg.breakage_window_s * NS
+        self._recent.append((t_ns, load))
+        while self._recent and t_ns - self._recent[0][0] > window_ns:
+            self._recent.popleft()
+        peak = max(value for _, value in self._recent)
+        if (
+            self.state in (State.ENTRY, State.CUTTING)
+            and peak - idle >= cfg.breakage_spike_ratio * span
+            and load - idle < cfg.breakage_drop_fraction * span
+        ):
+            self._hold("breakage", peak_pct=peak, load_pct=load)
+            return True
+        return False
+
+    def _watch_block(self) -> None:
+        """Undercut: a block the teach-in cut in passed without cutting (a missing tool)."""
+        cfg = self.cfg
+        if not cfg.block_tag:
+            return
+        block = int(self._value(cfg.block_tag))
+        if block == self._block:
+            return
+        previous, self._block = self._block, block
+        cut, self._cut_in_block = self._cut_in_block, False
+        tool = int(self._value(cfg.tool_tag)) if cfg.tool_tag else 0
+        record = self.taught.get(tool)
+        if previous is not None and record and previous in record.cut_blocks and not cut:
+            self._events.append(("undercut", {"tool": tool, "block": previous}))
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _desired(self) -> float | None:
+        if self.state is State.HOLD:
+            return FEED_HOLD
+        if self.state is State.TEACH:
+            return self.cfg.neutral_override_pct
+        return self.law.override
+
+    def _command(self, override: float | None) -> Command:
+        events, self._events = self._events, []
+        return Command(override, events)

@@ -1,0 +1,91 @@
+# cython: language_level=3
+"""The adaptive feed control law: an incremental PI on spindle load, written as an override %.
+
+Imports nothing of the agent. The plain-Python twin is `tests/oracles/feedlaw_oracle.py`;
+docs/adaptive-control.md is the spec and the tuning method.
+
+The error is relative to the cutting load the target asks for, e = (target - load) /
+(target - idle), and the increment is relative to the override, du = u (kp de + ki e dt):
+cutting load is proportional to feed, so the plant's gain from override to load is
+(load - idle) / u and this scaling keeps the loop gain the same at 50 % and at 150 %
+override, and for a light finishing cut as for heavy roughing. Then, in this order:
+integrator freeze (the integral term is dropped while the output sits at a clamp it pushes
+towards), asymmetric rate limits (`fall_per_s` to cut fast, `rise_per_s` to raise slowly),
+and the clamps [lo, hi]. A load within `deadband` (relative) of the target counts as on
+target. A non-finite input, a dt that is not positive, or a target not above idle is a fault:
+the output becomes min(current, safe) and the law restarts from there.
+"""
+
+cimport cython
+from libc.math cimport fabs, isfinite
+
+
+@cython.final
+cdef class FeedLaw:
+    cdef readonly double kp, ki, deadband, lo, hi, rise_per_s, fall_per_s, safe
+    cdef readonly double override, error
+    cdef readonly bint primed
+
+    def __init__(
+        self,
+        double kp,
+        double ki,
+        double lo,
+        double hi,
+        double rise_per_s,
+        double fall_per_s,
+        double safe,
+        double deadband=0.0,
+        double override=100.0,
+    ):
+        if not (0.0 < lo <= hi) or not isfinite(hi):
+            raise ValueError(f"clamps must satisfy 0 < lo <= hi, got lo={lo}, hi={hi}")
+        if not (lo <= safe <= hi):
+            raise ValueError(f"safe override {safe} must lie within [{lo}, {hi}]")
+        for name, value in (
+            ("kp", kp), ("ki", ki), ("rise_per_s", rise_per_s), ("fall_per_s", fall_per_s),
+            ("deadband", deadband),
+        ):
+            if not (isfinite(value) and value >= 0.0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        self.kp, self.ki, self.deadband = kp, ki, deadband
+        self.lo, self.hi, self.safe = lo, hi, safe
+        self.rise_per_s, self.fall_per_s = rise_per_s, fall_per_s
+        self.reset(override)
+
+    cpdef void reset(self, double override):
+        """Start again from `override` (clamped); the next step has no previous error."""
+        if not isfinite(override):
+            override = self.safe
+        self.override = min(self.hi, max(self.lo, override))
+        self.error = 0.0
+        self.primed = False
+
+    cpdef double step(self, double load, double target, double idle, double dt):
+        """One control update for one new load sample; the override % to write."""
+        cdef double span = target - idle
+        cdef double e, p, i, du, u = self.override
+        if not (isfinite(load) and isfinite(target) and isfinite(idle) and isfinite(dt)) or (
+            dt <= 0.0 or span <= 0.0
+        ):
+            self.reset(min(u, self.safe))
+            return self.override
+        e = (target - load) / span
+        if fabs(e) < self.deadband:
+            e = 0.0
+        p = self.kp * (e - self.error) if self.primed else 0.0
+        i = self.ki * e * dt
+        if (u >= self.hi and i > 0.0) or (u <= self.lo and i < 0.0):
+            i = 0.0  # integrator freeze: the output cannot follow, do not wind up
+        du = u * (p + i)
+        if du > self.rise_per_s * dt:
+            du = self.rise_per_s * dt
+        elif du < -self.fall_per_s * dt:
+            du = -self.fall_per_s * dt
+        u = min(self.hi, max(self.lo, u + du))
+        if not isfinite(u):
+            u = min(self.override, self.safe)
+        self.override = u
+        self.error = e
+        self.primed = True
+        return u

@@ -1,0 +1,48 @@
+"""Plain-Python twin of edge_agent/kernels/feedlaw.pyx: the adaptive feed control law.
+
+Written from the spec (docs/adaptive-control.md), not from the kernel, to disagree with a
+wrong kernel: same operations in the same order, so results match bit for bit.
+"""
+
+import math
+
+
+class FeedLaw:
+    def __init__(self, kp, ki, lo, hi, rise_per_s, fall_per_s, safe, deadband=0.0, override=100.0):
+        self.kp, self.ki, self.lo, self.hi = kp, ki, lo, hi
+        self.rise_per_s, self.fall_per_s, self.safe, self.deadband = (
+            rise_per_s,
+            fall_per_s,
+            safe,
+            deadband,
+        )
+        self.reset(override)
+
+    def reset(self, override):
+        if not math.isfinite(override):
+            override = self.safe
+        self.override = min(self.hi, max(self.lo, override))
+        self.error = 0.0
+        self.primed = False
+
+    def step(self, load, target, idle, dt):
+        finite = all(math.isfinite(v) for v in (load, target, idle, dt))
+        if not finite or dt <= 0.0 or target - idle <= 0.0:
+            self.reset(min(self.override, self.safe))
+            return self.override
+        u = self.override
+        e = (target - load) / (target - idle)
+        if abs(e) < self.deadband:
+            e = 0.0
+        p = self.kp * (e - self.error) if self.primed else 0.0
+        i = self.ki * e * dt
+        if (u >= self.hi and i > 0.0) or (u <= self.lo and i < 0.0):
+            i = 0.0
+        du = u * (p + i)
+        du = min(du, self.rise_per_s * dt)
+        du = max(du, -self.fall_per_s * dt)
+        u = min(self.hi, max(self.lo, u + du))
+        if not math.isfinite(u):
+            u = min(self.override, self.safe)
+        self.override, self.error, self.primed = u, e, True
+        return u
