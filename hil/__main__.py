@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hil.bench import Progress, run_all_realtime, run_simulated
+from hil.bench import Progress, run_adaptive_simulated, run_all_realtime, run_simulated
 from hil.controller import SimulatedController
 from hil.plant import CuttingPlant, demo_plant
 from hil.replay import ReplayMapError, ReplayPlant, recording_path
@@ -82,14 +82,17 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
+    logging.getLogger("edge_agent").setLevel(logging.WARNING)  # the table says what happened
     paths = [scenario_path(name) for name in args.scenarios] or shipped_scenarios()
     scenarios = [load_scenario(path) for path in paths]
+    out = Path(args.out)
     if args.sim:
         runs = [run_simulated(scenario) for scenario in scenarios]
+        runs += [run_adaptive_simulated(scenario)[0] for scenario in scenarios]
     else:
-        runs = asyncio.run(run_all_realtime(scenarios, Progress()))
+        runs = asyncio.run(run_all_realtime(scenarios, out / "agent", Progress()))
     print(table(runs))
-    print(f"report: {write_report(runs, Path(args.out))}")
+    print(f"report: {write_report(runs, out)}")
 
 
 def main(argv: list[str] | None = None) -> int:

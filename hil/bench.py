@@ -1,11 +1,12 @@
-"""`make hil`: every scenario on the bench, measured against its oracle.
+"""`make hil`: every scenario on the bench, measured against its oracle, with two drivers.
 
-The baseline driver holds the agent override at a fixed 100 %. In real time (the default) each
-scenario's plant is served by its own simulated controller on loopback and the driver is a
-Modbus client that writes the override and reads the machine, as the agent will; link-loss
+The baseline holds the agent override at a fixed 100 %; the adaptive driver is the agent's
+control. In real time (the default) each scenario's plant is served by its own simulated
+controller on loopback: the baseline is a Modbus client that writes the override and reads
+the load, the adaptive run is the whole agent (`Agent`, control enabled) over Modbus; link-loss
 events silence the controller. On simulated time (`--sim`) the plant is stepped directly,
-without Modbus: the same physics in a fraction of a second. Later drivers (the adaptive
-controller) run through the same two paths and land in the same table and plots.
+without Modbus: the baseline writes the plant, the adaptive run ticks the agent's own control
+loop, actuator and filter chain against it. The same physics, in seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -26,8 +28,10 @@ from edge_agent.config import ChannelConfig, ControlConfig, FilterSpec
 from edge_agent.control.actuator import Actuator
 from edge_agent.control.adaptive import AdaptiveController, State
 from edge_agent.control.loop import ControlLoop
+from edge_agent.demo import demo_config
 from edge_agent.filters.chain import FilterChain
 from edge_agent.samples import Sample
+from edge_agent.service import Agent
 from hil.controller import SimulatedController
 from hil.oracle import oracle
 from hil.plant import CuttingPlant, RunResult
@@ -48,6 +52,7 @@ class Run:
     oracle_s: float
     trace: dict[str, array.array]
     stopped_at_s: float  # plant time when the run ended (finished, alarm or time limit)
+    held: str = ""  # why the agent held the feed, if it did (overload, breakage)
 
     @property
     def ratio(self) -> float:
@@ -113,17 +118,57 @@ async def _baseline_client(port: int, period_s: float = 0.1) -> None:
         client.close()
 
 
+async def run_agent_realtime(scenario: Scenario, workdir: Path, tick_s: float = 0.01) -> Run:
+    """The agent itself, control enabled, against the scenario's plant over Modbus TCP in
+    real time: the same program `edge-agent run` is, with the demo's register map."""
+    ideal = oracle(scenario).cycle_time_s
+    plant = CuttingPlant(scenario, record=True)
+    controller = SimulatedController(plant)
+    port = await controller.start_tcp("127.0.0.1", 0)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = demo_config(port=port, spool=str(workdir / f"{scenario.name}.db"))
+    control = dataclasses.replace(control_config(scenario), teach_file=str(workdir / "teach.json"))
+    agent = Agent(dataclasses.replace(config, control=control))
+    stop = asyncio.Event()
+    running = asyncio.create_task(agent.run(stop))
+    limit, held_since = time_limit_s(ideal), None
+    try:
+        while plant.running and controller.advance() < limit and not running.done():
+            controller.faults.silent = plant.link_down()
+            held = agent.control is not None and agent.control.controller.state is State.HOLD
+            held_since = (held_since or plant.time_s) if held else None
+            if held_since is not None and plant.time_s - held_since >= HOLD_ENDS_RUN_S:
+                break
+            await asyncio.sleep(tick_s)
+    finally:
+        stop.set()
+        await running
+        await controller.stop()
+    held = agent.control.controller.hold_reason if agent.control is not None else ""
+    return Run(scenario, AGENT, plant.result, ideal, plant.trace, plant.time_s, held)
+
+
 async def run_all_realtime(
-    scenarios: list[Scenario], progress: Callable[[int, int, float], None]
+    scenarios: list[Scenario], workdir: Path, progress: Callable[[int, int, float], None]
 ) -> list[Run]:
-    """Every scenario at once, each on its own controller; `progress(done, total, elapsed)`."""
+    """The baseline of every scenario at once, each on its own controller; then the agent on
+    each in turn (one agent at a time, so that they do not share the CPU and the GIL);
+    `progress(done, total, elapsed)`."""
     started = time.monotonic()
+    total = 2 * len(scenarios)
     tasks = [asyncio.create_task(run_realtime(s)) for s in scenarios]
     while not all(t.done() for t in tasks):
-        progress(sum(t.done() for t in tasks), len(tasks), time.monotonic() - started)
+        progress(sum(t.done() for t in tasks), total, time.monotonic() - started)
         await asyncio.wait(tasks, timeout=0.5)
-    progress(len(tasks), len(tasks), time.monotonic() - started)
-    return [t.result() for t in tasks]
+    runs = [t.result() for t in tasks]
+    for scenario in scenarios:
+        task = asyncio.create_task(run_agent_realtime(scenario, workdir))
+        while not task.done():
+            progress(len(runs), total, time.monotonic() - started)
+            await asyncio.wait([task], timeout=0.5)
+        runs.append(task.result())
+    progress(total, total, time.monotonic() - started)
+    return runs
 
 
 class Progress:
@@ -146,7 +191,8 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
 
-ADAPTIVE = "adaptive"
+ADAPTIVE = "adaptive (simulated time)"
+AGENT = "adaptive (agent over Modbus)"
 
 
 #: The agent's control settings on the bench: the defaults, aimed at the scenario's target.
@@ -220,8 +266,8 @@ def run_adaptive_simulated(
         held_since_ns = (held_since_ns or now_ns) if held else None
         if held_since_ns is not None and now_ns - held_since_ns >= HOLD_ENDS_RUN_S * 1e9:
             break  # the feed is held: an operator takes over from here
-    run = Run(scenario, ADAPTIVE, plant.result, ideal, plant.trace, plant.time_s)
-    return run, loop
+    held = loop.controller.hold_reason
+    return Run(scenario, ADAPTIVE, plant.result, ideal, plant.trace, plant.time_s, held), loop
 
 
 #: A feed hold this long ends a bench run: on a real machine an operator would step in.

@@ -1,5 +1,5 @@
-"""The HIL report: one table row per run and one PNG per scenario (load, target, override,
-state over time). Reads runs; never runs anything."""
+"""The HIL report: one table row per run and one PNG per scenario with every driver's run
+(load, target, override, state over time). Reads runs; never runs anything."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from hil.bench import Run
+from hil.bench import BASELINE, Run
 from hil.plant import MOTION
 
 HEADER = (
@@ -16,6 +16,7 @@ HEADER = (
     "cycle s",
     "oracle s",
     "ratio",
+    "vs baseline",
     "peak load %",
     "above limit s",
     "notes",
@@ -24,6 +25,8 @@ HEADER = (
 
 def notes(run: Run) -> str:
     result, said = run.result, []
+    if run.held:
+        said.append(f"agent held the feed: {run.held}")
     if not result.finished:
         said.append(f"unfinished at {run.stopped_at_s:.1f} s")
     if result.alarm_at_s is not None:
@@ -35,25 +38,49 @@ def notes(run: Run) -> str:
     return ", ".join(said)
 
 
+def by_scenario(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by scenario file, in the order first seen, the baseline first."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.scenario.source, []).append(run)
+    return {
+        source: sorted(group, key=lambda r: r.driver != BASELINE)
+        for source, group in groups.items()
+    }
+
+
+def _versus(run: Run, baseline: Run | None) -> str:
+    """The cycle time saved against the baseline, as a share of the baseline's."""
+    if run is baseline or baseline is None:
+        return ""
+    if not (run.result.finished and baseline.result.finished):
+        return "-"
+    saved = 1 - run.result.cycle_time_s / baseline.result.cycle_time_s
+    return f"{saved:+.1%}"
+
+
 def rows(runs: list[Run]) -> list[tuple[str, ...]]:
     out = []
-    for run in runs:
-        result = run.result
-        cycle = f"{result.cycle_time_s:.2f}" if result.finished else "-"
-        ratio = "-" if math.isnan(run.ratio) else f"{run.ratio:.3f}"
-        out.append(
-            (
-                run.scenario.name,
-                run.driver,
-                cycle,
-                f"{run.oracle_s:.2f}",
-                ratio,
-                f"{result.peak_load_pct:.1f}",
-                f"{result.above_limit_s:.2f}",
-                notes(run),
-            )
-        )
+    for group in by_scenario(runs).values():
+        baseline = next((r for r in group if r.driver == BASELINE), None)
+        for run in group:
+            out.append(_row(run, baseline))
     return out
+
+
+def _row(run: Run, baseline: Run | None) -> tuple[str, ...]:
+    result = run.result
+    return (
+        run.scenario.name,
+        run.driver,
+        f"{result.cycle_time_s:.2f}" if result.finished else "-",
+        f"{run.oracle_s:.2f}",
+        "-" if math.isnan(run.ratio) else f"{run.ratio:.3f}",
+        _versus(run, baseline),
+        f"{result.peak_load_pct:.1f}",
+        f"{result.above_limit_s:.2f}",
+        notes(run),
+    )
 
 
 def table(runs: list[Run]) -> str:
@@ -68,37 +95,47 @@ def table(runs: list[Run]) -> str:
     return "\n".join([line(HEADER), rule, *(line(row) for row in body[1:])])
 
 
-def plot(run: Run, path: Path) -> None:
-    """Load (read and true) with target and hard limit, override and applied feed %, and the
-    tool's state, over plant time."""
+#: Line colours per driver, in the order the runs come (the baseline first).
+_COLOURS = ("0.55", "tab:blue", "tab:green")
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    """One scenario, every driver: load read (with target and hard limit), agent override and
+    applied feed %, and the tool's state, over plant time."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a bench or in CI
     from matplotlib import pyplot
 
-    trace, control = run.trace, run.scenario.control
-    t = trace["t_s"]
+    control = runs[0].scenario.control
     figure, (load, feed, state) = pyplot.subplots(
         3, 1, sharex=True, figsize=(10, 7), height_ratios=(3, 2, 1.2)
     )
-    load.plot(t, trace["load_true_pct"], lw=0.6, color="0.6", label="true load")
-    load.plot(t, trace["load_pct"], lw=0.9, color="tab:blue", label="load read by controller")
-    load.axhline(control.target_load_pct, color="tab:green", ls="--", lw=1, label="target")
+    top = control.override_max_pct
+    for run, colour in zip(runs, _COLOURS, strict=False):
+        trace = run.trace
+        t = trace["t_s"]
+        load.plot(t, trace["load_pct"], lw=0.9, color=colour, label=f"load read, {run.driver}")
+        feed.plot(t, trace["override_pct"], lw=0.9, color=colour, label=f"override, {run.driver}")
+        state.step(t, trace["motion"], where="post", color=colour, lw=0.8)
+        top = max(top, *trace["feed_pct"])
+    load.axhline(control.target_load_pct, color="tab:orange", ls="--", lw=1, label="target")
     load.axhline(control.hard_limit_pct, color="tab:red", ls=":", lw=1, label="hard limit")
     load.set_ylabel("spindle load %")
     load.legend(loc="upper right", fontsize="small")
-    feed.plot(t, trace["override_pct"], color="tab:orange", label="agent override %")
-    feed.plot(t, trace["feed_pct"], color="tab:purple", lw=0.8, ls="--", label="applied feed %")
-    feed.set_ylim(0, 1.1 * max(control.override_max_pct, *trace["feed_pct"]))
-    feed.set_ylabel("%")
+    feed.set_ylim(0, 1.1 * top)
+    feed.set_ylabel("agent override %")
     feed.legend(loc="upper right", fontsize="small")
-    state.step(t, trace["motion"], where="post", color="black", lw=0.8)
     state.set_yticks(list(MOTION.values()), list(MOTION), fontsize="small")
     state.set_xlabel("plant time, s")
-    result = run.result
-    cycle = f"{result.cycle_time_s:.2f} s" if result.finished else "unfinished"
+    title = ", ".join(
+        f"{run.driver} {run.result.cycle_time_s:.2f} s"
+        if run.result.finished
+        else f"{run.driver} unfinished"
+        for run in runs
+    )
     figure.suptitle(
-        f"{run.scenario.name} ({run.driver}): cycle {cycle}, oracle {run.oracle_s:.2f} s"
+        f"{runs[0].scenario.name}: oracle {runs[0].oracle_s:.2f} s; {title}", fontsize=10
     )
     figure.tight_layout()
     figure.savefig(path, dpi=90)
@@ -109,26 +146,25 @@ def write_report(runs: list[Run], out: Path) -> Path:
     """report.md, report.json and one PNG per run into `out`; returns the Markdown path."""
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# HIL bench report", "", table(runs), ""]
-    records = []
-    for run in runs:
-        stem = Path(run.scenario.source).stem
-        png = out / f"{stem}.png"
-        plot(run, png)
-        lines.append(f"![{run.scenario.name}]({png.name})")
-        records.append(
-            {
-                "scenario": stem,
-                "driver": run.driver,
-                "finished": run.result.finished,
-                "cycle_time_s": run.result.cycle_time_s,
-                "part_times_s": run.result.part_times_s,
-                "oracle_s": run.oracle_s,
-                "peak_load_pct": run.result.peak_load_pct,
-                "above_limit_s": run.result.above_limit_s,
-                "alarm_at_s": run.result.alarm_at_s,
-                "broken_at_s": run.result.broken_at_s,
-            }
-        )
+    for source, group in by_scenario(runs).items():
+        png = out / f"{Path(source).stem}.png"
+        plot(group, png)
+        lines.append(f"![{group[0].scenario.name}]({png.name})")
+    records = [
+        {
+            "scenario": Path(run.scenario.source).stem,
+            "driver": run.driver,
+            "finished": run.result.finished,
+            "cycle_time_s": run.result.cycle_time_s,
+            "part_times_s": run.result.part_times_s,
+            "oracle_s": run.oracle_s,
+            "peak_load_pct": run.result.peak_load_pct,
+            "above_limit_s": run.result.above_limit_s,
+            "alarm_at_s": run.result.alarm_at_s,
+            "broken_at_s": run.result.broken_at_s,
+        }
+        for run in runs
+    ]
     (out / "report.json").write_text(json.dumps(records, indent=1) + "\n")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -299,7 +299,7 @@ class AdaptiveController:
                 self._go(State.ENTRY, "load rose over idle", load_pct=load)
             elif dt > 0:
                 boost = self.law.override + cfg.rise_pct_per_s * dt
-                self.law.reset(min(cfg.air_override_pct, self._no_raise(boost)))
+                self.law.reset(min(cfg.air_override_pct, self._no_raise(boost, self.law.override)))
         elif self.state is State.ENTRY:
             if not cutting:
                 self._go(State.AIR, "load fell back to idle")
@@ -308,7 +308,7 @@ class AdaptiveController:
         elif self.state is State.CUTTING:
             before = self.law.override
             after = self.law.step(load, target, idle, dt) if dt > 0 else before
-            if after > before and self._no_raise(after) < after:
+            if after > self._no_raise(after, before):
                 self.law.reset(before)  # the operator turned the knob down: do not fight it
             if load - idle < cfg.exit_fraction * span:
                 if self._exit_since_ns is None:
@@ -329,11 +329,11 @@ class AdaptiveController:
             return self.cfg.neutral_override_pct
         return self._last_cut_override
 
-    def _no_raise(self, wanted: float) -> float:
+    def _no_raise(self, wanted: float, current: float) -> float:
         """While the operator's knob is below 100 %, the agent lowers but never raises."""
         cfg = self.cfg
         if cfg.knob_tag and self._value(cfg.knob_tag) < 100.0:
-            return min(wanted, self.law.override)
+            return min(wanted, current)
         return wanted
 
     def _track_idle(self, t_ns: int, load: float) -> float:
@@ -364,7 +364,7 @@ class AdaptiveController:
         if overloaded:
             self._over_since_ns = self._over_since_ns or t_ns
             if t_ns - self._over_since_ns >= cfg.overload_persist_s * NS:
-                self._hold("overload", load_pct=load, persisted_s=cfg.overload_persist_s)
+                self._hold("overload", load_pct=load, since_ns=self._over_since_ns, at_ns=t_ns)
                 return True
         else:
             self._over_since_ns = None
@@ -378,7 +378,7 @@ class AdaptiveController:
             and peak - idle >= cfg.breakage_spike_ratio * span
             and load - idle < cfg.breakage_drop_fraction * span
         ):
-            self._hold("breakage", peak_pct=peak, load_pct=load)
+            self._hold("breakage", peak_pct=peak, load_pct=load, at_ns=t_ns)
             return True
         return False
 

@@ -85,8 +85,9 @@ class ControlLoop:
             written = self.actuator.set(cfg.override_tag, command.override, now_ns)
         if written is not None:
             self.controller.commanded(written)
-            if self._newest_signal_ns is not None:
+            if self._newest_signal_ns is not None:  # a write answering a new sample
                 self.latency.add((self.clock_ns() - self._newest_signal_ns) / 1e9)
+                self._newest_signal_ns = None
         if command.events:
             self.on_events(command.events)
         self.ticks += 1
