@@ -34,6 +34,9 @@ from .telemetry.sink import AsyncFrameSink
 
 log = logging.getLogger(__name__)
 
+#: How often the teach file is checked for edits: a stat every few seconds costs nothing.
+TEACH_FILE_CHECK_S = 2.0
+
 
 class Agent:
     """One agent for one machine."""
@@ -58,6 +61,7 @@ class Agent:
         self._full = asyncio.Event()
         self.control: ControlLoop | None = None
         self._tasks_in_flight: set[asyncio.Task] = set()
+        self._teach_watch: asyncio.Task | None = None
         self.control_events: Counter[str] = Counter()
         self._control_inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._control_tags: frozenset[str] = frozenset()
@@ -87,12 +91,29 @@ class Agent:
             clock_ns=self.clock.monotonic_ns,
         )
         self.control.start()
+        if cfg.target_mode == "teach_in":
+            self._teach_watch = loop.create_task(self._watch_teach_file(controller))
         log.info(
             "adaptive control on %s at %g Hz, target %s",
             cfg.signal,
             1 / cfg.period_s,
             "taught per tool" if cfg.target_mode == "teach_in" else f"{cfg.target_load_pct:g} %",
         )
+
+    async def _watch_teach_file(self, controller: AdaptiveController) -> None:
+        """Reload the teach file when it changes (`edge-agent teach reset`, another agent's
+        export copied in); the controller uses it from the next program start."""
+        changed, stamp = self._teach.changed_since(None)
+        while True:
+            await asyncio.sleep(TEACH_FILE_CHECK_S)
+            changed, stamp = self._teach.changed_since(stamp)
+            if not changed:
+                continue
+            try:
+                controller.set_taught(await asyncio.to_thread(self._teach.load))
+                log.info("teach file %s reloaded", self._teach.path)
+            except TeachError as exc:
+                log.error("%s; keeping the records already loaded", exc)
 
     def _control_events(self, events: list[tuple[str, dict]]) -> None:
         """Events from the control thread, on the event loop: stored as telemetry; a teach-in
@@ -188,6 +209,8 @@ class Agent:
         if self.control is None:
             return
         self.control.stop()
+        if self._teach_watch is not None:
+            await cancel_and_wait([self._teach_watch])
         cfg, actuator = self.config.control, self.control.actuator
         current = actuator.value.get(cfg.override_tag)
         if current is not None and current > cfg.safe_override_pct:

@@ -68,6 +68,7 @@ class AdaptiveController:
     def __init__(self, cfg: ControlConfig, taught: dict[int, ToolRecord] | None = None):
         self.cfg = cfg
         self.taught = dict(taught or {})
+        self._pending_taught: dict[int, ToolRecord] | None = None
         self.law = FeedLaw(
             cfg.kp,
             cfg.ki,
@@ -161,8 +162,9 @@ class AdaptiveController:
         return self._command(self._desired())
 
     def set_taught(self, taught: dict[int, ToolRecord]) -> None:
-        """New teach-in records (the file changed); used from the next program start."""
-        self.taught = dict(taught)
+        """New teach-in records (the file changed); used from the next program start, never
+        in the middle of a cut. Safe to call from another thread (one reference swap)."""
+        self._pending_taught = dict(taught)
 
     def commanded(self, override: float) -> None:
         """The actuator wrote `override`: that is what the register holds now."""
@@ -236,6 +238,8 @@ class AdaptiveController:
 
     def _start_control(self) -> None:
         cfg = self.cfg
+        if self._pending_taught is not None:
+            self.taught, self._pending_taught = self._pending_taught, None
         tool = int(self._value(cfg.tool_tag)) if cfg.tool_tag else 0
         self._recent.clear()
         self._over_since_ns = self._exit_since_ns = self._last_signal_ns = None

@@ -1,0 +1,86 @@
+"""End to end: the agent adapts the feed of the simulated controller over Modbus TCP, in real
+time, with teach-in; it writes through its one actuator and leaves the feed safe on the way out.
+(Timing figures are not asserted here: they belong to make hil and make bench.)"""
+
+import asyncio
+import dataclasses
+import json
+
+import pytest
+
+from edge_agent.demo import demo_config
+from edge_agent.service import Agent
+from hil.controller import SimulatedController
+from hil.plant import CuttingPlant
+from hil.register_map import AGENT_OVERRIDE
+from hil.scenario import parse_scenario
+
+pytestmark = pytest.mark.timeout(60)
+
+SHORT = parse_scenario(
+    """
+name = "short"
+description = "a rapid, 80 mm in steel, a rapid: about 4 s"
+[[segments]]
+kind = "rapid"
+length_mm = 40
+[[segments]]
+kind = "cut"
+length_mm = 80
+depth_mm = 5
+width_mm = 10
+feed_mm_min = 1500
+[[segments]]
+kind = "rapid"
+length_mm = 40
+"""
+)
+
+
+async def _teach_then_adapt(tmp_path):
+    plant = CuttingPlant(SHORT)
+    controller = SimulatedController(plant)
+    port = await controller.start_tcp("127.0.0.1", 0)
+    config = demo_config(port=port, spool=str(tmp_path / "spool.db"))
+    teach_file = tmp_path / "teach.json"
+    control = dataclasses.replace(
+        config.control, target_mode="teach_in", teach_fraction=1.0, teach_file=str(teach_file)
+    )
+    agent = Agent(dataclasses.replace(config, control=control))
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    seen = set()
+    try:
+        for _ in range(1000):  # the teach-in cut: the agent holds the neutral 100 %
+            await asyncio.sleep(0.01)
+            seen.add(plant.values()[AGENT_OVERRIDE])
+            if plant.result.finished:
+                break
+        assert plant.result.finished and seen == {100.0}
+        for _ in range(300):  # the record reaches the file when the program has ended
+            await asyncio.sleep(0.01)
+            if teach_file.exists():
+                break
+        record = json.loads(teach_file.read_text())["tools"]["1"]
+        plant.reset_alarm()  # the operator starts the program again: now adaptive
+        for _ in range(400):
+            await asyncio.sleep(0.01)
+            seen.add(plant.values()[AGENT_OVERRIDE])
+        assert max(seen) > 100.0  # air boost, then the law aiming at the taught peak
+        actuator = agent.control.actuator
+        assert actuator.counters["writes"] > 0 and actuator.counters["verified"] > 0
+        assert actuator.counters["not_whitelisted"] == 0
+        assert agent.control.controller.target_pct() == pytest.approx(
+            min(record["peak_load_pct"], 0.9 * control.hard_limit_pct)
+        )
+    finally:
+        stop.set()
+        await run
+        await controller.stop()
+    return plant, agent
+
+
+def test_the_agent_teaches_in_then_adapts_and_leaves_the_feed_safe_when_it_stops(tmp_path):
+    plant, agent = asyncio.run(_teach_then_adapt(tmp_path))
+    assert plant.values()[AGENT_OVERRIDE] <= agent.config.control.safe_override_pct
+    assert agent.control_events["teach_in_learned"] == 1
