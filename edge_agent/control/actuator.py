@@ -41,6 +41,7 @@ class Actuator:
         self._target: dict[str, float] = {}
         self._written_ns: dict[str, int] = {}
         self._unverified: dict[str, int] = {}  # register -> when a write still unread was sent
+        self._ramp: dict[str, tuple[float, int]] = {}  # register -> a rise's (position, when)
         self._logged: set[str] = set()
 
     def set(self, name: str, value: float, now_ns: int) -> float | None:
@@ -66,10 +67,16 @@ class Actuator:
             last_ns = self._written_ns.get(name, now_ns)
             value = target
             if current is not None and target > current:
-                step = self.cfg.rise_pct_per_s * (now_ns - last_ns) / NS
-                if target - current > step:
-                    value = current + step
+                # A rise moves an unrounded ramp at the rate from one call to the next: a
+                # steady spell banks nothing, and rounding never lets it run ahead.
+                ramp, ramp_ns = self._ramp.get(name, (current, now_ns))
+                ramp = min(target, ramp + self.cfg.rise_pct_per_s * (now_ns - ramp_ns) / NS)
+                self._ramp[name] = (ramp, now_ns)
+                if ramp < target:
                     self.counters["rate_limited"] += 1
+                value = ramp
+            else:
+                self._ramp.pop(name, None)
             value = self._resolution(name, value)
             due = current is None or value != current
             due |= now_ns - last_ns >= self.cfg.refresh_s * NS
@@ -78,6 +85,7 @@ class Actuator:
                 self._refuse(
                     "not_read_back", f"{name}: write of {current:g} not read back; re-sent"
                 )
+                self._unverified[name] = now_ns  # the re-sent write gets its own verify_s
                 due = True
             if due:
                 written = self._write(name, value, now_ns)
@@ -90,7 +98,11 @@ class Actuator:
         return math.floor(value / quantum + 1e-9) * quantum
 
     def read_back(self, name: str, value: float) -> None:
-        """The register's value as polled: a write is verified when it reads back."""
+        """The register's value as polled: a write is verified when it reads back. Before the
+        first write it is what the register holds, so even the first rise is rate-limited."""
+        if name in self.whitelist and name not in self.value:
+            self.value[name] = value
+            self._written_ns.setdefault(name, 0)
         if name in self._unverified and self.value.get(name) == value:
             del self._unverified[name]
             self.counters["verified"] += 1

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..samples import Sample
+from ..samples import Quality, Sample
 from ..stats import LatencyWindow
 from .actuator import Actuator
 from .adaptive import AdaptiveController
@@ -75,7 +75,7 @@ class ControlLoop:
         for arrived_ns, sample in arrivals:
             if sample.channel == cfg.signal:
                 self._newest_signal_ns = arrived_ns
-            elif sample.channel == cfg.override_tag:
+            elif sample.channel == cfg.override_tag and sample.quality is Quality.GOOD:
                 self.actuator.read_back(cfg.override_tag, sample.value)
         self.controller.link_up = self.link_up()
         command = self.controller.update(now_ns, arrivals)
@@ -104,7 +104,7 @@ class ControlLoop:
                 self._fail_safe(now)
             deadline += self.period_ns
             now = self.clock_ns()
-            if now >= deadline:
+            if now > deadline:
                 missed = (now - deadline) // self.period_ns + 1
                 self.overruns += missed
                 deadline += missed * self.period_ns

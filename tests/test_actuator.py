@@ -1,0 +1,261 @@
+"""The one actuator on simulated time: whitelist, clamps, rate limit, refresh and read-back.
+
+Time is passed in as ns; nothing sleeps. The writer is a fake that records what would have
+gone to the machine.
+"""
+
+import asyncio
+import logging
+import math
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from edge_agent.config import ControlConfig, ControllerConfig
+from edge_agent.control.actuator import Actuator
+from edge_agent.sources.modbus_link import ModbusLink
+from hil.register_map import BY_NAME
+
+pytestmark = pytest.mark.timeout(60)
+
+CFG = ControlConfig(enabled=True)  # rise 60 %/s, max 150 %, refresh 1 s, verify 0.5 s
+OVERRIDE = CFG.override_tag
+T0 = 1_000_000_000_000  # an arbitrary monotonic start, ns
+LOGGER = "edge_agent.control.actuator"
+
+
+def at(t_s: float) -> int:
+    """Simulated time `t_s` seconds after T0, in ns."""
+    return T0 + round(t_s * 1e9)
+
+
+class FakeWriter:
+    """Records (tag name, value) instead of writing to a controller."""
+
+    def __init__(self):
+        self.writes: list[tuple[str, float]] = []
+
+    def write(self, tag, value):
+        self.writes.append((tag.name, value))
+
+    @property
+    def values(self) -> list[float]:
+        return [value for _, value in self.writes]
+
+
+def actuator(cfg=CFG):
+    writer = FakeWriter()
+    return Actuator(cfg, BY_NAME, writer), writer
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+def test_a_register_not_whitelisted_is_refused_counted_and_logged_once(caplog):
+    act, writer = actuator()
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    for i in range(3):
+        assert act.set("spindle_load", 50.0, at(i * 0.01)) is None
+    assert writer.writes == []
+    assert act.counters["not_whitelisted"] == 3
+    refusals = [r for r in caplog.records if "spindle_load" in r.getMessage()]
+    assert len(refusals) == 1
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_value_that_is_not_a_number_is_refused_and_counted(value):
+    act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    assert act.set(OVERRIDE, value, at(0.01)) is None
+    assert act.set(OVERRIDE, value, at(0.02)) is None
+    assert writer.values == [100.0]
+    assert act.counters["not_finite"] == 2
+
+
+@pytest.mark.parametrize(("asked", "written"), [(-5.0, 0.0), (151.0, 150.0), (1e9, 150.0)])
+def test_a_value_out_of_range_is_clamped_to_zero_and_the_maximum_and_counted(asked, written):
+    act, writer = actuator()
+    assert act.set(OVERRIDE, asked, at(0)) == written
+    assert writer.writes == [(OVERRIDE, written)]
+    assert act.counters["clamped"] == 1
+
+
+# -- falls and rises -------------------------------------------------------------------------
+
+
+def test_a_fall_to_a_feed_hold_is_written_at_once():
+    act, writer = actuator()
+    act.set(OVERRIDE, 150.0, at(0))
+    assert act.set(OVERRIDE, 0.0, at(0.01)) == 0.0
+    assert writer.values == [150.0, 0.0]
+
+
+def test_a_fall_stops_at_the_register_resolution_below_what_was_asked():
+    act, writer = actuator()
+    act.set(OVERRIDE, 120.0, at(0))
+    assert act.set(OVERRIDE, 73.6, at(0.01)) == 73.0
+
+
+def test_a_rise_is_limited_to_the_rise_rate():
+    act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    assert act.set(OVERRIDE, 150.0, at(0.1)) is None  # asked now: no allowance yet
+    # 0.1 s after it was asked, at 60 %/s: 6 % of the 50 % asked.
+    assert act.set(OVERRIDE, 150.0, at(0.2)) == 106.0
+    assert act.counters["rate_limited"] == 2
+
+
+def test_a_rise_asked_once_keeps_ramping_on_tick_until_it_reaches_the_target():
+    act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    act.read_back(OVERRIDE, 100.0)
+    act.set(OVERRIDE, 130.0, at(0.01))  # asked once, never again
+    ramp = []  # (t_s, value) of each write
+    for i in range(2, 200):
+        written = act.tick(at(i * 0.01))
+        if written is not None:
+            ramp.append((i * 0.01, written))
+            act.read_back(OVERRIDE, written)  # the poll sees every write
+    values = [value for _, value in ramp]
+    assert len(values) > 2 and values == sorted(values)  # many steps, only rising
+    reached_s = next(t for t, value in ramp if value == 130.0)
+    assert reached_s >= 30.0 / CFG.rise_pct_per_s - 1e-9  # 30 % at 60 %/s from 100 at 0 s
+    assert reached_s < 1.5
+    assert act.value[OVERRIDE] == 130.0
+
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "tick"]),
+        st.one_of(
+            st.floats(-20.0, 200.0, allow_nan=False),
+            st.sampled_from([0.0, 150.0, math.nan, math.inf]),
+        ),
+        st.integers(0, 1_500_000_000),  # ns since the previous call
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def drive(actions):
+    """Run the actions; return [(time ns, register value after the call, written or None,
+    whether the actuator took the call: a refused value leaves it untouched)]."""
+    act, writer = actuator()
+    now, history = T0, []
+    for kind, value, step_ns in actions:
+        now += step_ns
+        before = len(writer.writes)
+        if kind == "set":
+            act.set(OVERRIDE, value, now)
+        else:
+            act.tick(now)
+        new = writer.values[before:]
+        assert len(new) <= 1  # one register: at most one write per call
+        register = new[-1] if new else (history[-1][1] if history else None)
+        taken = kind == "tick" or math.isfinite(value)
+        history.append((now, register, new[-1] if new else None, taken))
+    return history
+
+
+@given(ACTIONS)
+def test_every_written_value_is_a_whole_percent_within_the_bounds(actions):
+    for _, _, written, _ in drive(actions):
+        if written is not None:
+            assert written == math.floor(written)
+            assert 0.0 <= written <= CFG.override_max_pct
+
+
+@given(ACTIONS)
+def test_between_two_writes_the_value_never_rises_faster_than_the_rate(actions):
+    """Rate x time between the writes, plus one step of the register's resolution (a ramp
+    that keeps its fraction between writes may cross a whole percent sooner)."""
+    writes = [(t, w) for t, _, w, _ in drive(actions) if w is not None]
+    for (t1, v1), (t2, v2) in zip(writes, writes[1:], strict=False):
+        assert v2 - v1 <= CFG.rise_pct_per_s * (t2 - t1) / 1e9 + 1.0 + 1e-6
+
+
+def test_a_rise_after_a_steady_spell_is_still_rate_limited():
+    act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    act.read_back(OVERRIDE, 100.0)
+    act.set(OVERRIDE, 100.0, at(0.5))  # holding steady: nothing to write
+    act.set(OVERRIDE, 150.0, at(0.51))  # a rise asked now may move 0.6 % in 10 ms
+    assert max(writer.values) <= 101.0
+
+
+@given(ACTIONS)
+@example([("set", 100.0, 0), ("set", 100.0, 400_000_000), ("set", 150.0, 10_000_000)])
+def test_over_any_window_the_register_never_rises_faster_than_the_rate(actions):
+    """The register as the actuator saw it at each call it took: over any window, it rises
+    by at most the rate times the window, plus one step of the register's resolution (the
+    value is floored)."""
+    history = [(t, v) for t, v, _, taken in drive(actions) if v is not None and taken]
+    for i, (t2, v2) in enumerate(history):
+        for t1, v1 in history[:i]:
+            assert v2 - v1 <= CFG.rise_pct_per_s * (t2 - t1) / 1e9 + 1.0 + 1e-6
+
+
+# -- refresh and read-back -------------------------------------------------------------------
+
+
+def test_an_unchanged_value_is_rewritten_after_refresh_s_and_not_before():
+    act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    act.read_back(OVERRIDE, 100.0)
+    for t in (0.25, 0.5, 0.75, 0.999):
+        assert act.set(OVERRIDE, 100.0, at(t)) is None
+        assert act.tick(at(t)) is None
+    assert act.tick(at(CFG.refresh_s)) == 100.0
+    assert writer.values == [100.0, 100.0]
+
+
+def test_a_write_that_reads_back_equal_is_verified():
+    act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    act.read_back(OVERRIDE, 100.0)
+    assert act.counters["verified"] == 1
+    assert act.tick(at(CFG.verify_s + 0.1)) is None  # verified: nothing to re-send
+    assert act.counters["not_read_back"] == 0
+
+
+def test_a_read_back_of_another_value_verifies_nothing():
+    act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    act.read_back(OVERRIDE, 90.0)
+    assert act.counters["verified"] == 0
+
+
+def test_a_write_not_read_back_within_verify_s_is_counted_and_resent():
+    act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    assert act.tick(at(CFG.verify_s - 0.01)) is None
+    assert act.tick(at(CFG.verify_s)) == 100.0
+    assert act.counters["not_read_back"] == 1
+    assert writer.values == [100.0, 100.0]
+
+
+def test_a_resent_write_gets_another_verify_s_before_the_next_resend():
+    act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    act.tick(at(CFG.verify_s))  # the first re-send
+    for i in range(1, 10):
+        act.tick(at(CFG.verify_s + i * 0.01))
+    assert writer.values == [100.0, 100.0]
+    assert act.counters["not_read_back"] == 1
+
+
+# -- one writer by construction --------------------------------------------------------------
+
+
+def test_the_link_hands_out_its_one_writer_only_once():
+    link = ModbusLink(ControllerConfig())
+    loop = asyncio.new_event_loop()
+    try:
+        writer = link.take_writer(loop)
+        assert writer is not None
+        with pytest.raises(RuntimeError, match="already taken"):
+            link.take_writer(loop)
+    finally:
+        loop.close()

@@ -1,0 +1,295 @@
+"""The control loop on simulated time: what one tick takes and writes, and the thread's
+schedule (`_run`) driven by a fake clock and a fake sleep, so nothing here waits."""
+
+import logging
+import queue
+from dataclasses import dataclass, field
+
+import pytest
+
+from edge_agent.config import ControlConfig
+from edge_agent.control.actuator import Actuator
+from edge_agent.control.adaptive import AdaptiveController
+from edge_agent.control.loop import ControlLoop
+from edge_agent.samples import Sample
+from hil.register_map import BY_NAME
+
+pytestmark = pytest.mark.timeout(60)
+
+# The load does not vary in these tests: the frozen-sensor check is off.
+CFG = ControlConfig(enabled=True, idle_load_pct=8.0, frozen_s=0.0)
+OVERRIDE = CFG.override_tag
+PERIOD_NS = round(CFG.period_s * 1e9)
+T0 = 5_000_000_123  # an arbitrary monotonic start, ns: the schedule is relative to it
+MACHINE = {
+    "spindle_on": 1.0,
+    "program_running": 1.0,
+    "in_alarm": 0.0,
+    "tool_number": 1.0,
+    "program_number": 1001.0,
+    "block_number": 10.0,
+    "feed_knob": 100.0,
+    "agent_feed_override": 100.0,
+    "spindle_load": 8.0,
+}
+
+
+class FakeClock:
+    def __init__(self, t_ns=T0):
+        self.t_ns = t_ns
+
+    def __call__(self):
+        return self.t_ns
+
+
+class FakeWriter:
+    def __init__(self):
+        self.writes: list[tuple[str, float]] = []
+
+    def write(self, tag, value):
+        self.writes.append((tag.name, value))
+
+    @property
+    def values(self):
+        return [value for _, value in self.writes]
+
+
+@dataclass
+class Rig:
+    loop: ControlLoop
+    clock: FakeClock
+    writer: FakeWriter
+    inbox: queue.SimpleQueue
+    events: list = field(default_factory=list)
+    link: list = field(default_factory=lambda: [True])
+
+    def poll(self, arrived_ns=None, **values):
+        """One poll of every control input, arriving at `arrived_ns` (default: now)."""
+        arrived_ns = self.clock.t_ns if arrived_ns is None else arrived_ns
+        machine = {**MACHINE, **values}
+        self.inbox.put(
+            [(arrived_ns, Sample(name, arrived_ns, value)) for name, value in machine.items()]
+        )
+
+    def tick(self, advance_s=0.0):
+        self.clock.t_ns += round(advance_s * 1e9)
+        self.loop.tick(self.clock.t_ns)
+
+
+def rig(cfg=CFG, sleep=None):
+    clock, writer, inbox = FakeClock(), FakeWriter(), queue.SimpleQueue()
+    controller = AdaptiveController(cfg)
+    actuator = Actuator(cfg, BY_NAME, writer)
+    events, link = [], [True]
+    loop = ControlLoop(
+        controller,
+        actuator,
+        inbox,
+        link_up=lambda: link[0],
+        on_events=events.extend,
+        clock_ns=clock,
+        sleep=sleep or (lambda s: None),
+    )
+    return Rig(loop, clock, writer, inbox, events, link)
+
+
+# -- one tick --------------------------------------------------------------------------------
+
+
+def test_the_controller_needs_every_input_before_it_leaves_starting():
+    r = rig()
+    r.poll()
+    r.tick()
+    assert r.loop.controller.state != "starting"
+    assert set(r.loop.controller.inputs) <= set(MACHINE)
+
+
+def test_every_sample_in_the_inbox_is_taken_in_one_tick():
+    r = rig()
+    r.poll(arrived_ns=T0 - 3_000_000)
+    r.inbox.put([(T0 - 2_000_000, Sample("spindle_load", T0 - 2_000_000, 9.0))])
+    r.inbox.put([(T0 - 1_000_000, Sample("spindle_load", T0 - 1_000_000, 9.5))])
+    r.tick()
+    assert r.inbox.empty()
+    latest = r.loop.controller.latest
+    assert set(latest) == set(MACHINE)
+    assert latest["spindle_load"] == (T0 - 1_000_000, Sample("spindle_load", T0 - 1_000_000, 9.5))
+    assert r.loop.ticks == 1
+
+
+def test_a_tick_with_an_empty_inbox_takes_nothing_and_writes_nothing():
+    r = rig()
+    r.tick()
+    assert r.writer.writes == []
+    assert r.loop.controller.state == "starting"
+
+
+def test_the_first_command_is_written_and_its_latency_measured_from_the_signal_arrival():
+    r = rig()
+    r.poll(arrived_ns=T0 - 3_000_000)  # arrived 3 ms before the tick
+    r.tick()
+    assert r.loop.controller.state == "air"
+    assert r.writer.writes == [(OVERRIDE, 100.0)]
+    assert r.loop.latency.count == 1
+    assert r.loop.latency.percentile(100) == pytest.approx(0.003)
+
+
+def test_a_write_that_answers_no_new_signal_sample_adds_no_latency():
+    r = rig()
+    r.poll(arrived_ns=T0 - 3_000_000)
+    r.tick()  # writes 100 in answer to the poll: one latency
+    for _ in range(110):  # no more samples; the unread write is re-sent, then refreshed
+        r.tick(0.01)
+    assert len(r.writer.writes) > 1
+    assert r.loop.latency.count == 1
+
+
+def test_the_override_read_back_reaches_the_actuator_and_verifies_the_write():
+    r = rig()
+    r.poll()
+    r.tick()  # writes 100
+    r.poll(agent_feed_override=100.0)
+    r.tick(0.01)
+    assert r.loop.actuator.counters["verified"] == 1
+
+
+def test_a_read_back_of_another_value_does_not_verify_the_write():
+    r = rig()
+    r.poll()
+    r.tick()  # writes 100
+    r.poll(agent_feed_override=90.0)
+    r.tick(0.01)
+    assert r.loop.actuator.counters["verified"] == 0
+
+
+@pytest.mark.parametrize(("current", "safe"), [(130.0, 100.0), (80.0, 80.0)])
+def test_link_down_faults_the_controller_and_commands_min_of_current_and_safe(current, safe):
+    r = rig()
+    r.poll(agent_feed_override=current)
+    r.tick()
+    assert r.writer.values == [current]  # in air: the override read is kept
+    r.link[0] = False
+    r.poll(agent_feed_override=current)
+    r.tick(0.01)
+    assert r.loop.controller.state == "fault"
+    assert r.loop.actuator.value[OVERRIDE] == safe
+    assert max(r.writer.values[1:], default=current) <= current  # a fault never raises
+    to_fault = [d for kind, d in r.events if kind == "control_state" and d["to"] == "fault"]
+    assert to_fault and to_fault[0]["reason"] == "controller link down"
+
+
+def test_state_changes_reach_on_events():
+    r = rig()
+    r.poll()
+    r.tick()
+    changes = [(d["from"], d["to"]) for kind, d in r.events if kind == "control_state"]
+    assert changes == [("starting", "idle"), ("idle", "air")]
+
+
+def test_on_events_is_not_called_when_there_are_none():
+    calls = []
+    r = rig()
+    r.loop.on_events = calls.append
+    r.poll()
+    r.tick()
+    r.poll()
+    r.tick(0.01)
+    assert len(calls) == 1  # the state changes of the first tick only
+
+
+# -- the thread's schedule -------------------------------------------------------------------
+
+
+class FakeSleep:
+    """Advances the fake clock by what was asked (plus any oversleep planned for a call) and
+    stops the loop after `ticks` sleeps, from inside the sleep as the thread would see it."""
+
+    def __init__(self, clock, ticks, oversleep_ns=None):
+        self.clock, self.ticks = clock, ticks
+        self.oversleep_ns = oversleep_ns or {}  # call index -> extra ns
+        self.asked_s: list[float] = []
+        self.loop: ControlLoop | None = None
+
+    def __call__(self, seconds):
+        self.clock.t_ns += round(seconds * 1e9) + self.oversleep_ns.get(len(self.asked_s), 0)
+        self.asked_s.append(seconds)
+        if len(self.asked_s) >= self.ticks:
+            self.loop._stop.set()
+
+
+def run_for(r, sleep):
+    r.loop.sleep = sleep
+    sleep.loop = r.loop
+    tick_times = []
+    real_tick = r.loop.tick
+
+    def tick(now_ns):
+        tick_times.append(now_ns)
+        real_tick(now_ns)
+
+    r.loop.tick = tick
+    r.loop._run()
+    return tick_times
+
+
+def test_an_on_time_loop_ticks_on_the_grid_with_no_lateness_or_overruns():
+    r = rig()
+    sleep = FakeSleep(r.clock, ticks=5)
+    times = run_for(r, sleep)
+    assert times == [T0 + k * PERIOD_NS for k in range(5)]
+    assert r.loop.overruns == 0
+    assert r.loop.lateness.count == 5
+    assert r.loop.lateness.percentile(100) == 0.0
+
+
+def test_the_time_a_tick_takes_comes_out_of_the_sleep():
+    r = rig()
+    sleep = FakeSleep(r.clock, ticks=4)
+    real_update = r.loop.controller.update
+
+    def slow_update(now_ns, arrivals):
+        r.clock.t_ns += 3_000_000  # the tick takes 3 ms
+        return real_update(now_ns, arrivals)
+
+    r.loop.controller.update = slow_update
+    times = run_for(r, sleep)
+    assert times == [T0 + k * PERIOD_NS for k in range(4)]
+    assert sleep.asked_s == pytest.approx([0.007] * 4)
+
+
+def test_an_oversleep_of_two_and_a_half_periods_counts_two_overruns_and_keeps_the_grid():
+    r = rig()
+    late_ns = round(2.5 * PERIOD_NS)
+    sleep = FakeSleep(r.clock, ticks=6, oversleep_ns={1: late_ns})
+    times = run_for(r, sleep)
+    # The tick due at 2 periods runs 2.5 periods late; those due at 3 and 4 are skipped
+    # (overruns); the schedule then resumes on the original grid.
+    assert times == [T0, T0 + PERIOD_NS, T0 + 2 * PERIOD_NS + late_ns] + [
+        T0 + k * PERIOD_NS for k in (5, 6, 7)
+    ]
+    assert r.loop.overruns == 2
+    assert r.loop.lateness.count == 6
+    assert r.loop.lateness.percentile(100) == pytest.approx(late_ns / 1e9)
+    assert r.loop.lateness.percentile(80) == 0.0  # only the one late tick
+
+
+@pytest.mark.parametrize(("current", "held"), [(140.0, 100.0), (80.0, 80.0)])
+def test_a_tick_that_raises_does_not_kill_the_loop_and_holds_min_of_current_and_safe(
+    current, held, caplog
+):
+    r = rig()
+    r.loop.actuator.set(OVERRIDE, current, T0 - PERIOD_NS)
+    r.writer.writes.clear()
+
+    def broken_update(now_ns, arrivals):
+        raise RuntimeError("a bug in the control law")
+
+    r.loop.controller.update = broken_update
+    sleep = FakeSleep(r.clock, ticks=5)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.control.loop"):
+        times = run_for(r, sleep)
+    assert len(times) == 5  # the loop kept its schedule through every failure
+    assert r.loop.actuator.value[OVERRIDE] == held
+    assert all(value <= held for value in r.writer.values)  # never raised
+    assert r.writer.values == ([held] if held < current else [])
+    assert any("tick failed" in rec.getMessage() for rec in caplog.records)
