@@ -7,43 +7,22 @@ import pytest
 from edge_agent.cli import main
 from edge_agent.config import ConfigError
 from edge_agent.control.teach import TeachStore, ToolRecord
+from tests.test_config import MINIMAL
 
 pytestmark = pytest.mark.timeout(60)
 
 STAMP = "2024-05-01T10:00:00Z"
 
-CONFIG = """\
-[machine]
-site = "plant-a"
-machine_id = "mill-01"
-
-[controller]
-host = "10.0.0.5"
-
-[poll_groups.fast]
-period_s = 0.1
-
-[[tags]]
-name = "spindle_load"
-address = 0
-table = "input"
-type = "uint16"
-scale = 0.1
-poll_group = "fast"
-
-[[tags]]
-name = "feed_override"
-address = 1
-table = "holding"
-type = "uint16"
-poll_group = "fast"
-
+CONFIG = (
+    MINIMAL
+    + """
 [control]
 target_mode = "teach_in"
 teach_fraction = 0.8
 hard_limit_pct = 100.0
 teach_file = "{teach_file}"
 """
+)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from edge_agent.control.adaptive import AdaptiveController
 from edge_agent.control.loop import ControlLoop
 from edge_agent.samples import Sample
 from hil.register_map import BY_NAME
+from tests import test_adaptive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,17 +22,7 @@ CFG = ControlConfig(enabled=True, idle_load_pct=8.0, frozen_s=0.0)
 OVERRIDE = CFG.override_tag
 PERIOD_NS = round(CFG.period_s * 1e9)
 T0 = 5_000_000_123  # an arbitrary monotonic start, ns: the schedule is relative to it
-MACHINE = {
-    "spindle_on": 1.0,
-    "program_running": 1.0,
-    "in_alarm": 0.0,
-    "tool_number": 1.0,
-    "program_number": 1001.0,
-    "block_number": 10.0,
-    "feed_knob": 100.0,
-    "agent_feed_override": 100.0,
-    "spindle_load": 8.0,
-}
+MACHINE = {**test_adaptive.MACHINE, "spindle_load": 8.0}
 
 
 class FakeClock:
