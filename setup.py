@@ -89,6 +89,7 @@ setup(
             "numpy>=1.26",
             "scipy>=1.11",
             "matplotlib>=3.8",
+            "zstandard>=0.22",  # a baseline in benchmarks/bench_wire.py
         ],
         # `make hil`: plots of every scenario run.
         "hil": ["matplotlib>=3.8"],

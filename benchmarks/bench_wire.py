@@ -1,0 +1,126 @@
+"""Benchmark of the packed values block against JSON, msgpack, gzip and zstd; never asserts.
+
+All 12 recordings in 1-second frames (10 rows); every codec is fed the same quantized values
+(every numeric column, constant ones included, each to the quantum pinned in
+`wire_quanta.toml`); each frame is encoded on its own, as each is published on its own.
+Reported: bytes per point and encode ns per point, side by side in one run. The issue's
+targets (docs/wire-format.md): at most 0.7 bytes/point including all framing, 20 ns/point.
+This slice measures the packed values block alone; the envelope is the next slice's.
+"""
+
+from __future__ import annotations
+
+import array
+import csv
+import gzip
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import msgpack
+import zstandard
+
+from edge_agent.kernels.valuepack import pack
+
+HERE = Path(__file__).parent
+RECORDINGS = HERE.parent / "hil" / "data" / "cnc-mill-tool-wear"
+ROWS_PER_FRAME = 10  # 1 s at the recordings' 100 ms
+ROUNDS = 3  # best of
+
+
+def frames() -> tuple[list[str], list[list[list[int]]]]:
+    """The column names and, per frame, the quantized columns (a list of ints each)."""
+    quanta = tomllib.loads((HERE / "wire_quanta.toml").read_text())["quanta"]
+    names = list(quanta)
+    out = []
+    for path in sorted(RECORDINGS.glob("experiment_*.csv")):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        columns = [[round(float(r[n]) / quanta[n]) for r in rows] for n in names]
+        for start in range(0, len(rows), ROWS_PER_FRAME):
+            out.append([c[start : start + ROWS_PER_FRAME] for c in columns])
+    return names, out
+
+
+def _json(names, frame) -> bytes:
+    rows = zip(*frame, strict=True)
+    return "\n".join(json.dumps(dict(zip(names, row, strict=True))) for row in rows).encode()
+
+
+def _msgpack(names, frame) -> bytes:
+    return msgpack.packb([dict(zip(names, row, strict=True)) for row in zip(*frame, strict=True)])
+
+
+def _ours(names, frame) -> bytes:
+    counts = array.array("i", [len(c) for c in frame])
+    return pack(counts, array.array("q", [v for c in frame for v in c]))
+
+
+def _measure(encode, names, inputs, all_frames) -> tuple[float, float]:
+    """(bytes per point, encode ns per point) of `encode` over `inputs` (the frames, in the
+    form the codec takes), the time the best of ROUNDS."""
+    points = sum(len(c) for frame in all_frames for c in frame)
+    best, size = float("inf"), 0
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        size = sum(len(encode(names, frame)) for frame in inputs)
+        best = min(best, time.perf_counter() - started)
+    return size / points, best / points * 1e9
+
+
+def run():
+    names, all_frames = frames()
+    zstd3 = zstandard.ZstdCompressor(level=3)
+    zstd19 = zstandard.ZstdCompressor(level=19)
+    codecs = {
+        "JSON lines": _json,
+        "msgpack rows": _msgpack,
+        "JSON + gzip": lambda n, f: gzip.compress(_json(n, f)),
+        "JSON + zstd-3": lambda n, f: zstd3.compress(_json(n, f)),
+        "JSON + zstd-19": lambda n, f: zstd19.compress(_json(n, f)),
+    }
+    # The batcher keeps each frame's values in arrays as they come: the kernel's own cost.
+    prepared = [
+        (array.array("i", [len(c) for c in f]), array.array("q", [v for c in f for v in c]))
+        for f in all_frames
+    ]
+    kernel_bytes, kernel_ns = _measure(lambda _, f: pack(*f), names, prepared, all_frames)
+    ours_bytes, ours_ns = _measure(_ours, names, all_frames, all_frames)
+    points = sum(len(c) for frame in all_frames for c in frame)
+    what = f"12 recordings, {len(all_frames)} 1-s frames, {points} points"
+    rows = []
+    for name, encode in codecs.items():
+        size, ns = _measure(encode, names, all_frames, all_frames)
+        rows.append((f"{what}: size", name, size, "packed values block", ours_bytes, "B/point"))
+        rows.append(
+            (
+                f"{what}: encode from Python lists",
+                name,
+                ns,
+                "lists -> arrays + kernel",
+                ours_ns,
+                "ns/point",
+            )
+        )
+    rows.append(
+        (
+            "size vs the 0.7 target (values block only, framing is the next slice)",
+            "target",
+            0.7,
+            "packed values block",
+            kernel_bytes,
+            "B/point",
+        )
+    )
+    rows.append(
+        (
+            "encode vs the 20 ns/point target (frame already in arrays)",
+            "target",
+            20.0,
+            "valuepack kernel",
+            kernel_ns,
+            "ns/point",
+        )
+    )
+    return rows
