@@ -1,0 +1,331 @@
+"""Wire format v1: the birth, data, event and death payloads (docs/wire-format.md is the spec).
+
+Sans-IO: channel tables, samples and bytes in, bytes and decoded frames out; no clock, no
+socket. The envelope is a plain msgpack map any decoder can read; a data frame's stamps and
+values travel as packed blocks (`edge_agent.kernels.valuepack`). Decoding is strict and every
+failure is one `WireError` line.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+from dataclasses import dataclass
+
+import msgpack
+
+from ..kernels.valuepack import MAX_ABS, PackError, pack, unpack
+
+VERSION = 1
+#: Kinds by their number on the wire; every payload is an array [v, kind, boot, ...].
+KINDS = ("birth", "data", "event", "death")
+#: Positions after [v, kind]: what a decoder of v1 reads; further elements are ignored.
+FIELDS = {
+    "birth": ("b", "s", "t", "info"),  # info: map of agent, cfg, ch, fw (unknown keys ignored)
+    "data": ("b", "s", "t", "p", "g", "x", "ext"),  # ext (optional): map of h, q
+    "event": ("b", "s", "t", "e", "d"),
+    "death": ("b", "bs"),
+}
+REQUIRED = {"birth": 4, "data": 6, "event": 5, "death": 2}
+#: Nesting a decoder accepts: frames nest 3 levels; event details a few more.
+MAX_DEPTH = 16
+#: Values a data frame may carry in all (a decoder refuses more before allocating).
+MAX_FRAME_VALUES = 1 << 20
+
+
+class WireError(ValueError):
+    """A payload that is not a valid v1 frame: one line saying what is wrong."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One row of the birth's channel table. `group` names the time group of a sampled
+    channel (channels polled together share their stamps); an on-change channel has none."""
+
+    alias: int
+    name: str
+    unit: str
+    quantum: float
+    kind: str  # "sampled" or "on_change"
+    period_us: int  # nominal; 0 for on-change
+    group: int | None
+
+    def row(self) -> list:
+        return [self.name, self.unit, self.quantum, self.kind, self.period_us, self.group]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One channel's samples in a frame: stamps (µs since the epoch), values (real units) and,
+    where a sample is not good, its quality by index (1 stale, 2 bad; its value is then NaN
+    on decoding, and travels as the last good one)."""
+
+    stamps_us: tuple[int, ...]
+    values: tuple[float, ...]
+    quality: tuple[tuple[int, int], ...] = ()
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+
+def birth(
+    boot: bytes,
+    seq: int,
+    t_us: int,
+    agent: str,
+    config_hash: bytes,
+    channels: list[Channel],
+    firmware: str | None = None,
+) -> bytes:
+    if [c.alias for c in channels] != list(range(len(channels))):
+        raise WireError("birth: aliases must be 0, 1, 2, ... in table order")
+    info = {"agent": agent, "cfg": config_hash, "ch": [c.row() for c in channels]}
+    if firmware is not None:
+        info["fw"] = firmware
+    return msgpack.packb([VERSION, 0, boot, seq, t_us, info])
+
+
+def data(
+    boot: bytes,
+    seq: int,
+    channels: list[Channel],
+    series: dict[int, Series],
+    historical: bool = False,
+) -> bytes:
+    """A data frame of the channels in `series` (by alias). Stamps are offsets from the
+    frame's base time `t`, the earliest stamp; values are quantized to each channel's quantum
+    (lossless to it). The sampled channels of one time group must share their stamps."""
+    if not series:
+        raise WireError("data: a frame needs at least one channel")
+    present = sorted(series)
+    t0 = min(s.stamps_us[0] for s in series.values() if s.stamps_us)
+    stamp_series: list[list[int]] = []
+    groups: dict[int, tuple[int, ...]] = {}
+    for alias in present:
+        channel, s = channels[alias], series[alias]
+        if not s.stamps_us or len(s.stamps_us) != len(s.values):
+            raise WireError(f"data: channel {channel.name}: stamps and values must pair up")
+        if channel.group is None:
+            stamp_series.append([t - t0 for t in s.stamps_us])
+        elif channel.group not in groups:
+            groups[channel.group] = s.stamps_us
+        elif groups[channel.group] != s.stamps_us:
+            raise WireError(f"data: channel {channel.name}: stamps differ from its group's")
+    stamp_series = [[t - t0 for t in groups[g]] for g in sorted(groups)] + stamp_series
+    values, exceptions = [], []
+    for alias in present:
+        column, flagged = _quantize_series(series[alias], channels[alias])
+        values.append(column)
+        exceptions += [x for index, quality in flagged for x in (alias, index, quality)]
+    body = [
+        VERSION,
+        1,
+        boot,
+        seq,
+        t0,
+        _bitmap(present, len(channels)),
+        _pack(stamp_series),
+        _pack(values),
+    ]
+    ext = {}
+    if exceptions:
+        ext["q"] = exceptions
+    if historical:
+        ext["h"] = True
+    if ext:
+        body.append(ext)
+    return msgpack.packb(body)
+
+
+def event(boot: bytes, seq: int, t_us: int, kind: str, detail: dict) -> bytes:
+    return msgpack.packb([VERSION, 2, boot, seq, t_us, kind, detail])
+
+
+def death(boot: bytes, birth_seq: int) -> bytes:
+    """The MQTT last will: registered at connect, so it names the birth it ends."""
+    return msgpack.packb([VERSION, 3, boot, birth_seq])
+
+
+def _quantize_series(s: Series, channel: Channel) -> tuple[list[int], list[tuple[int, int]]]:
+    """The quantized values, and (index, quality) of the samples that are not good: a
+    non-finite value is bad; a sample not good travels as the last good value (or 0)."""
+    flagged = dict(s.quality)
+    out, last = [], 0
+    for i, value in enumerate(s.values):
+        if i in flagged or not math.isfinite(value):
+            flagged.setdefault(i, 2)
+            out.append(last)
+            continue
+        q = round(value / channel.quantum)
+        if abs(q) > MAX_ABS:
+            raise WireError(
+                f"data: channel {channel.name}: {value} is out of range for its quantum"
+            )
+        out.append(q)
+        last = q
+    bad = [(i, flagged[i]) for i in sorted(flagged) if 0 <= i < len(s.values)]
+    if any(quality not in (1, 2) for _, quality in bad):
+        raise WireError(f"data: channel {channel.name}: quality must be 1 (stale) or 2 (bad)")
+    return out, bad
+
+
+def _bitmap(present: list[int], n: int) -> bytes:
+    bits = bytearray((n + 7) // 8)
+    for alias in present:
+        bits[alias // 8] |= 1 << (alias % 8)
+    return bytes(bits)
+
+
+def _pack(columns: list[list[int]]) -> bytes:
+    try:
+        return pack(
+            array.array("i", [len(c) for c in columns]),
+            array.array("q", [v for c in columns for v in c]),
+        )
+    except PackError as exc:
+        raise WireError(f"data: {exc}") from None
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+def decode(payload: bytes) -> dict:
+    """Any v1 payload -> a map of its fields by name (`FIELDS`), "v" and "k" included; the
+    birth's info and the data frame's ext are merged in. Elements past those v1 knows, and
+    unknown keys in the maps, are ignored (forward compatibility)."""
+    try:
+        body = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=1 << 24,
+            max_str_len=1 << 16,
+            max_array_len=1 << 16,
+            max_map_len=1 << 12,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise WireError(f"not msgpack: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+    if not isinstance(body, list) or len(body) < 2:
+        raise WireError(f"payload is a {type(body).__name__}, not an array [v, kind, ...]")
+    version, kind = body[0], body[1]
+    if version != VERSION:
+        raise WireError(f"unknown version {version!r} (this decoder reads v{VERSION})")
+    if not (isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind < len(KINDS)):
+        raise WireError(f"unknown kind {kind!r}")
+    name = KINDS[kind]
+    if len(body) < 2 + REQUIRED[name]:
+        raise WireError(f"{name}: {len(body) - 2} fields, needs {REQUIRED[name]}")
+    _check_depth(body, 0)
+    frame = {"v": version, "k": name, **dict(zip(FIELDS[name], body[2:], strict=False))}
+    for key in ("info", "ext"):
+        extra = frame.pop(key, {})
+        if not isinstance(extra, dict):
+            raise WireError(f"{name}: its {key} must be a map")
+        frame.update({k: v for k, v in extra.items() if k not in frame})
+    return frame
+
+
+def channels_of(birth_frame: dict) -> list[Channel]:
+    """The channel table of a decoded birth."""
+    table = birth_frame.get("ch")
+    if not isinstance(table, list):
+        raise WireError("birth: ch must be an array")
+    out = []
+    for alias, row in enumerate(table):
+        if not (isinstance(row, list) and len(row) >= 6):
+            raise WireError(f"birth: channel {alias}: a row needs 6 fields")
+        name, unit, quantum, kind, period, group = row[:6]
+        ok = (
+            isinstance(name, str)
+            and isinstance(unit, str)
+            and isinstance(quantum, int | float)
+            and not isinstance(quantum, bool)
+            and math.isfinite(quantum)
+            and quantum > 0
+            and kind in ("sampled", "on_change")
+            and isinstance(period, int)
+            and period >= 0
+            and (group is None or isinstance(group, int))
+        )
+        if not ok:
+            raise WireError(f"birth: channel {alias}: bad row {row!r}")
+        out.append(Channel(alias, name, unit, float(quantum), kind, period, group))
+    return out
+
+
+def samples(frame: dict, channels: list[Channel]) -> dict[str, Series]:
+    """A decoded data frame's samples by channel name, in real units."""
+    if frame.get("k") != "data":
+        raise WireError(f"not a data frame but {frame.get('k')!r}")
+    t0, bitmap, stamps, values = (frame.get(key) for key in ("t", "p", "g", "x"))
+    if not (
+        isinstance(t0, int)
+        and isinstance(bitmap, bytes)
+        and isinstance(stamps, bytes)
+        and isinstance(values, bytes)
+    ):
+        raise WireError("data: t, p, g and x must be an integer and three bins")
+    if len(bitmap) != (len(channels) + 7) // 8:
+        raise WireError(
+            f"data: presence bitmap of {len(bitmap)} bytes for {len(channels)} channels"
+        )
+    present = [a for a in range(len(channels)) if bitmap[a // 8] >> (a % 8) & 1]
+    if len(channels) % 8 and bitmap[-1] >> (len(channels) % 8):
+        raise WireError("data: presence bitmap names a channel the birth does not have")
+    groups = sorted({channels[a].group for a in present if channels[a].group is not None})
+    solo = [a for a in present if channels[a].group is None]
+    try:
+        counts, offsets = unpack(stamps, len(groups) + len(solo), MAX_FRAME_VALUES)
+        vcounts, quantized = unpack(values, len(present), MAX_FRAME_VALUES)
+    except PackError as exc:
+        raise WireError(f"data: {exc}") from None
+    series_stamps, start = [], 0
+    for count in counts:
+        series_stamps.append(tuple(t0 + o for o in offsets[start : start + count]))
+        start += count
+    by_group = dict(zip(groups, series_stamps, strict=False))
+    solo_stamps = dict(zip(solo, series_stamps[len(groups) :], strict=False))
+    exceptions = _exceptions(
+        frame.get("q", []), {a: c for a, c in zip(present, vcounts, strict=True)}
+    )
+    out, start = {}, 0
+    for alias, count in zip(present, vcounts, strict=True):
+        channel = channels[alias]
+        stamps_us = by_group[channel.group] if channel.group is not None else solo_stamps[alias]
+        if len(stamps_us) != count:
+            raise WireError(
+                f"data: channel {channel.name}: {count} values, {len(stamps_us)} stamps"
+            )
+        values = [q * channel.quantum for q in quantized[start : start + count]]
+        quality = exceptions.get(alias, ())
+        for i, _ in quality:
+            values[i] = math.nan
+        out[channel.name] = Series(stamps_us, tuple(values), quality)
+        start += count
+    return out
+
+
+def _exceptions(flat, counts: dict[int, int]) -> dict[int, tuple[tuple[int, int], ...]]:
+    """`q`: [alias, index, quality, ...] triples -> (index, quality) pairs by alias."""
+    if not (isinstance(flat, list) and len(flat) % 3 == 0):
+        raise WireError("data: q must be [alias, index, quality, ...] triples")
+    out: dict[int, list[tuple[int, int]]] = {}
+    for alias, index, quality in zip(flat[::3], flat[1::3], flat[2::3], strict=True):
+        ok = isinstance(index, int) and quality in (1, 2) and alias in counts
+        if not ok or not 0 <= index < counts[alias]:
+            raise WireError(f"data: bad quality entry {[alias, index, quality]}")
+        out.setdefault(alias, []).append((index, quality))
+    return {alias: tuple(pairs) for alias, pairs in out.items()}
+
+
+def _check_depth(value, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise WireError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_depth(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_depth(item, depth + 1)
+    elif not (value is None or isinstance(value, bool | int | float | str | bytes)):
+        raise WireError(f"holds a {type(value).__name__}, which v1 payloads never contain")

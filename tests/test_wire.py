@@ -1,0 +1,187 @@
+"""Wire format v1 payloads: round trips, a golden frame, strict decoding, fuzzing."""
+
+import math
+import random
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.telemetry import wire
+from edge_agent.telemetry.wire import Channel, Series, WireError
+
+pytestmark = pytest.mark.timeout(120)
+
+BOOT = bytes.fromhex("0123456789abcdef")
+T0 = 1_795_000_000_000_000  # µs since the epoch
+CHANNELS = [
+    Channel(0, "spindle_load", "%", 0.1, "sampled", 20_000, 0),
+    Channel(1, "spindle_speed", "rpm", 1.0, "sampled", 20_000, 0),
+    Channel(2, "tool_number", "", 1.0, "on_change", 0, None),
+    Channel(3, "x_position", "mm", 0.001, "sampled", 100_000, 1),
+]
+
+
+def regular(start, period, n):
+    return tuple(start + i * period for i in range(n))
+
+
+def frame_series():
+    fast = regular(T0, 20_000, 5)
+    return {
+        0: Series(fast, (50.1, 50.3, 50.2, 50.2, 70.0)),
+        1: Series(fast, (6000.0,) * 5),
+        2: Series((T0 + 33_000,), (3.0,)),
+        3: Series(regular(T0 + 5_000, 100_000, 1), (-12.345,)),
+    }
+
+
+def test_a_data_frame_round_trips_to_the_quantum():
+    payload = wire.data(BOOT, 42, CHANNELS, frame_series())
+    frame = wire.decode(payload)
+    assert (frame["k"], frame["b"], frame["s"], frame["t"]) == ("data", BOOT, 42, T0)
+    got = wire.samples(frame, CHANNELS)
+    for alias, series in frame_series().items():
+        channel = CHANNELS[alias]
+        assert got[channel.name].stamps_us == series.stamps_us
+        for value, back in zip(series.values, got[channel.name].values, strict=True):
+            assert back == pytest.approx(round(value / channel.quantum) * channel.quantum)
+
+
+def test_golden_data_frame():
+    payload = wire.data(BOOT, 42, CHANNELS, frame_series())
+    assert payload.hex() == (
+        "980101c4080123456789abcdef2acf0006608b015f3000c4010fc40e01091580803801e0409c88a0"
+        "0302c4120552d4f75803805bc001770b32b8204f1c18"
+    )
+
+
+def test_birth_event_and_death_decode():
+    frame = wire.decode(wire.birth(BOOT, 1, T0, "0.1.0", b"\x01" * 8, CHANNELS, "bridge 1.2"))
+    assert wire.channels_of(frame) == CHANNELS
+    assert (frame["agent"], frame["fw"]) == ("0.1.0", "bridge 1.2")
+    event = wire.decode(wire.event(BOOT, 2, T0, "overload", {"load_pct": 112.5}))
+    assert (event["e"], event["d"]) == ("overload", {"load_pct": 112.5})
+    assert wire.decode(wire.death(BOOT, 1)) == {"v": 1, "k": "death", "b": BOOT, "bs": 1}
+    assert msgpack.unpackb(wire.death(BOOT, 1)) == [1, 3, BOOT, 1]
+
+
+def test_bad_and_stale_samples_travel_as_exceptions_and_decode_as_nan():
+    fast = regular(T0, 20_000, 4)
+    series = {0: Series(fast, (50.0, math.nan, 51.0, 52.0), ((3, 1),))}
+    got = wire.samples(wire.decode(wire.data(BOOT, 1, CHANNELS, series)), CHANNELS)
+    load = got["spindle_load"]
+    assert load.quality == ((1, 2), (3, 1))
+    assert math.isnan(load.values[1]) and math.isnan(load.values[3])
+    assert load.values[2] == pytest.approx(51.0)
+
+
+def test_historical_frames_are_flagged():
+    frame = wire.decode(wire.data(BOOT, 1, CHANNELS, frame_series(), historical=True))
+    assert frame["h"] is True
+    assert "h" not in wire.decode(wire.data(BOOT, 1, CHANNELS, frame_series()))
+
+
+def test_later_elements_and_unknown_keys_are_ignored_for_forward_compatibility():
+    body = msgpack.unpackb(wire.death(BOOT, 7))
+    assert wire.decode(msgpack.packb([*body, "a v1.1 field"])) == wire.decode(wire.death(BOOT, 7))
+    data = msgpack.unpackb(wire.data(BOOT, 1, CHANNELS, frame_series(), historical=True))
+    data[8]["new"] = 1
+    frame = wire.decode(msgpack.packb(data))
+    assert frame["h"] is True and wire.samples(frame, CHANNELS)
+
+
+def changed(body, **fields):
+    """The raw data array with fields replaced by name (positions of wire.FIELDS)."""
+    names = ("v", "k", *wire.FIELDS["data"])
+    out = list(body)
+    for name, value in fields.items():
+        out[names.index(name)] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: changed(b, v=2), "unknown version 2"),
+        (lambda b: changed(b, k=7), "unknown kind 7"),
+        (lambda b: {"v": 1}, "not an array"),
+        (lambda b: b[:6], "data: 4 fields, needs 6"),
+        (lambda b: changed(b, p=b"\xff"), "presence bitmap names a channel"),
+        (lambda b: changed(b, p=b"\x0f\x00"), "presence bitmap of 2 bytes"),
+        (lambda b: changed(b, x=b[7][:-1]), "data: packed values"),
+        (lambda b: changed(b, g=b"\x01"), "data: packed values"),
+        (lambda b: [*b, {"q": [0, 9, 1]}], "bad quality entry"),
+        (lambda b: [*b, {"q": [0, 1]}], "triples"),
+        (lambda b: [*b, [1]], "its ext must be a map"),
+        (lambda b: changed(b, t="now"), "t, p, g and x"),
+    ],
+)
+def test_a_malformed_data_frame_is_one_wire_error(mutate, message):
+    body = msgpack.unpackb(wire.data(BOOT, 1, CHANNELS, frame_series()))
+    with pytest.raises(WireError, match=message) as caught:
+        wire.samples(wire.decode(msgpack.packb(mutate(body))), CHANNELS)
+    assert "\n" not in str(caught.value)
+
+
+def test_channels_of_a_group_must_share_stamps():
+    series = frame_series()
+    series[1] = Series(regular(T0 + 1, 20_000, 5), (6000.0,) * 5)
+    with pytest.raises(WireError, match="spindle_speed: stamps differ from its group's"):
+        wire.data(BOOT, 1, CHANNELS, series)
+
+
+def any_outcome(payload):
+    try:
+        frame = wire.decode(payload)
+        if frame["k"] == "data":
+            wire.samples(frame, CHANNELS)
+        return "ok"
+    except WireError:
+        return "error"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=80))
+def test_any_bytes_are_a_frame_or_one_wire_error(payload):
+    assert any_outcome(payload) in ("ok", "error")
+
+
+def test_mutated_frames_are_frames_or_one_wire_error():
+    good = wire.data(BOOT, 1, CHANNELS, frame_series())
+    rng = random.Random(3)
+    for _ in range(2000):
+        mutated = bytearray(good)
+        for _ in range(rng.randint(1, 3)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        assert any_outcome(bytes(mutated)) in ("ok", "error")
+    for cut in range(len(good)):
+        assert any_outcome(good[:cut]) == "error"
+
+
+group_series = st.integers(1, 30).flatmap(
+    lambda n: st.tuples(
+        st.just(n),
+        st.lists(st.integers(-(10**8), 10**8), min_size=n, max_size=n),
+        st.lists(st.integers(-(10**6), 10**6), min_size=n, max_size=n),
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(group_series, st.lists(st.integers(0, 10**7), min_size=1, max_size=20, unique=True))
+def test_any_frame_round_trips_exactly_to_the_quantum(group, changes):
+    n, loads, positions = group
+    stamps = regular(T0, 20_000, n)
+    change_stamps = tuple(sorted(T0 + c for c in changes))
+    series = {
+        0: Series(stamps, tuple(q * 0.1 for q in loads)),
+        1: Series(stamps, tuple(float(q) for q in positions)),
+        2: Series(change_stamps, tuple(float(i % 7) for i in range(len(change_stamps)))),
+    }
+    got = wire.samples(wire.decode(wire.data(BOOT, 9, CHANNELS, series)), CHANNELS)
+    assert got["spindle_load"].stamps_us == stamps
+    assert [round(v / 0.1) for v in got["spindle_load"].values] == loads
+    assert [round(v) for v in got["spindle_speed"].values] == positions
+    assert got["tool_number"].stamps_us == change_stamps
