@@ -1,5 +1,6 @@
 """Wire format v1 payloads: round trips, a golden frame, strict decoding, fuzzing."""
 
+import dataclasses
 import math
 import random
 
@@ -52,8 +53,8 @@ def test_a_data_frame_round_trips_to_the_quantum():
 def test_golden_data_frame():
     payload = wire.data(BOOT, 42, CHANNELS, frame_series())
     assert payload.hex() == (
-        "980101c4080123456789abcdef2acf0006608b015f3000c4010fc40e01091580803801e0409c88a0"
-        "0302c4120552d4f75803805bc001770b32b8204f1c18"
+        "980101c4080123456789abcdef2acf0006608b015f3000c4010fc40a01090580037122820e08c412"
+        "0552d4f75803805bc001770b32b8204f1c18"
     )
 
 
@@ -185,3 +186,51 @@ def test_any_frame_round_trips_exactly_to_the_quantum(group, changes):
     assert [round(v / 0.1) for v in got["spindle_load"].values] == loads
     assert [round(v) for v in got["spindle_speed"].values] == positions
     assert got["tool_number"].stamps_us == change_stamps
+
+
+REF_CHANNELS = [
+    Channel(0, "x_command", "mm", 0.001, "sampled", 100_000, 0),
+    Channel(1, "x_actual", "mm", 0.001, "sampled", 100_000, 0, ref=0),
+    Channel(2, "feed", "mm/min", 0.1, "on_change", 0, None),
+]
+
+
+def test_a_channel_sent_as_the_difference_from_its_ref_round_trips_and_packs_smaller():
+    stamps = regular(T0, 100_000, 10)
+    command = tuple(100.0 + 0.5 * i for i in range(10))
+    actual = tuple(c - 0.003 * (i % 3) for i, c in enumerate(command))
+    series = {0: Series(stamps, command), 1: Series(stamps, actual)}
+    payload = wire.data(BOOT, 1, REF_CHANNELS, series)
+    got = wire.samples(wire.decode(payload), REF_CHANNELS)
+    assert [round(v, 3) for v in got["x_actual"].values] == [round(v, 3) for v in actual]
+    plain = [dataclasses.replace(c, ref=None) for c in REF_CHANNELS]
+    assert len(payload) < len(wire.data(BOOT, 1, plain, series))
+
+
+def test_without_its_ref_in_the_frame_a_channel_travels_whole():
+    series = {1: Series(regular(T0, 100_000, 3), (5.0, 5.001, 5.002))}
+    got = wire.samples(wire.decode(wire.data(BOOT, 1, REF_CHANNELS, series)), REF_CHANNELS)
+    assert [round(v, 3) for v in got["x_actual"].values] == [5.0, 5.001, 5.002]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({1: {"ref": 1}}, "ref must name another channel"),
+        ({1: {"ref": 2}}, "ref must name another channel"),
+        ({0: {"ref": 1}}, "ref must name another channel"),
+        ({1: {"period_us": 50_000}}, "its time group has another period"),
+        ({1: {"alias": 5}}, "aliases must be 0, 1, 2"),
+    ],
+)
+def test_a_bad_channel_table_is_refused(change, message):
+    table = [dataclasses.replace(c, **change.get(c.alias, {})) for c in REF_CHANNELS]
+    with pytest.raises(WireError, match=message):
+        wire.birth(BOOT, 0, T0, "0.1.0", bytes(8), table)
+
+
+def test_regular_stamps_cost_a_few_bits_off_their_nominal_grid():
+    stamps = regular(T0 + 7_000, 20_000, 50)
+    frame = wire.decode(wire.data(BOOT, 1, CHANNELS, {0: Series(stamps, (1.0,) * 50)}))
+    assert len(frame["g"]) <= 3
+    assert wire.samples(frame, CHANNELS)["spindle_load"].stamps_us == stamps

@@ -49,9 +49,10 @@ class Channel:
     kind: str  # "sampled" or "on_change"
     period_us: int  # nominal; 0 for on-change
     group: int | None
+    ref: int | None = None  # a channel this one is sent as the difference from (same quantum)
 
     def row(self) -> list:
-        return [self.name, self.unit, self.quantum, self.kind, self.period_us, self.group]
+        return [self.name, self.unit, self.quantum, self.kind, self.period_us, self.group, self.ref]
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,30 @@ def birth(
     channels: list[Channel],
     firmware: str | None = None,
 ) -> bytes:
-    if [c.alias for c in channels] != list(range(len(channels))):
-        raise WireError("birth: aliases must be 0, 1, 2, ... in table order")
+    check_table(channels)
     info = {"agent": agent, "cfg": config_hash, "ch": [c.row() for c in channels]}
     if firmware is not None:
         info["fw"] = firmware
     return msgpack.packb([VERSION, 0, boot, seq, t_us, info])
+
+
+def check_table(channels: list[Channel]) -> None:
+    """What a channel table must hold to be usable: aliases in order, one period per time
+    group, references to unreferenced channels of the same quantum."""
+    if [c.alias for c in channels] != list(range(len(channels))):
+        raise WireError("birth: aliases must be 0, 1, 2, ... in table order")
+    periods: dict[int, int] = {}
+    for c in channels:
+        if c.group is not None and periods.setdefault(c.group, c.period_us) != c.period_us:
+            raise WireError(f"birth: channel {c.name}: its time group has another period")
+        if c.ref is None:
+            continue
+        ref = channels[c.ref] if 0 <= c.ref < len(channels) else None
+        if ref is None or ref is c or ref.ref is not None or ref.quantum != c.quantum:
+            raise WireError(
+                f"birth: channel {c.name}: ref must name another channel of the same quantum "
+                "that has no ref itself"
+            )
 
 
 def data(
@@ -106,17 +125,22 @@ def data(
         if not s.stamps_us or len(s.stamps_us) != len(s.values):
             raise WireError(f"data: channel {channel.name}: stamps and values must pair up")
         if channel.group is None:
-            stamp_series.append([t - t0 for t in s.stamps_us])
+            stamp_series.append(_on_grid(s.stamps_us, t0, 0))
         elif channel.group not in groups:
             groups[channel.group] = s.stamps_us
         elif groups[channel.group] != s.stamps_us:
             raise WireError(f"data: channel {channel.name}: stamps differ from its group's")
-    stamp_series = [[t - t0 for t in groups[g]] for g in sorted(groups)] + stamp_series
-    values, exceptions = [], []
+    periods = {c.group: c.period_us for c in channels if c.group is not None}
+    stamp_series = [_on_grid(groups[g], t0, periods[g]) for g in sorted(groups)] + stamp_series
+    quantized, exceptions = {}, []
     for alias in present:
-        column, flagged = _quantize_series(series[alias], channels[alias])
-        values.append(column)
+        quantized[alias], flagged = _quantize_series(series[alias], channels[alias])
         exceptions += [x for index, quality in flagged for x in (alias, index, quality)]
+    values = []
+    for alias in present:
+        ref = _reference(channels[alias], quantized)
+        column = quantized[alias]
+        values.append(column if ref is None else [v - r for v, r in zip(column, ref, strict=True)])
     body = [
         VERSION,
         1,
@@ -144,6 +168,21 @@ def event(boot: bytes, seq: int, t_us: int, kind: str, detail: dict) -> bytes:
 def death(boot: bytes, birth_seq: int) -> bytes:
     """The MQTT last will: registered at connect, so it names the birth it ends."""
     return msgpack.packb([VERSION, 3, boot, birth_seq])
+
+
+def _on_grid(stamps_us, t0: int, period_us: int) -> list[int]:
+    """A stamp series as its offsets from t0 less i x the nominal period: a regular series is
+    a constant (a few bits), an on-change one (period 0) its rising offsets."""
+    return [t - t0 - i * period_us for i, t in enumerate(stamps_us)]
+
+
+def _reference(channel: Channel, columns: dict[int, list[int]]) -> list[int] | None:
+    """The column a channel is sent as the difference from: its ref's, when the ref is in the
+    frame with as many values (the decoder applies the same rule)."""
+    if channel.ref is None:
+        return None
+    ref = columns.get(channel.ref)
+    return ref if ref is not None and len(ref) == len(columns[channel.alias]) else None
 
 
 def _quantize_series(s: Series, channel: Channel) -> tuple[list[int], list[tuple[int, int]]]:
@@ -235,6 +274,7 @@ def channels_of(birth_frame: dict) -> list[Channel]:
         if not (isinstance(row, list) and len(row) >= 6):
             raise WireError(f"birth: channel {alias}: a row needs 6 fields")
         name, unit, quantum, kind, period, group = row[:6]
+        ref = row[6] if len(row) > 6 else None
         ok = (
             isinstance(name, str)
             and isinstance(unit, str)
@@ -246,10 +286,12 @@ def channels_of(birth_frame: dict) -> list[Channel]:
             and isinstance(period, int)
             and period >= 0
             and (group is None or isinstance(group, int))
+            and (ref is None or isinstance(ref, int))
         )
         if not ok:
             raise WireError(f"birth: channel {alias}: bad row {row!r}")
-        out.append(Channel(alias, name, unit, float(quantum), kind, period, group))
+        out.append(Channel(alias, name, unit, float(quantum), kind, period, group, ref))
+    check_table(out)
     return out
 
 
@@ -279,29 +321,41 @@ def samples(frame: dict, channels: list[Channel]) -> dict[str, Series]:
         vcounts, quantized = unpack(values, len(present), MAX_FRAME_VALUES)
     except PackError as exc:
         raise WireError(f"data: {exc}") from None
+    periods = [
+        channels[next(a for a in present if channels[a].group == g)].period_us for g in groups
+    ] + [0] * len(solo)
     series_stamps, start = [], 0
-    for count in counts:
-        series_stamps.append(tuple(t0 + o for o in offsets[start : start + count]))
+    for count, period in zip(counts, periods, strict=True):
+        offsets_of = offsets[start : start + count]
+        series_stamps.append(tuple(t0 + o + i * period for i, o in enumerate(offsets_of)))
         start += count
     by_group = dict(zip(groups, series_stamps, strict=False))
     solo_stamps = dict(zip(solo, series_stamps[len(groups) :], strict=False))
     exceptions = _exceptions(
         frame.get("q", []), {a: c for a, c in zip(present, vcounts, strict=True)}
     )
-    out, start = {}, 0
+    columns, start = {}, 0
     for alias, count in zip(present, vcounts, strict=True):
-        channel = channels[alias]
+        columns[alias] = list(quantized[start : start + count])
+        start += count
+    out = {}
+    for alias in present:
+        channel, column = channels[alias], columns[alias]
         stamps_us = by_group[channel.group] if channel.group is not None else solo_stamps[alias]
-        if len(stamps_us) != count:
+        if len(stamps_us) != len(column):
             raise WireError(
-                f"data: channel {channel.name}: {count} values, {len(stamps_us)} stamps"
+                f"data: channel {channel.name}: {len(column)} values, {len(stamps_us)} stamps"
             )
-        values = [q * channel.quantum for q in quantized[start : start + count]]
+        ref = _reference(channel, columns)
+        if ref is not None:
+            column = [v + r for v, r in zip(column, ref, strict=True)]
+            if any(abs(v) > MAX_ABS for v in column):
+                raise WireError(f"data: channel {channel.name}: a value out of range")
+        values = [q * channel.quantum for q in column]
         quality = exceptions.get(alias, ())
         for i, _ in quality:
             values[i] = math.nan
         out[channel.name] = Series(stamps_us, tuple(values), quality)
-        start += count
     return out
 
 
