@@ -53,8 +53,8 @@ def test_a_data_frame_round_trips_to_the_quantum():
 def test_golden_data_frame():
     payload = wire.data(BOOT, 42, CHANNELS, frame_series())
     assert payload.hex() == (
-        "980101c4080123456789abcdef2acf0006608b015f3000c4010fc40a01090580037122820e08c412"
-        "0552d4f75803805bc001770b32b8204f1c18"
+        "980101c4080123456789abcdef2acf0006608b015f3000c3c40a01090580037122820e08c4120552"
+        "d4f75803805bc001770b32b8204f1c18"
     )
 
 
@@ -111,12 +111,14 @@ def changed(body, **fields):
         (lambda b: b[:6], "data: 4 fields, needs 6"),
         (lambda b: changed(b, p=b"\xff"), "presence bitmap names a channel"),
         (lambda b: changed(b, p=b"\x0f\x00"), "presence bitmap of 2 bytes"),
+        (lambda b: changed(b, p=b"\x07"), "data: packed values"),
         (lambda b: changed(b, x=b[7][:-1]), "data: packed values"),
         (lambda b: changed(b, g=b"\x01"), "data: packed values"),
         (lambda b: [*b, {"q": [0, 9, 1]}], "bad quality entry"),
         (lambda b: [*b, {"q": [0, 1]}], "triples"),
         (lambda b: [*b, [1]], "its ext must be a map"),
         (lambda b: changed(b, t="now"), "t, p, g and x"),
+        (lambda b: changed(b, p=False), "t, p, g and x"),
     ],
 )
 def test_a_malformed_data_frame_is_one_wire_error(mutate, message):

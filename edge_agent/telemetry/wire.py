@@ -147,7 +147,7 @@ def data(
         boot,
         seq,
         t0,
-        _bitmap(present, len(channels)),
+        True if len(present) == len(channels) else _bitmap(present, len(channels)),
         _pack(stamp_series),
         _pack(values),
     ]
@@ -302,18 +302,12 @@ def samples(frame: dict, channels: list[Channel]) -> dict[str, Series]:
     t0, bitmap, stamps, values = (frame.get(key) for key in ("t", "p", "g", "x"))
     if not (
         isinstance(t0, int)
-        and isinstance(bitmap, bytes)
+        and (bitmap is True or isinstance(bitmap, bytes))
         and isinstance(stamps, bytes)
         and isinstance(values, bytes)
     ):
-        raise WireError("data: t, p, g and x must be an integer and three bins")
-    if len(bitmap) != (len(channels) + 7) // 8:
-        raise WireError(
-            f"data: presence bitmap of {len(bitmap)} bytes for {len(channels)} channels"
-        )
-    present = [a for a in range(len(channels)) if bitmap[a // 8] >> (a % 8) & 1]
-    if len(channels) % 8 and bitmap[-1] >> (len(channels) % 8):
-        raise WireError("data: presence bitmap names a channel the birth does not have")
+        raise WireError("data: t, p, g and x must be an integer, true or a bin, and two bins")
+    present = list(range(len(channels))) if bitmap is True else _present(bitmap, len(channels))
     groups = sorted({channels[a].group for a in present if channels[a].group is not None})
     solo = [a for a in present if channels[a].group is None]
     try:
@@ -357,6 +351,14 @@ def samples(frame: dict, channels: list[Channel]) -> dict[str, Series]:
             values[i] = math.nan
         out[channel.name] = Series(stamps_us, tuple(values), quality)
     return out
+
+
+def _present(bitmap: bytes, n: int) -> list[int]:
+    if len(bitmap) != (n + 7) // 8:
+        raise WireError(f"data: presence bitmap of {len(bitmap)} bytes for {n} channels")
+    if n % 8 and bitmap[-1] >> (n % 8):
+        raise WireError("data: presence bitmap names a channel the birth does not have")
+    return [a for a in range(n) if bitmap[a // 8] >> (a % 8) & 1]
 
 
 def _exceptions(flat, counts: dict[int, int]) -> dict[int, tuple[tuple[int, int], ...]]:
