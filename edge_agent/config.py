@@ -95,6 +95,15 @@ class ChannelConfig:
     telemetry: str = "filtered"
     # Sampling rate the chain starts at: the tag's poll rate.
     sample_rate_hz: float = 1.0
+    # The wire format (docs/wire-format.md): values travel as integers of `quantum` (0: the
+    # register's own resolution); "sampled" ships every sample, "on_change" only a change
+    # past the deadband (absolute, or percent of the last value sent) or after `heartbeat_s`.
+    quantum: float = 0.0
+    report: str = "sampled"
+    deadband: float = 0.0
+    deadband_pct: float = 0.0
+    heartbeat_s: float = 10.0
+    ref: str = ""  # a tag this channel travels as the difference from (same quantum)
 
 
 #: Filter kinds and their parameters: name -> (kind, required, lower bound, upper bound,
@@ -536,18 +545,48 @@ class _Validator(TomlChecker):
         channels = {}
         for name, entry in raw.items():
             path = ("channels", name)
-            self.table(entry, path, ("filters", "telemetry"))
+            self.table(
+                entry,
+                path,
+                (
+                    "filters",
+                    "telemetry",
+                    "quantum",
+                    "report",
+                    "deadband",
+                    "deadband_pct",
+                    "heartbeat_s",
+                    "ref",
+                ),
+            )
             telemetry = self.choice(
                 entry, path, "telemetry", ("raw", "filtered", "both"), "filtered"
             )
+            wire_keys = self.wire_keys(entry, path, {t.name for t in tags})
             stages, fs = [], rates[name]
             for i, stage in enumerate(self.value(entry, path, "filters", list, [])):
                 spec = self.filter_spec(stage, (*path, "filters", i), fs)
                 if spec.kind == "decimate":
                     fs /= spec.params["factor"]
                 stages.append(spec)
-            channels[name] = ChannelConfig(name, tuple(stages), telemetry, rates[name])
+            channels[name] = ChannelConfig(name, tuple(stages), telemetry, rates[name], **wire_keys)
         return channels
+
+    def wire_keys(self, entry: dict, path: KeyPath, tag_names: set[str]) -> dict:
+        keys = {
+            "quantum": self.value(entry, path, "quantum", float, 0.0),
+            "report": self.choice(entry, path, "report", ("sampled", "on_change"), "sampled"),
+            "deadband": self.value(entry, path, "deadband", float, 0.0),
+            "deadband_pct": self.value(entry, path, "deadband_pct", float, 0.0),
+            "heartbeat_s": self.positive(entry, path, "heartbeat_s", 10.0),
+            "ref": self.value(entry, path, "ref", str, ""),
+        }
+        for key in ("quantum", "deadband", "deadband_pct"):
+            if keys[key] < 0:
+                raise self.fail((*path, key), f"must not be negative, got {keys[key]}")
+        if keys["ref"] and (keys["ref"] not in tag_names or keys["ref"] == path[-1]):
+            raise self.fail((*path, "ref"), f"must name another tag, got {keys['ref']!r}")
+        return keys
 
     def filter_spec(self, stage: Any, path: KeyPath, fs: float) -> FilterSpec:
         """One filter stage, its frequencies checked against the rate it will see."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import math
+import os
 import queue
-import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import suppress
 
 from . import __version__
@@ -29,7 +31,9 @@ from .samples import Quality, Sample
 from .sources.modbus import ModbusPoller
 from .sources.modbus_link import ModbusLink, make_client
 from .tasks import cancel_and_wait
-from .telemetry.frames import Batcher, event_body
+from .telemetry import wire
+from .telemetry.batcher import FrameBuilder
+from .telemetry.channels import change_filters, channel_table
 from .telemetry.sink import AsyncFrameSink
 
 log = logging.getLogger(__name__)
@@ -44,15 +48,18 @@ class Agent:
     def __init__(self, config: AgentConfig, clock=None, client_factory=make_client):
         self.config = config
         self.clock = clock or SystemClock()
-        self.boot_id = uuid.uuid4().hex
+        self.boot = os.urandom(8)  # the boot id on the wire
+        self.boot_id = self.boot.hex()
         self.link = ModbusLink(config.controller, client_factory)
         self.poller = ModbusPoller(config, self.link, self.clock, self._on_samples)
         self.latest: dict[str, Sample] = {}
         self.filtered: dict[str, Sample] = {}
         self.chains = {name: FilterChain(channel) for name, channel in config.channels.items()}
         self._include = set(config.telemetry.include) or {t.name for t in config.tags}
-        machine = {"site": config.machine.site, "machine": config.machine.machine_id}
-        self.batcher = Batcher(self.boot_id, machine, config.telemetry.max_points_per_frame)
+        self.table = channel_table(config)
+        self.builder = FrameBuilder(
+            self.table, change_filters(config, self.table), config.telemetry.max_points_per_frame
+        )
         self.sink = AsyncFrameSink(config.spool.path)
         self.frames_stored = 0
         self.bytes_stored = 0
@@ -154,11 +161,11 @@ class Agent:
             mode = self.config.channels[name].telemetry if chain else "raw"
             full = False
             if mode in ("raw", "both"):
-                full |= self.batcher.add(sample)
+                full |= self.builder.add(name, sample, arrived_ns)
             if filtered is not None and mode == "filtered":
-                full |= self.batcher.add(filtered)
+                full |= self.builder.add(name, filtered, arrived_ns)
             elif filtered is not None and mode == "both":
-                full |= self.batcher.add(filtered._replace(channel=f"{name}_filtered"))
+                full |= self.builder.add(f"{name}_filtered", filtered, arrived_ns)
             if full:
                 self._full.set()
         if for_control:
@@ -168,6 +175,7 @@ class Agent:
         """Run until `stop` is set (or the task is cancelled); always flushes and closes."""
         stop = stop or asyncio.Event()
         await self.sink.open()
+        await self.store_birth()
         await self.store_event("agent_start", {"version": __version__})
         log.info(
             "agent %s for %s/%s: polling %s, %s requests per cycle",
@@ -220,23 +228,42 @@ class Agent:
             await asyncio.wait(list(self._tasks_in_flight))
 
     async def flush(self) -> None:
-        """Close the open batch into a frame and store it."""
-        points = self.batcher.points
-        body = self.batcher.close()
+        """Close the open batch into a data frame and store it."""
+        points = self.builder.points
+        series = self.builder.take()
         self._full.clear()
-        if body is not None:
-            await self._store([("data", body)])
+        if series:
+            boot, table = self.boot, self.table
+            await self._store([("data", lambda seq: wire.data(boot, seq, table, series))])
             self.points_stored += points
 
-    async def store_event(self, kind: str, detail: dict) -> None:
+    async def store_birth(self) -> None:
+        """The channel table, first in every boot (and, with MQTT, on every connection)."""
+        boot, table, t_us = self.boot, self.table, self.clock.stamp_ns() // 1000
+        config_hash = hashlib.sha256(repr(self.config).encode()).digest()[:8]
         await self._store(
-            [("event", event_body(self.boot_id, self.clock.stamp_ns(), kind, detail))]
+            [("birth", lambda seq: wire.birth(boot, seq, t_us, __version__, config_hash, table))]
         )
 
-    async def _store(self, bodies: list[tuple[str, bytes]]) -> None:
-        seqs = await self.sink.store(bodies)
+    async def store_event(self, kind: str, detail: dict) -> None:
+        boot, t_us = self.boot, self.clock.stamp_ns() // 1000
+        await self._store([("event", lambda seq: wire.event(boot, seq, t_us, kind, detail))])
+
+    async def _store(self, bodies: list[tuple[str, Callable[[int], bytes]]]) -> None:
+        """Store payloads made from their sequence numbers (made in the sink's thread)."""
+        sizes: list[int] = []
+
+        def measured(make):
+            def body(seq: int) -> bytes:
+                payload = make(seq)
+                sizes.append(len(payload))
+                return payload
+
+            return body
+
+        seqs = await self.sink.store([(kind, measured(make)) for kind, make in bodies])
         self.frames_stored += len(seqs)
-        self.bytes_stored += sum(len(body) for _, body in bodies)
+        self.bytes_stored += sum(sizes)
         self.last_seq = seqs[-1]
 
     async def _flush_periodically(self) -> None:

@@ -69,4 +69,5 @@ def test_demo_runs_and_summarises_then_decode_reads_its_spool(tmp_path, capsys):
     assert main(["decode", str(spool)]) == 0
     frames = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [f["seq"] for f in frames] == list(range(1, agent.frames_stored + 1))
-    assert {f["type"] for f in frames} == {"event", "data"}
+    assert {f["kind"] for f in frames} == {"birth", "event", "data"}
+    assert frames[0]["kind"] == "birth"

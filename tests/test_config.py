@@ -215,3 +215,17 @@ def test_demo_config_mirrors_the_simulated_controller_map():
             truth.bit,
             truth.width,
         ), tag.name
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("quantum = -0.1", "channels.spindle_load.quantum: must not be negative"),
+        ('report = "sometimes"', "channels.spindle_load.report: must be one of sampled, on_change"),
+        ("heartbeat_s = 0", "channels.spindle_load.heartbeat_s: must be greater than 0"),
+        ('ref = "nothing"', "channels.spindle_load.ref: must name another tag, got 'nothing'"),
+        ('ref = "spindle_load"', "channels.spindle_load.ref: must name another tag"),
+    ],
+)
+def test_wire_settings_of_a_channel_are_checked(section, message):
+    assert message in error_of(MINIMAL + f"\n[channels.spindle_load]\n{section}\n")

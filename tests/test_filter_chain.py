@@ -4,7 +4,6 @@ samples recover, and the agent ships raw, filtered or both."""
 import array
 import math
 
-import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +12,7 @@ from edge_agent.config import ConfigError, parse_config
 from edge_agent.filters.chain import FilterChain
 from edge_agent.samples import Quality, Sample
 from edge_agent.service import Agent
+from edge_agent.telemetry import wire
 
 BASE = """\
 [machine]
@@ -134,7 +134,12 @@ def test_bandpass_needs_low_below_high():
 
 
 def frame_channels(agent):
-    return msgpack.unpackb(agent.batcher.close())["ch"]
+    """The next data frame's samples by channel name, decoded as a consumer would."""
+    payload = wire.data(agent.boot, 1, agent.table, agent.builder.take())
+    return {
+        name: [v for v in series.values]
+        for name, series in wire.samples(wire.decode(payload), agent.table).items()
+    }
 
 
 def feed(agent, values, quality=Quality.GOOD):
@@ -157,8 +162,10 @@ def test_telemetry_ships_raw_filtered_or_both(tmp_path, mode, channels):
     feed(agent, x)
     shipped = frame_channels(agent)
     assert set(shipped) == channels
-    raw_shipped = shipped.get("spindle_load")["v"]
-    assert (raw_shipped == x) == (mode != "filtered")
+    quantum = agent.table[0].quantum
+    raw_shipped = shipped["spindle_load"]
+    as_sent = [round(v / quantum) * quantum for v in x]
+    assert (raw_shipped == pytest.approx(as_sent)) == (mode != "filtered")
     assert agent.filtered["spindle_load"].value != agent.latest["spindle_load"].value
 
 

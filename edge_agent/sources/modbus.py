@@ -106,10 +106,12 @@ class ModbusPoller:
         """One cycle of one group: read, decode, mark stale, emit. Returns what it emitted."""
         stats = self.group_stats[name]
         started = self.clock.monotonic_ns()
+        # One stamp for the whole cycle (like one gather in Telegraf): the group is a snapshot,
+        # and its channels share their stamps on the wire (a time group, docs/wire-format.md).
+        stamp = self.clock.stamp_ns()
         samples: list[Sample] = []
         for planned in list(self.plans[name]):
-            samples.extend(await self._read(name, planned))
-        stamp = self.clock.stamp_ns()
+            samples.extend(await self._read(name, planned, stamp))
         now = self.clock.monotonic_ns()
         samples.extend(self._stale_samples(name, now, stamp))
         stats.cycles += 1
@@ -119,7 +121,7 @@ class ModbusPoller:
             self.emit(samples)
         return samples
 
-    async def _read(self, group: str, planned: _PlannedRead) -> list[Sample]:
+    async def _read(self, group: str, planned: _PlannedRead, stamp: int) -> list[Sample]:
         request = planned.request
         self.counters["requests"] += 1
         try:
@@ -129,13 +131,13 @@ class ModbusPoller:
             if exc.kind != "down":  # the link logs its own state changes
                 self._note(planned, exc.kind, str(exc))
             return []
-        stamp, now = self.clock.stamp_ns(), self.clock.monotonic_ns()
+        now = self.clock.monotonic_ns()
         if isinstance(reply, int):
             self.counters[f"exception_{reply:02d}"] += 1
             if reply == ILLEGAL_DATA_ADDRESS and request.has_gaps:
                 samples = []
                 for part in self._split(group, planned):
-                    samples.extend(await self._read(group, part))
+                    samples.extend(await self._read(group, part, stamp))
                 return samples
             self._note(planned, f"exception {reply:02d}", _EXCEPTION_NAMES.get(reply, ""))
             return self._bad(request.tags, stamp)

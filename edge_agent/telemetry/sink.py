@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS counter (
 );
 INSERT OR IGNORE INTO counter (id, next_seq) VALUES (1, 1);
 """
+
+
+#: A frame body, or a function that makes it from the frame's sequence number.
+Body = bytes | Callable[[int], bytes]
 
 
 class SinkError(Exception):
@@ -72,8 +76,10 @@ class FrameSink:
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot open: {exc.strerror or exc}") from None
 
-    def store(self, bodies: list[tuple[str, bytes]]) -> list[int]:
-        """Store frames (type, body) in one transaction; their sequence numbers, in order."""
+    def store(self, bodies: list[tuple[str, Body]]) -> list[int]:
+        """Store frames (type, body) in one transaction; their sequence numbers, in order.
+        A body may be a function of its sequence number (payloads that carry it): it is
+        called inside the transaction that allocates the number."""
         if not bodies:
             return []
         db = self._db
@@ -82,9 +88,12 @@ class FrameSink:
             first = db.execute("SELECT next_seq FROM counter WHERE id = 1").fetchone()[0]
             seqs = list(range(first, first + len(bodies)))
             now = time.time_ns()
+            rows = [
+                (seq, now, kind, body(seq) if callable(body) else body)
+                for seq, (kind, body) in zip(seqs, bodies, strict=True)
+            ]
             db.executemany(
-                "INSERT INTO frames (seq, stored_ns, type, body) VALUES (?, ?, ?, ?)",
-                [(seq, now, kind, body) for seq, (kind, body) in zip(seqs, bodies, strict=True)],
+                "INSERT INTO frames (seq, stored_ns, type, body) VALUES (?, ?, ?, ?)", rows
             )
             db.execute("UPDATE counter SET next_seq = ? WHERE id = 1", (first + len(bodies),))
             db.execute("COMMIT")
@@ -129,7 +138,7 @@ class AsyncFrameSink:
     async def open(self) -> None:
         self._sink = await self._run(FrameSink, self.path)
 
-    async def store(self, bodies: list[tuple[str, bytes]]) -> list[int]:
+    async def store(self, bodies: list[tuple[str, Body]]) -> list[int]:
         """Store frames in one transaction, in the sink's thread; their sequence numbers."""
         if self._sink is None:
             raise RuntimeError(f"{self.path}: sink not open (await open() first)")

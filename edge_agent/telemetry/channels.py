@@ -1,0 +1,99 @@
+"""The telemetry channel table: which channels the agent publishes, from its configuration.
+
+One row per published channel (docs/wire-format.md): every tag telemetry includes, and a
+`<tag>_filtered` channel where a tag's filter chain ships both. A channel's alias is its row;
+sampled channels of one poll group share a time group (their stamps); a filtered channel
+whose chain decimates gets a time group of its own; on-change channels have none.
+"""
+
+from __future__ import annotations
+
+from ..config import AgentConfig, ChannelConfig
+from ..registers import Tag, ValueType
+from .batcher import ChangeFilter
+from .wire import Channel, check_table
+
+#: A float register's default quantum: a thousandth of its unit (1 W of a kW, 1 um of a mm).
+FLOAT_QUANTUM = 0.001
+
+
+def default_quantum(tag: Tag) -> float:
+    """What a channel's values are integers of, unless configured: the register's own
+    resolution (its scale) for integer registers, FLOAT_QUANTUM for floats."""
+    if tag.type in (ValueType.FLOAT32, ValueType.FLOAT64):
+        return FLOAT_QUANTUM
+    return tag.scale if tag.scale > 0 else 1.0
+
+
+def channel_table(config: AgentConfig) -> list[Channel]:
+    """The published channels, in alias order; a WireError names a table that cannot work."""
+    included = set(config.telemetry.include) or {t.name for t in config.tags}
+    group_of = {name: i for i, name in enumerate(sorted(config.poll_groups))}
+    next_group = len(group_of)
+    rows: list[tuple[str, str, float, str, int, int | None, str]] = []
+    for tag in config.tags:
+        if tag.name not in included:
+            continue
+        cfg = config.channels.get(tag.name) or ChannelConfig(tag.name)
+        quantum = cfg.quantum or default_quantum(tag)
+        period_us = round(config.poll_groups[tag.poll_group].period_s * 1e6)
+        sampled = cfg.report == "sampled"
+        group = group_of[tag.poll_group] if sampled else None
+        shipping = cfg.telemetry if cfg.filters else "raw"
+        factor = 1
+        for spec in cfg.filters:
+            if spec.kind == "decimate":
+                factor *= spec.params["factor"]
+        own_group = None
+        if sampled and factor > 1 and shipping != "raw":
+            own_group, next_group = next_group, next_group + 1
+        if shipping == "filtered" and own_group is not None:  # the tag's channel, decimated
+            rows.append(
+                (tag.name, tag.unit, quantum, cfg.report, period_us * factor, own_group, cfg.ref)
+            )
+            continue
+        rows.append(
+            (tag.name, tag.unit, quantum, cfg.report, period_us if sampled else 0, group, cfg.ref)
+        )
+        if shipping == "both":
+            rows.append(
+                (
+                    f"{tag.name}_filtered",
+                    tag.unit,
+                    quantum,
+                    cfg.report,
+                    period_us * factor if sampled else 0,
+                    own_group if factor > 1 else group,
+                    "",
+                )
+            )
+    names = [row[0] for row in rows]
+    table = [
+        Channel(
+            alias,
+            name,
+            unit,
+            quantum,
+            kind,
+            period,
+            group,
+            names.index(ref) if ref in names else None,
+        )
+        for alias, (name, unit, quantum, kind, period, group, ref) in enumerate(rows)
+    ]
+    check_table(table)
+    return table
+
+
+def change_filters(config: AgentConfig, table: list[Channel]) -> dict[str, ChangeFilter]:
+    """Report-by-exception for each on-change channel of the table, from its channel config."""
+    filters = {}
+    for channel in table:
+        if channel.kind != "on_change":
+            continue
+        tag = channel.name.removesuffix("_filtered")
+        cfg = config.channels.get(tag) or ChannelConfig(tag)
+        filters[channel.name] = ChangeFilter(
+            cfg.deadband, cfg.deadband_pct, round(cfg.heartbeat_s * 1e9)
+        )
+    return filters
