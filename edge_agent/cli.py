@@ -31,8 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config")
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config")
-    decode = commands.add_parser("decode", help="print a spool's frames as JSON lines")
-    decode.add_argument("spool")
+    decode = commands.add_parser(
+        "decode", help="print telemetry payloads as JSON lines or CSV (names and units restored)"
+    )
+    decode.add_argument(
+        "source", help="a spool database, a file of payloads back to back, or - for stdin"
+    )
+    decode.add_argument("--csv", action="store_true", help="one CSV row per sample")
     demo = commands.add_parser("demo", help="the agent against the simulated machine")
     demo.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
     demo.add_argument(
@@ -83,14 +88,28 @@ def _check(args) -> int:
 
 
 def _decode(args) -> int:
-    from .telemetry.decode import decode_sink
+    from .telemetry.decode import decode_sink, decode_stream
 
     try:
-        _, bad = decode_sink(args.spool, sys.stdout, sys.stderr)
+        if args.source == "-":
+            _, bad = decode_stream(sys.stdin.buffer, "stdin", sys.stdout, sys.stderr, args.csv)
+        elif _is_sqlite(args.source):
+            _, bad = decode_sink(args.source, sys.stdout, sys.stderr, args.csv)
+        else:
+            with open(args.source, "rb") as stream:
+                _, bad = decode_stream(stream, args.source, sys.stdout, sys.stderr, args.csv)
     except BrokenPipeError:  # `edge-agent decode spool.db | head`
         sys.stderr.close()
         return 0
     return 1 if bad else 0
+
+
+def _is_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return True  # let the spool report the error in its own words
 
 
 def _run(args) -> int:

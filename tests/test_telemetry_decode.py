@@ -1,6 +1,7 @@
 """`edge-agent decode`: v1 payloads as JSON lines with names and units; bad payloads reported
 one line each, never fatal."""
 
+import csv
 import io
 import json
 import math
@@ -9,8 +10,9 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge_agent.cli import main
 from edge_agent.telemetry import wire
-from edge_agent.telemetry.decode import decode_sink
+from edge_agent.telemetry.decode import decode_sink, decode_stream
 from edge_agent.telemetry.sink import FrameSink
 
 BOOT = bytes(range(8))
@@ -104,3 +106,30 @@ def test_unknown_version_is_reported_not_printed(tmp_path):
         err.strip()
         == f"{tmp_path / 's.db'}: frame seq 1: unknown version 9 (this decoder reads v1)"
     )
+
+
+def test_a_stream_of_payloads_decodes_like_a_spool_and_csv_has_a_row_per_sample(tmp_path):
+    stream = tmp_path / "capture.bin"
+    # then a payload of an unknown version, and one cut short
+    stream.write_bytes(birth() + data(2.5) + msgpack.packb([9, 1]) + b"\x92\x09")
+    out, err = io.StringIO(), io.StringIO()
+    with open(stream, "rb") as f:
+        assert decode_stream(f, "capture.bin", out, err, as_csv=True) == (2, 2)
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows == [
+        ["seq", "boot", "channel", "unit", "t_us", "value", "quality"],
+        ["2", BOOT.hex(), "spindle_load", "%", str(T0), "2.5", "0"],
+        ["2", BOOT.hex(), "spindle_power", "kW", str(T0), "NaN", "2"],
+    ]
+    assert err.getvalue().splitlines() == [
+        "capture.bin: frame seq 3: unknown version 9 (this decoder reads v1)",
+        "capture.bin: payload 4: truncated at byte 181 of 183",
+    ]
+
+
+def test_the_decode_command_reads_a_capture_file(tmp_path, capsys):
+    stream = tmp_path / "capture.bin"
+    stream.write_bytes(birth() + data())
+    assert main(["decode", str(stream)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["kind"] for line in lines] == ["birth", "data"]

@@ -236,3 +236,12 @@ def test_regular_stamps_cost_a_few_bits_off_their_nominal_grid():
     frame = wire.decode(wire.data(BOOT, 1, CHANNELS, {0: Series(stamps, (1.0,) * 50)}))
     assert len(frame["g"]) <= 3
     assert wire.samples(frame, CHANNELS)["spindle_load"].stamps_us == stamps
+
+
+def test_a_stored_frame_rewrapped_for_replay_is_flagged_historical_and_otherwise_the_same():
+    payload = wire.data(BOOT, 5, CHANNELS, frame_series())
+    replayed = wire.as_historical(payload)
+    frame, again = wire.decode(payload), wire.decode(replayed)
+    assert again.pop("h") is True
+    assert again == frame
+    assert wire.as_historical(wire.death(BOOT, 1)) == wire.death(BOOT, 1)

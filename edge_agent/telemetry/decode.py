@@ -1,15 +1,19 @@
-"""`edge-agent decode`: a spool's payloads as JSON lines, with channel names and units restored.
+"""`edge-agent decode`: payloads as JSON lines or CSV, with channel names and units restored.
 
-Reads only. Data frames decode with the channel table of their boot's birth (which comes first
-in every boot). A payload that does not decode gets one line on the error stream naming its
+From a spool, or from a stream of payloads back to back (a file, or standard input: what a
+broker subscription captured). Reads only. Data frames decode with the channel table of their
+boot's birth. A payload that does not decode gets one line on the error stream naming its
 sequence number and what is wrong, is counted, and the rest still print.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
-from typing import TextIO
+from typing import BinaryIO, TextIO
+
+import msgpack
 
 from . import wire
 from .sink import FrameSink
@@ -62,23 +66,66 @@ def decode_payload(payload: bytes, tables: dict[bytes, list[wire.Channel]]) -> d
     return out
 
 
-def decode_sink(path: str, out: TextIO, err: TextIO) -> tuple[int, int]:
+def decode_sink(path: str, out: TextIO, err: TextIO, as_csv: bool = False) -> tuple[int, int]:
     """Print every payload of the spool at `path`; (printed, bad)."""
-    printed = bad = 0
-    tables: dict[bytes, list[wire.Channel]] = {}
     sink = FrameSink(path, readonly=True)
     try:
-        for seq, stored_ns, _, body in sink.frames():
-            try:
-                decoded = decode_payload(body, tables)
-            except wire.WireError as exc:
-                print(f"{path}: frame seq {seq}: {exc}", file=err)
-                bad += 1
-                continue
-            out.write(json.dumps({"seq": seq, "stored_ns": stored_ns, **decoded}) + "\n")
-            printed += 1
+        rows = ((seq, stored_ns, body) for seq, stored_ns, _, body in sink.frames())
+        return _print(rows, path, out, err, as_csv)
     finally:
         sink.close()
+
+
+def decode_stream(
+    stream: BinaryIO, where: str, out: TextIO, err: TextIO, as_csv: bool = False
+) -> tuple[int, int]:
+    """Print payloads read back to back from a byte stream (as captured from a broker)."""
+    data = stream.read()
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    rows, trouble, end = [], None, 0
+    try:
+        for n, body in enumerate(unpacker, start=1):
+            rows.append((n, None, msgpack.packb(body)))
+            end = unpacker.tell()
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        trouble = f"not msgpack: {type(exc).__name__}"
+    if trouble is None and end != len(data):
+        trouble = f"truncated at byte {end} of {len(data)}"
+    printed, bad = _print(rows, where, out, err, as_csv)
+    if trouble:
+        print(f"{where}: payload {len(rows) + 1}: {trouble}", file=err)
+        bad += 1
+    return printed, bad
+
+
+CSV_HEADER = ("seq", "boot", "channel", "unit", "t_us", "value", "quality")
+
+
+def _print(rows, where: str, out: TextIO, err: TextIO, as_csv: bool) -> tuple[int, int]:
+    printed = bad = 0
+    tables: dict[bytes, list[wire.Channel]] = {}
+    writer = csv.writer(out, lineterminator="\n") if as_csv else None
+    if writer:
+        writer.writerow(CSV_HEADER)
+    for seq, stored_ns, body in rows:
+        try:
+            decoded = decode_payload(body, tables)
+        except wire.WireError as exc:
+            print(f"{where}: frame seq {seq}: {exc}", file=err)
+            bad += 1
+            continue
+        printed += 1
+        if writer is None:
+            head = {"seq": seq} if stored_ns is None else {"seq": seq, "stored_ns": stored_ns}
+            out.write(json.dumps({**head, **decoded}) + "\n")
+        elif decoded["kind"] == "data":
+            for name, entry in decoded["channels"].items():
+                bad_at = dict(map(tuple, entry.get("q", [])))
+                for i, (t, v) in enumerate(zip(entry["t"], entry["v"], strict=True)):
+                    writer.writerow(
+                        (seq, decoded["boot"], name, entry["unit"], t, v, bad_at.get(i, 0))
+                    )
     return printed, bad
 
 

@@ -161,6 +161,17 @@ def data(
     return msgpack.packb(body)
 
 
+def as_historical(payload: bytes) -> bytes:
+    """A stored data frame re-wrapped for replay: the same content, flagged `h` (historical).
+    Anything but a data frame is returned as it is."""
+    body = msgpack.unpackb(payload, raw=False)
+    if not (isinstance(body, list) and len(body) >= 8 and body[:2] == [VERSION, 1]):
+        return payload
+    ext = dict(body[8]) if len(body) > 8 and isinstance(body[8], dict) else {}
+    ext["h"] = True
+    return msgpack.packb([*body[:8], ext, *body[9:]])
+
+
 def event(boot: bytes, seq: int, t_us: int, kind: str, detail: dict) -> bytes:
     return msgpack.packb([VERSION, 2, boot, seq, t_us, kind, detail])
 
