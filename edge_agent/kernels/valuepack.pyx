@@ -12,7 +12,8 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.string cimport memset
+from libc.stdlib cimport qsort
+from libc.string cimport memcpy
 
 import array
 
@@ -24,11 +25,15 @@ MAX_QUOTIENT = 64
 cdef int64_t _MAX_ABS = (1 << 48) - 1
 cdef Py_ssize_t _MAX_COUNT = 8192
 cdef uint64_t _MAX_QUOTIENT = 64
+# Level mode is tried only when the deltas' code takes over this many bits per value: a
+# smooth channel's deltas always beat it, and trying costs a sort and a third code choice.
+cdef uint64_t LEVEL_TRIED_OVER_BITS = 3
 
 cdef enum:
     MODE_CONSTANT = 0
     MODE_DELTA = 1
     MODE_DOD = 2
+    MODE_LEVEL = 3
     CODE_FIXED = 0
     CODE_RICE = 1
     CODE_SPARSE = 2
@@ -106,71 +111,61 @@ cdef struct Choice:
     int param
 
 
-cdef inline uint64_t _rice_cost(const uint64_t* z, Py_ssize_t n, int k, bint sparse) noexcept nogil:
-    cdef uint64_t total = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        if sparse:
-            if z[i]:
-                total += 1 + k + ((z[i] - 1) >> k)
-        else:
-            total += 1 + k + (z[i] >> k)
-    return total
-
-
-cdef inline void _try_rice(Choice* best, const uint64_t* z, Py_ssize_t n, bint sparse) noexcept nogil:
-    """Rice parameters around the bit length of the mean (of the non-zero residuals less one,
-    for the sparse form), each only if every quotient stays within MAX_QUOTIENT."""
-    cdef uint64_t total = 0, top = 0, v
-    cdef Py_ssize_t i, m = 0
-    cdef int k, c
-    cdef uint64_t cost
-    for i in range(n):
-        if sparse:
-            if not z[i]:
-                continue
-            v = z[i] - 1
-        else:
-            v = z[i]
-        total += v
-        if v > top:
-            top = v
-        m += 1
-    if m == 0:
-        return
-    k = _bitlen(total // <uint64_t>m)
-    for c in range(k - 1, k + 2):
-        if c < 0 or (top >> c) > _MAX_QUOTIENT:
-            continue
-        cost = 6 + _rice_cost(z, n, c, sparse) + (<uint64_t>n if sparse else 0)
-        if cost < best.bits:
-            best.bits = cost
-            best.code = CODE_SPARSE if sparse else CODE_RICE
-            best.param = c
+cdef inline void _offer(Choice* best, uint64_t cost, int code, int param) noexcept nogil:
+    if cost < best.bits:
+        best.bits, best.code, best.param = cost, code, param
 
 
 cdef Choice _choose(const uint64_t* z, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t top = 0
-    cdef Py_ssize_t i
-    cdef bint any_nonzero = False
-    for i in range(n):
-        if z[i] > top:
-            top = z[i]
+    """The cheapest residual code, as docs/wire-format.md specifies: fixed, then Rice with
+    parameters k-1, k, k+1 around the bit length of the mean, then sparse likewise (over the
+    non-zero residuals less one); a later one only if strictly cheaper; a Rice parameter only
+    if every quotient stays within MAX_QUOTIENT. Two passes over the residuals."""
+    cdef uint64_t top = 0, total = 0, stop = 0, stotal = 0, v
+    cdef Py_ssize_t i, m = 0
+    for i in range(n):  # pass 1: the statistics of both forms
+        v = z[i]
+        total += v
+        if v > top:
+            top = v
+        if v:
+            m += 1
+            stotal += v - 1
+            if v - 1 > stop:
+                stop = v - 1
     cdef Choice best
     best.param = _bitlen(top)
     best.bits = 6 + <uint64_t>best.param * n
     best.code = CODE_FIXED
-    _try_rice(&best, z, n, False)
-    for i in range(n):
-        if z[i]:
-            any_nonzero = True
-            break
-    if any_nonzero:
-        _try_rice(&best, z, n, True)
-    elif 6 + <uint64_t>n < best.bits:
-        best.bits = 6 + n
-        best.code = CODE_SPARSE
-        best.param = 0
+    cdef int k = _bitlen(total // <uint64_t>n)
+    cdef int ks = _bitlen(stotal // <uint64_t>m) if m else 0
+    cdef uint64_t r0 = 0, r1 = 0, r2 = 0, q0 = 0, q1 = 0, q2 = 0
+    cdef int a0 = k - 1 if k > 0 else 0, b0 = ks - 1 if ks > 0 else 0
+    for i in range(n):  # pass 2: the quotient sums of all six candidates
+        v = z[i]
+        r0 += v >> a0
+        r1 += v >> k
+        r2 += v >> (k + 1)
+        if v:
+            v -= 1
+            q0 += v >> b0
+            q1 += v >> ks
+            q2 += v >> (ks + 1)
+    if k > 0 and (top >> (k - 1)) <= _MAX_QUOTIENT:
+        _offer(&best, 6 + <uint64_t>n * k + r0, CODE_RICE, k - 1)
+    if (top >> k) <= _MAX_QUOTIENT:
+        _offer(&best, 6 + <uint64_t>n * (k + 1) + r1, CODE_RICE, k)
+    if (top >> (k + 1)) <= _MAX_QUOTIENT:
+        _offer(&best, 6 + <uint64_t>n * (k + 2) + r2, CODE_RICE, k + 1)
+    if m:
+        if ks > 0 and (stop >> (ks - 1)) <= _MAX_QUOTIENT:
+            _offer(&best, 6 + <uint64_t>n + <uint64_t>m * ks + q0, CODE_SPARSE, ks - 1)
+        if (stop >> ks) <= _MAX_QUOTIENT:
+            _offer(&best, 6 + <uint64_t>n + <uint64_t>m * (ks + 1) + q1, CODE_SPARSE, ks)
+        if (stop >> (ks + 1)) <= _MAX_QUOTIENT:
+            _offer(&best, 6 + <uint64_t>n + <uint64_t>m * (ks + 2) + q2, CODE_SPARSE, ks + 1)
+    else:
+        _offer(&best, 6 + <uint64_t>n, CODE_SPARSE, 0)
     best.bits += 2
     return best
 
@@ -197,6 +192,29 @@ cdef void _put_code(Writer* w, const uint64_t* z, Py_ssize_t n, Choice c) noexce
 
 
 # -- pack --------------------------------------------------------------------------------
+
+cdef int _order(const void* a, const void* b) noexcept nogil:
+    cdef int64_t x = (<const int64_t*>a)[0], y = (<const int64_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef int64_t _median(const int64_t* q, int64_t* scratch, Py_ssize_t n) noexcept nogil:
+    """sorted(q)[n // 2]: insertion sort for the short series of a 1-s frame, qsort beyond."""
+    cdef Py_ssize_t i, j
+    cdef int64_t v
+    memcpy(scratch, q, n * sizeof(int64_t))
+    if n > 48:
+        qsort(scratch, n, sizeof(int64_t), _order)
+        return scratch[n // 2]
+    for i in range(1, n):
+        v = scratch[i]
+        j = i - 1
+        while j >= 0 and scratch[j] > v:
+            scratch[j + 1] = scratch[j]
+            j -= 1
+        scratch[j + 1] = v
+    return scratch[n // 2]
+
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
@@ -225,16 +243,22 @@ def pack(const int[:] counts not None, const long long[:] values not None) -> by
     cdef uint8_t* buf = <uint8_t*>PyMem_Malloc(cap)
     cdef uint64_t* zd = <uint64_t*>PyMem_Malloc(max(longest, 1) * sizeof(uint64_t))
     cdef uint64_t* zdd = <uint64_t*>PyMem_Malloc(max(longest, 1) * sizeof(uint64_t))
-    if buf == NULL or zd == NULL or zdd == NULL:
+    cdef uint64_t* zl = <uint64_t*>PyMem_Malloc(max(longest, 1) * sizeof(uint64_t))
+    cdef int64_t* sorted_q = <int64_t*>PyMem_Malloc(max(longest, 1) * sizeof(int64_t))
+    if buf == NULL or zd == NULL or zdd == NULL or zl == NULL or sorted_q == NULL:
         PyMem_Free(buf)
         PyMem_Free(zd)
         PyMem_Free(zdd)
+        PyMem_Free(zl)
+        PyMem_Free(sorted_q)
         raise MemoryError()
     cdef Writer w
-    cdef const long long* q
+    cdef const int64_t* q
     cdef bint constant
-    cdef Choice cd, cdd
-    cdef int64_t d0
+    cdef Choice cd, cdd, cl
+    cdef int64_t d0 = 0, base
+    cdef uint64_t best_bits, bits
+    cdef int mode
     try:
         w.buf, w.byte, w.acc, w.nacc = buf, 0, 0, 0
         j = common
@@ -247,7 +271,7 @@ def pack(const int[:] counts not None, const long long[:] values not None) -> by
         start = 0
         for i in range(nch):
             count = counts[i]
-            q = &values[start]
+            q = <const int64_t*>&values[start]
             start += count
             if count == common:
                 _put(&w, 0, 1)
@@ -266,20 +290,34 @@ def pack(const int[:] counts not None, const long long[:] values not None) -> by
             for j in range(count - 1):
                 zd[j] = _zz(q[j + 1] - q[j])
             cd = _choose(zd, count - 1)
+            best_bits = <uint64_t>_signed_bits(q[0]) + cd.bits
+            mode = MODE_DELTA
             if count > 2:
                 for j in range(count - 2):
                     zdd[j] = _zz((q[j + 2] - q[j + 1]) - (q[j + 1] - q[j]))
                 cdd = _choose(zdd, count - 2)
                 d0 = q[1] - q[0]
-                if <uint64_t>_signed_bits(d0) + cdd.bits < cd.bits:
-                    _put(&w, MODE_DOD, 2)
-                    _put_signed(&w, q[0])
-                    _put_signed(&w, d0)
-                    _put_code(&w, zdd, count - 2, cdd)
-                    continue
-            _put(&w, MODE_DELTA, 2)
-            _put_signed(&w, q[0])
-            _put_code(&w, zd, count - 1, cd)
+                bits = <uint64_t>(_signed_bits(q[0]) + _signed_bits(d0)) + cdd.bits
+                if bits < best_bits:
+                    best_bits, mode = bits, MODE_DOD
+            if cd.bits > LEVEL_TRIED_OVER_BITS * <uint64_t>count:  # noisy enough to try level
+                base = _median(q, sorted_q, count)
+                for j in range(count):
+                    zl[j] = _zz(q[j] - base)
+                cl = _choose(zl, count)
+                if <uint64_t>_signed_bits(base) + cl.bits < best_bits:
+                    mode = MODE_LEVEL
+            _put(&w, <uint64_t>mode, 2)
+            if mode == MODE_DELTA:
+                _put_signed(&w, q[0])
+                _put_code(&w, zd, count - 1, cd)
+            elif mode == MODE_DOD:
+                _put_signed(&w, q[0])
+                _put_signed(&w, d0)
+                _put_code(&w, zdd, count - 2, cdd)
+            else:
+                _put_signed(&w, base)
+                _put_code(&w, zl, count, cl)
         if w.nacc:
             buf[w.byte] = <uint8_t>w.acc
             w.byte += 1
@@ -288,6 +326,8 @@ def pack(const int[:] counts not None, const long long[:] values not None) -> by
         PyMem_Free(buf)
         PyMem_Free(zd)
         PyMem_Free(zdd)
+        PyMem_Free(zl)
+        PyMem_Free(sorted_q)
 
 
 # -- unpack ------------------------------------------------------------------------------
@@ -378,6 +418,16 @@ cdef int _decode_rest(Reader* r, uint64_t* z, int64_t* out, Py_ssize_t count, in
         for j in range(1, count):
             out[j] = out[0]
         return 0
+    if mode == MODE_LEVEL:  # out[0] holds the base
+        status = _get_code(r, z, count)
+        if status:
+            return status
+        d = out[0]
+        for j in range(count):
+            out[j] = d + _unzz(z[j])
+            if out[j] > _MAX_ABS or out[j] < -_MAX_ABS:
+                return -3
+        return 0
     if mode == MODE_DELTA:
         status = _get_code(r, z, count - 1)
         if status:
@@ -450,8 +500,6 @@ def unpack(const uint8_t[:] data not None, Py_ssize_t n_channels, Py_ssize_t max
                 raise PackError(f"packed values: bad count {count}")
             if _get(&r, 2, &mode) < 0 or _get_signed(&r, &first) < 0:
                 raise PackError("packed values: truncated")
-            if mode > MODE_DOD:
-                raise PackError("packed values: unknown mode 3")
             if mode == MODE_DOD and count < 3:
                 raise PackError("packed values: delta-of-delta needs 3 or more values")
             if total + count > capacity:

@@ -5,7 +5,7 @@ disagree with a wrong kernel: the encoder makes the same choices, so the bytes m
 
 MAX_ABS = (1 << 48) - 1  # quantized values are integers within +-(2**48 - 1)
 MAX_COUNT = 8192  # values of one channel in one frame
-MODE_CONSTANT, MODE_DELTA, MODE_DOD = 0, 1, 2
+MODE_CONSTANT, MODE_DELTA, MODE_DOD, MODE_LEVEL = 0, 1, 2, 3
 CODE_FIXED, CODE_RICE, CODE_SPARSE = 0, 1, 2
 
 
@@ -64,6 +64,7 @@ class BitReader:
 
 
 MAX_QUOTIENT = 64  # the longest unary run a decoder accepts
+LEVEL_TRIED_OVER_BITS = 3  # level mode is tried when the deltas' code takes more bits a value
 
 
 def rice_candidates(zs):
@@ -163,19 +164,29 @@ def pack(counts, values):
         d = [b - a for a, b in zip(q, q[1:], strict=False)]
         zd = [zigzag(x) for x in d]
         cost_d, code_d, param_d = code_cost(zd)
-        best = (cost_d, MODE_DELTA)
+        best_cost, best = signed_bits(q[0]) + cost_d, MODE_DELTA
         if count > 2:
             dd = [zigzag(b - a) for a, b in zip(d, d[1:], strict=False)]
             cost_dd, code_dd, param_dd = code_cost(dd)
-            if signed_bits(d[0]) + cost_dd < cost_d:
-                best = (0, MODE_DOD)
-        w.put(best[1], 2)
-        put_signed(w, q[0])
-        if best[1] == MODE_DELTA:
+            if signed_bits(q[0]) + signed_bits(d[0]) + cost_dd < best_cost:
+                best_cost, best = signed_bits(q[0]) + signed_bits(d[0]) + cost_dd, MODE_DOD
+        if cost_d > LEVEL_TRIED_OVER_BITS * count:  # only noisy channels try level
+            base = sorted(q)[count // 2]  # the median (the upper one of an even count)
+            zl = [zigzag(v - base) for v in q]
+            cost_l, code_l, param_l = code_cost(zl)
+            if signed_bits(base) + cost_l < best_cost:
+                best = MODE_LEVEL
+        w.put(best, 2)
+        if best == MODE_DELTA:
+            put_signed(w, q[0])
             put_code(w, zd, code_d, param_d)
-        else:
+        elif best == MODE_DOD:
+            put_signed(w, q[0])
             put_signed(w, d[0])
             put_code(w, dd, code_dd, param_dd)
+        else:
+            put_signed(w, base)
+            put_code(w, zl, code_l, param_l)
     return bytes(head) + w.tobytes()
 
 
@@ -237,8 +248,8 @@ def unpack(data, n_channels, max_values=1 << 20):
             for z in get_code(r, count - 2):
                 d += unzigzag(z)
                 q.append(q[-1] + d)
-        else:
-            raise PackError("packed values: unknown mode 3")
+        else:  # MODE_LEVEL: `first` is the base
+            q = [first + unzigzag(z) for z in get_code(r, count)]
         if any(not -MAX_ABS <= v <= MAX_ABS for v in q):
             raise PackError("packed values: a value outside +-(2**48 - 1)")
         counts.append(count)
