@@ -14,6 +14,7 @@ from edge_agent.control.loop import ControlLoop
 from edge_agent.samples import Sample
 from hil.register_map import BY_NAME
 from tests import test_adaptive
+from tests.test_actuator import FakeWriter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,18 +32,6 @@ class FakeClock:
 
     def __call__(self):
         return self.t_ns
-
-
-class FakeWriter:
-    def __init__(self):
-        self.writes: list[tuple[str, float]] = []
-
-    def write(self, tag, value):
-        self.writes.append((tag.name, value))
-
-    @property
-    def values(self):
-        return [value for _, value in self.writes]
 
 
 @dataclass
