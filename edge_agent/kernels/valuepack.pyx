@@ -264,7 +264,7 @@ def pack(const int[:] counts not None, const long long[:] values not None) -> by
     cdef const int64_t* q
     cdef bint constant
     cdef Choice cd, cdd, cl
-    cdef int64_t d0 = 0, base
+    cdef int64_t d0 = 0, base, dmin, dmax
     cdef uint64_t best_bits, bits
     cdef int mode
     try:
@@ -295,12 +295,19 @@ def pack(const int[:] counts not None, const long long[:] values not None) -> by
                 _put(&w, MODE_CONSTANT, 2)
                 _put_signed(&w, q[0])
                 continue
+            dmin = dmax = q[1] - q[0]
             for j in range(count - 1):
-                zd[j] = _zz(q[j + 1] - q[j])
+                d0 = q[j + 1] - q[j]
+                zd[j] = _zz(d0)
+                if d0 < dmin:
+                    dmin = d0
+                elif d0 > dmax:
+                    dmax = d0
             cd = _choose(zd, count - 1)
             best_bits = <uint64_t>_signed_bits(q[0]) + cd.bits
             mode = MODE_DELTA
-            if count > 2:
+            # Deltas that vary less than they are large: a ramp, where delta-of-delta may win.
+            if count > 2 and dmax - dmin < max(dmax, -dmin):
                 for j in range(count - 2):
                     zdd[j] = _zz((q[j + 2] - q[j + 1]) - (q[j + 1] - q[j]))
                 cdd = _choose(zdd, count - 2)

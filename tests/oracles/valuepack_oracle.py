@@ -165,7 +165,7 @@ def pack(counts, values):
         zd = [zigzag(x) for x in d]
         cost_d, code_d, param_d = code_cost(zd)
         best_cost, best = signed_bits(q[0]) + cost_d, MODE_DELTA
-        if count > 2:
+        if count > 2 and max(d) - min(d) < max(abs(x) for x in d):  # a ramp: try dod
             dd = [zigzag(b - a) for a, b in zip(d, d[1:], strict=False)]
             cost_dd, code_dd, param_dd = code_cost(dd)
             if signed_bits(q[0]) + signed_bits(d[0]) + cost_dd < best_cost:
