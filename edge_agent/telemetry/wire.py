@@ -1,9 +1,9 @@
 """Wire format v1: the birth, data, event and death payloads (docs/wire-format.md is the spec).
 
 Sans-IO: channel tables, samples and bytes in, bytes and decoded frames out; no clock, no
-socket. The envelope is a plain msgpack map any decoder can read; a data frame's stamps and
-values travel as packed blocks (`edge_agent.kernels.valuepack`). Decoding is strict and every
-failure is one `WireError` line.
+socket. Every payload is a plain msgpack array any decoder can read (optional fields in a
+trailing map); a data frame's stamps and values travel as packed blocks
+(`edge_agent.kernels.valuepack`). Decoding is strict and every failure is one `WireError` line.
 """
 
 from __future__ import annotations
