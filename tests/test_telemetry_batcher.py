@@ -141,3 +141,49 @@ def test_a_bad_sample_travels_as_the_last_good_value_and_decodes_as_nan():
     assert decoded["load"].values[0] == pytest.approx(50.0) and math.isnan(
         decoded["load"].values[1]
     )
+
+
+cycles = st.lists(
+    st.tuples(
+        st.one_of(st.none(), st.integers(-(10**6), 10**6)),  # load: None = no sample this cycle
+        st.one_of(st.none(), st.integers(0, 24_000)),  # speed
+        st.integers(0, 20),  # tool: on change
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@given(cycles)
+def test_any_cycles_round_trip_through_builder_frame_and_decoder(rows):
+    """Gaps (a channel missing from a cycle), extremes and constant runs: every sample comes
+    back to its quantum at its stamp; a gap comes back as a stale NaN; on-change channels
+    come back at their changes."""
+    builder = FrameBuilder(TABLE, {"tool": ChangeFilter(0, 0, 10**15)}, max_points=10**6)
+    for i, (load, speed, tool) in enumerate(rows):
+        stamp = i * 20 * MS
+        if load is not None:
+            builder.add("load", Sample("load", stamp, load * 0.1), stamp)
+        if speed is not None:
+            builder.add("speed", Sample("speed", stamp, float(speed)), stamp)
+        builder.add("tool", Sample("tool", stamp, float(tool)), stamp)
+    series = builder.take()
+    decoded = wire.samples(wire.decode(wire.data(bytes(8), 1, TABLE, series)), TABLE)
+    stamps = [i * 20_000 for i, row in enumerate(rows) if row[0] is not None or row[1] is not None]
+    for position, name in ((0, "load"), (1, "speed")):
+        if all(row[position] is None for row in rows):
+            assert name not in decoded
+            continue
+        got = decoded[name]
+        assert list(got.stamps_us) == stamps
+        sent = {
+            i * 20_000: row[position] for i, row in enumerate(rows) if row[position] is not None
+        }
+        quantum = TABLE[position].quantum
+        for stamp, value in zip(got.stamps_us, got.values, strict=True):
+            if stamp in sent:
+                assert round(value / quantum) == sent[stamp]
+            else:
+                assert math.isnan(value)
+    changes = [i * 20_000 for i, row in enumerate(rows) if i == 0 or row[2] != rows[i - 1][2]]
+    assert list(decoded["tool"].stamps_us) == changes
