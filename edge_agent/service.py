@@ -170,6 +170,8 @@ class Agent:
                 self._full.set()
         if for_control:
             self._control_inbox.put(for_control)
+            if self.control is not None:
+                self.control.notify()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); always flushes and closes."""

@@ -273,3 +273,42 @@ def test_a_tick_that_raises_does_not_kill_the_loop_and_holds_min_of_current_and_
     assert all(value <= held for value in r.writer.values)  # never raised
     assert r.writer.values == ([held] if held < current else [])
     assert any("tick failed" in rec.getMessage() for rec in caplog.records)
+
+
+class WakingSleep(FakeSleep):
+    """Like FakeSleep, but the call numbered `wake_at` is cut short after `after_ns` by a
+    sample's arrival (returns True, as Event.wait does when set)."""
+
+    def __init__(self, clock, ticks, wake_at, after_ns):
+        super().__init__(clock, ticks)
+        self.wake_at, self.after_ns = wake_at, after_ns
+
+    def __call__(self, seconds):
+        if len(self.asked_s) == self.wake_at:
+            self.clock.t_ns += self.after_ns
+            self.asked_s.append(seconds)
+            return True
+        super().__call__(seconds)
+        return False
+
+
+def test_a_sample_arriving_between_deadlines_is_answered_at_once_off_the_schedule():
+    r = rig()
+    sleep = WakingSleep(r.clock, ticks=5, wake_at=1, after_ns=3_000_000)
+    times = run_for(r, sleep)
+    # ticks at 0 and 1 period, an extra one 3 ms after the second, then the grid again
+    assert times == [T0, T0 + PERIOD_NS, T0 + PERIOD_NS + 3_000_000] + [
+        T0 + k * PERIOD_NS for k in (2, 3)
+    ]
+    assert r.loop.early_ticks == 1
+    assert r.loop.lateness.count == 4  # only the scheduled ticks are measured for lateness
+    assert r.loop.lateness.percentile(100) == 0.0
+    assert sleep.asked_s[2] == pytest.approx(0.007)  # the rest of the period, not a new one
+
+
+def test_notify_wakes_the_real_wait():
+    r = rig()
+    loop = r.loop
+    loop.sleep = loop._wake.wait
+    loop.notify()
+    assert loop.sleep(10.0) is True  # returns at once: woken

@@ -1,4 +1,5 @@
-"""The control loop: its own thread on an absolute-deadline schedule from the monotonic clock.
+"""The control loop: its own thread on an absolute-deadline schedule from the monotonic clock,
+woken between deadlines when samples arrive so that it answers them at once.
 
 asyncio's timers are too coarse for 100 Hz (docs/architecture.md), so the loop runs beside
 the event loop. Samples reach it through a queue the poller fills without waiting; its
@@ -36,7 +37,7 @@ class ControlLoop:
         link_up: Callable[[], bool],
         on_events: Callable[[list[tuple[str, dict]]], None],
         clock_ns: Callable[[], int] = time.monotonic_ns,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], bool | None] | None = None,
     ):
         self.controller = controller
         self.actuator = actuator
@@ -44,22 +45,29 @@ class ControlLoop:
         self.link_up = link_up
         self.on_events = on_events
         self.clock_ns = clock_ns
-        self.sleep = sleep
+        self._wake = threading.Event()
+        # Waits until the next deadline; True when `notify` woke it early (a sample came).
+        self.sleep = sleep or self._wake.wait
         self.period_ns = round(controller.cfg.period_s * 1e9)
         self.lateness = LatencyWindow()
         self.latency = LatencyWindow()
         self.ticks = 0
         self.overruns = 0
+        self.early_ticks = 0  # ticks a sample's arrival triggered between deadlines
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._newest_signal_ns: int | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="control", daemon=True)
         self._thread.start()
 
+    def notify(self) -> None:
+        """Samples are in the inbox: answer them now rather than at the next deadline."""
+        self._wake.set()
+
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
 
@@ -72,9 +80,10 @@ class ControlLoop:
                 arrivals.extend(self.inbox.get_nowait())
             except queue.Empty:
                 break
+        fresh_ns = None  # the newest load sample this tick answers, if any
         for arrived_ns, sample in arrivals:
             if sample.channel == cfg.signal:
-                self._newest_signal_ns = arrived_ns
+                fresh_ns = arrived_ns
             elif sample.channel == cfg.override_tag and sample.quality is Quality.GOOD:
                 self.actuator.read_back(cfg.override_tag, sample.value)
         self.controller.link_up = self.link_up()
@@ -85,9 +94,8 @@ class ControlLoop:
             written = self.actuator.set(cfg.override_tag, command.override, now_ns)
         if written is not None:
             self.controller.commanded(written)
-            if self._newest_signal_ns is not None:  # a write answering a new sample
-                self.latency.add((self.clock_ns() - self._newest_signal_ns) / 1e9)
-                self._newest_signal_ns = None
+            if fresh_ns is not None:  # a write answering a new sample
+                self.latency.add((self.clock_ns() - fresh_ns) / 1e9)
         if command.events:
             self.on_events(command.events)
         self.ticks += 1
@@ -108,7 +116,18 @@ class ControlLoop:
                 missed = (now - deadline) // self.period_ns + 1
                 self.overruns += missed
                 deadline += missed * self.period_ns
-            self.sleep((deadline - now) / 1e9)
+            self._wait_for(deadline)
+
+    def _wait_for(self, deadline: int) -> None:
+        """Sleep until the deadline; a sample that arrives meanwhile is answered at once, in
+        an extra tick off the schedule (the law runs per sample, its timers on the clock)."""
+        while not self._stop.is_set():
+            remaining = (deadline - self.clock_ns()) / 1e9
+            if remaining <= 0 or not self.sleep(remaining):
+                return
+            self._wake.clear()
+            self.early_ticks += 1
+            self.tick(self.clock_ns())
 
     def _fail_safe(self, now_ns: int) -> None:
         cfg = self.controller.cfg
