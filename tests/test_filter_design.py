@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.filters.design import butter_sos, butter_zpk, decimate_sos, sosfilt_zi
+from tests.kernel_helpers import one_line_error
 
 KINDS = ["lowpass", "highpass", "bandpass"]
 RATES_HZ = [1.0, 10.0, 100.0, 1000.0, 5000.0, 44100.0]
@@ -191,14 +192,6 @@ def test_sosfilt_zi_refuses_a_pole_at_dc():
 
 
 # -- arguments -----------------------------------------------------------------------------
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(ValueError) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.mark.parametrize(

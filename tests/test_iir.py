@@ -9,7 +9,6 @@ into blocks gives the same output as the whole.
 from __future__ import annotations
 
 import array
-import csv
 import math
 import platform
 import random
@@ -30,10 +29,9 @@ import edge_agent.kernels
 from edge_agent.filters.design import butter_sos, decimate_sos, sosfilt_zi
 from edge_agent.kernels import MissingKernelFinder
 from edge_agent.kernels.iir import Decimator, SosFilter, SosFilterBank, sosfilt
+from tests.kernel_helpers import ROOT, in_blocks, one_line_error, run, spindle_power
 from tests.oracles import iir_oracle as oracle
 
-ROOT = Path(__file__).parents[1]
-SPINDLE_CSV = ROOT / "hil" / "data" / "cnc-mill-tool-wear" / "experiment_01.csv"
 FS_HZ = 1000.0
 
 # Designs across the range: orders 1-8, cutoffs near DC, mid-band and near Nyquist.
@@ -82,21 +80,6 @@ def same(a, b) -> bool:
     return True
 
 
-def run(kernel, x) -> list[float]:
-    data = array.array("d", x)
-    out = array.array("d", bytes(8 * len(data)))
-    kernel.process(data, out)
-    return list(out)
-
-
-def in_blocks(kernel, x, sizes) -> list[float]:
-    out, start = [], 0
-    for size in sizes:
-        out += run(kernel, x[start : start + size])
-        start += size
-    return out + run(kernel, x[start:])
-
-
 def decimate(decimator, x) -> list[float]:
     data = array.array("d", x)
     out = array.array("d", bytes(8 * (len(x) // decimator.factor + 1)))
@@ -116,11 +99,6 @@ def rows(data, n_channels):
     if not buffer:  # memoryview.cast refuses a zero in the shape
         return buffer, np.empty((0, n_channels))
     return buffer, memoryview(buffer).cast("B").cast("d", (len(buffer) // n_channels, n_channels))
-
-
-def spindle_power() -> list[float]:
-    with SPINDLE_CSV.open(newline="") as f:
-        return [float(row["S1_OutputPower"]) for row in csv.DictReader(f)]
 
 
 def adversarial_signals(seed=7, n=3000):
@@ -476,14 +454,6 @@ def test_decimation_returns_no_sample_until_the_phase_comes_round():
 
 
 # -- errors ----------------------------------------------------------------------------------
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(ValueError) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,10 @@ same output as the whole.
 from __future__ import annotations
 
 import array
-import csv
 import math
 import random
 import re
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -28,10 +26,9 @@ from edge_agent.kernels.smoothing import (
     MovingMin,
     MovingRms,
 )
+from tests.kernel_helpers import ROOT, in_blocks, one_line_error, run, spindle_power
 from tests.oracles import smoothing_oracle as oracle
 
-ROOT = Path(__file__).parents[1]
-SPINDLE_CSV = ROOT / "hil" / "data" / "cnc-mill-tool-wear" / "experiment_01.csv"
 DBL_MAX = 1.7976931348623157e308
 TAU_S, DT_S = 0.05, 0.01
 
@@ -77,27 +74,8 @@ def assert_same(got, expected) -> None:
         assert same_float(g, e), f"sample {i}: kernel {g!r}, oracle {e!r}"
 
 
-def run(kernel, x) -> list[float]:
-    out = array.array("d", bytes(8 * len(x)))
-    kernel.process(array.array("d", x), out)
-    return list(out)
-
-
-def run_in_blocks(kernel, x, sizes) -> list[float]:
-    got, start = [], 0
-    for size in sizes:
-        got += run(kernel, x[start : start + size])
-        start += size
-    return got + run(kernel, x[start:])
-
-
 def make(kind: str, window: int = 5):
     return KERNELS[kind][0](window)
-
-
-def spindle_power_w() -> list[float]:
-    with SPINDLE_CSV.open(newline="") as f:
-        return [float(row["S1_OutputPower"]) for row in csv.DictReader(f)]
 
 
 # -- against the oracle -----------------------------------------------------------------
@@ -120,7 +98,7 @@ def test_adversarial_signals_match_the_oracle_bit_for_bit(kind, x, window):
 @pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("window", [1, 4, 10, 31])
 def test_real_spindle_power_matches_the_oracle_bit_for_bit(kind, window):
-    x = spindle_power_w()
+    x = spindle_power()
     assert_same(run(make(kind, window), x), KERNELS[kind][1](x, window))
 
 
@@ -139,13 +117,13 @@ def test_signed_zeros_and_ties_come_out_as_the_oracle_says(kind, x, window):
 def test_any_split_into_blocks_gives_the_same_output_as_the_whole(kind, x, window, data):
     sizes = data.draw(st.lists(st.integers(0, 40), max_size=12))
     whole = run(make(kind, window), x)
-    assert_same(run_in_blocks(make(kind, window), x, sizes), whole)
-    assert_same(run_in_blocks(make(kind, window), x, [1] * len(x)), whole)
+    assert_same(in_blocks(make(kind, window), x, sizes), whole)
+    assert_same(in_blocks(make(kind, window), x, [1] * len(x)), whole)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_out_may_be_the_input_buffer_itself(kind):
-    x = array.array("d", spindle_power_w()[:300])
+    x = array.array("d", spindle_power()[:300])
     expected = run(make(kind), x)
     make(kind).process(x, x)
     assert_same(list(x), expected)
@@ -153,7 +131,7 @@ def test_out_may_be_the_input_buffer_itself(kind):
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_reset_forgets_everything_seen_before(kind):
-    x = spindle_power_w()[200:400]
+    x = spindle_power()[200:400]
     kernel = make(kind)
     run(kernel, [1e6, -3.0, 7.0, 0.25, 42.0, 1e-9, 5.0])
     kernel.reset()
@@ -178,7 +156,7 @@ def test_a_longer_output_keeps_its_tail(kind):
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_any_float64_buffer_is_accepted(kind):
     np = pytest.importorskip("numpy")
-    x = spindle_power_w()[:100]
+    x = spindle_power()[:100]
     out = np.empty(len(x))
     make(kind).process(np.asarray(x), out)
     assert_same(list(out), run(make(kind), x))
@@ -190,8 +168,8 @@ def test_any_float64_buffer_is_accepted(kind):
 @pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_a_bad_sample_gives_nan_then_the_filter_starts_afresh(kind, bad):
-    x = spindle_power_w()[100:200]
-    after = spindle_power_w()[300:400]
+    x = spindle_power()[100:200]
+    after = spindle_power()[300:400]
     got = run(make(kind), x + [bad] + after)
     assert math.isnan(got[len(x)])
     assert_same(got[len(x) + 1 :], run(make(kind), after))
@@ -332,7 +310,7 @@ def test_hampel_passes_a_step_once_half_the_window_has_the_new_level():
 
 
 def test_hampel_removes_spikes_injected_into_real_spindle_power():
-    clean = spindle_power_w()
+    clean = spindle_power()
     spiky = list(clean)
     at = list(range(60, len(clean), 97))
     for k, i in enumerate(at):
@@ -359,14 +337,6 @@ def test_hampel_median_of_two_huge_middle_values_does_not_overflow():
 
 
 # -- construction errors ----------------------------------------------------------------------
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(ValueError) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.mark.parametrize("cls", [MovingAverage, MovingRms, MovingMin, MovingMax, Hampel])
