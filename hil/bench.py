@@ -260,7 +260,8 @@ def run_adaptive_simulated(
             if not plant.link_down():
                 values = plant.values()
                 values[cfg.signal] = chain.push(values[cfg.signal])
-                inbox.put([(now_ns, Sample(name, now_ns, values[name])) for name in _POLLED])
+                polled = loop.controller.inputs  # what the agent's poll groups would read
+                inbox.put([(now_ns, Sample(name, now_ns, values[name])) for name in polled])
         loop.tick(now_ns)
         held = loop.controller.state is State.HOLD
         held_since_ns = (held_since_ns or now_ns) if held else None
@@ -272,15 +273,3 @@ def run_adaptive_simulated(
 
 #: A feed hold this long ends a bench run: on a real machine an operator would step in.
 HOLD_ENDS_RUN_S = 2.0
-
-_POLLED = (
-    "spindle_load",
-    "agent_feed_override",
-    "feed_knob",
-    "spindle_on",
-    "program_running",
-    "in_alarm",
-    "tool_number",
-    "program_number",
-    "block_number",
-)

@@ -9,7 +9,6 @@ Rapids and dwells take what they take. This is what adaptive control is measured
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from hil.physics import feed_for_power
@@ -81,9 +80,7 @@ def _segment_time(scenario: Scenario, seg: Segment, wear: float) -> float:
     )
     total = 0.0
     for start, end in zip(edges, edges[1:], strict=False):
-        middle = (start + end) / 2
-        factor = math.prod(z.kc_factor for z in seg.hard_zones if z.from_mm <= middle < z.to_mm)
-        kc = scenario.kc(seg.material) * factor * wear
+        kc = scenario.kc(seg.material) * seg.kc_factor((start + end) / 2) * wear
         feed = ideal_feed(scenario, kc, seg.depth_mm * seg.width_mm, seg.feed_mm_min)
         total += (end - start) / feed * 60
     return total

@@ -428,7 +428,8 @@ class CuttingPlant:
             return 0.0, 0.0, 0.0
         if seg is not None:
             area = seg.depth_mm * seg.width_mm
-            kc = self.scenario.kc(seg.material) * _zone_factor(seg, before, self._piece_mm)
+            # the hard zones holding the middle of the stretch moved this step
+            kc = self.scenario.kc(seg.material) * seg.kc_factor((before + self._piece_mm) / 2)
             return kc, area * ahead_mm, area
         return self._stock_cut(previous, pos)
 
@@ -487,16 +488,6 @@ class CuttingPlant:
             self._alarm = True
             result.alarm_at_s = self.time_s
             self._speed = 0.0
-
-
-def _zone_factor(seg: Segment, start_mm: float, end_mm: float) -> float:
-    """The Kc factor of the hard zones holding the middle of the stretch [start, end]."""
-    middle = (start_mm + end_mm) / 2
-    factor = 1.0
-    for zone in seg.hard_zones:
-        if zone.from_mm <= middle < zone.to_mm:
-            factor *= zone.kc_factor
-    return factor
 
 
 def demo_plant() -> CuttingPlant:

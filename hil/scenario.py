@@ -93,6 +93,14 @@ class Segment:
     seconds: float = 0.0
     hard_zones: tuple[HardZone, ...] = ()
 
+    def kc_factor(self, at_mm: float) -> float:
+        """The product of the Kc factors of the hard zones holding `at_mm` (1 outside)."""
+        factor = 1.0
+        for zone in self.hard_zones:
+            if zone.from_mm <= at_mm < zone.to_mm:
+                factor *= zone.kc_factor
+        return factor
+
 
 @dataclass(frozen=True)
 class StockSpec:
