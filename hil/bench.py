@@ -83,11 +83,8 @@ async def run_realtime(scenario: Scenario, tick_s: float = 0.01) -> Run:
     controller = SimulatedController(plant)
     port = await controller.start_tcp("127.0.0.1", 0)
     driver = asyncio.create_task(_baseline_client(port))
-    limit = time_limit_s(ideal)
     try:
-        while plant.running and controller.advance() < limit:
-            controller.faults.silent = plant.link_down()
-            await asyncio.sleep(tick_s)
+        await _serve(plant, controller, time_limit_s(ideal), tick_s)
     finally:
         driver.cancel()
         await asyncio.gather(driver, return_exceptions=True)
@@ -131,15 +128,14 @@ async def run_agent_realtime(scenario: Scenario, workdir: Path, tick_s: float = 
     agent = Agent(dataclasses.replace(config, control=control))
     stop = asyncio.Event()
     running = asyncio.create_task(agent.run(stop))
-    limit, held_since = time_limit_s(ideal), None
+    hold = HoldWatch()
+
+    def over() -> bool:
+        held = agent.control is not None and agent.control.controller.state is State.HOLD
+        return running.done() or hold.ended(held, plant.time_s)
+
     try:
-        while plant.running and controller.advance() < limit and not running.done():
-            controller.faults.silent = plant.link_down()
-            held = agent.control is not None and agent.control.controller.state is State.HOLD
-            held_since = (held_since or plant.time_s) if held else None
-            if held_since is not None and plant.time_s - held_since >= HOLD_ENDS_RUN_S:
-                break
-            await asyncio.sleep(tick_s)
+        await _serve(plant, controller, time_limit_s(ideal), tick_s, over)
     finally:
         stop.set()
         await running
@@ -251,7 +247,7 @@ def run_adaptive_simulated(
     period_ns, poll_ns = round(cfg.period_s * 1e9), round(poll_s * 1e9)
     limit_ns = round(time_limit_s(ideal) * 1e9)
     next_poll_ns = 0
-    held_since_ns = None
+    hold = HoldWatch()
     while plant.running and now_ns < limit_ns:
         now_ns += period_ns
         plant.advance_to(now_ns / 1e9)
@@ -263,13 +259,34 @@ def run_adaptive_simulated(
                 polled = loop.controller.inputs  # what the agent's poll groups would read
                 inbox.put([(now_ns, Sample(name, now_ns, values[name])) for name in polled])
         loop.tick(now_ns)
-        held = loop.controller.state is State.HOLD
-        held_since_ns = (held_since_ns or now_ns) if held else None
-        if held_since_ns is not None and now_ns - held_since_ns >= HOLD_ENDS_RUN_S * 1e9:
-            break  # the feed is held: an operator takes over from here
+        if hold.ended(loop.controller.state is State.HOLD, now_ns / 1e9):
+            break
     held = loop.controller.hold_reason
     return Run(scenario, ADAPTIVE, plant.result, ideal, plant.trace, plant.time_s, held), loop
 
 
 #: A feed hold this long ends a bench run: on a real machine an operator would step in.
 HOLD_ENDS_RUN_S = 2.0
+
+
+class HoldWatch:
+    """Says when the agent's feed hold has lasted HOLD_ENDS_RUN_S of plant time."""
+
+    def __init__(self):
+        self._since_s: float | None = None
+
+    def ended(self, held: bool, t_s: float) -> bool:
+        if not held:
+            self._since_s = None
+            return False
+        if self._since_s is None:
+            self._since_s = t_s
+        return t_s - self._since_s >= HOLD_ENDS_RUN_S
+
+
+async def _serve(plant, controller, limit_s: float, tick_s: float, over=lambda: False) -> None:
+    """Keep the plant on the controller's clock until it is done, the time limit passes or
+    `over()` says so; the scenario's link-loss events silence the controller meanwhile."""
+    while plant.running and controller.advance() < limit_s and not over():
+        controller.faults.silent = plant.link_down()
+        await asyncio.sleep(tick_s)
