@@ -54,7 +54,11 @@ class Agent:
         self.poller = ModbusPoller(config, self.link, self.clock, self._on_samples)
         self.latest: dict[str, Sample] = {}
         self.filtered: dict[str, Sample] = {}
-        self.chains = {name: FilterChain(channel) for name, channel in config.channels.items()}
+        self.chains = {
+            name: FilterChain(channel)
+            for name, channel in config.channels.items()
+            if channel.filters
+        }  # a channel section with wire settings only has no chain to run
         self._include = set(config.telemetry.include) or {t.name for t in config.tags}
         self.table = channel_table(config)
         self.builder = FrameBuilder(
