@@ -59,7 +59,6 @@ class Agent:
             for name, channel in config.channels.items()
             if channel.filters
         }  # a channel section with wire settings only has no chain to run
-        self._include = set(config.telemetry.include) or {t.name for t in config.tags}
         self.table = channel_table(config)
         self.builder = FrameBuilder(
             self.table, change_filters(config, self.table), config.telemetry.max_points_per_frame
@@ -160,8 +159,7 @@ class Agent:
                 self.filtered[name] = filtered
             if name in self._control_tags and (chain is None or filtered is not None):
                 for_control.append((arrived_ns, filtered or sample))
-            if name not in self._include:
-                continue
+            # The builder drops samples of channels the table does not publish.
             mode = self.config.channels[name].telemetry if chain else "raw"
             full = False
             if mode in ("raw", "both"):
