@@ -8,13 +8,24 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEBIAN_PACKAGES := python3 python3-venv python3-dev build-essential
 
-.PHONY: demo test bench hil lint clean distclean check-build-deps
+.PHONY: demo test test-deps bench hil lint clean distclean check-build-deps
 
 demo: $(INSTALLED)
 	$(VENV)/bin/edge-agent demo $(DEMO_ARGS)
 
-test: $(INSTALLED)
+test: test-deps $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The MQTT tests start a real Mosquitto broker (tests/mosquitto.py). Debian puts it in
+# /usr/sbin, which is not on a normal user's PATH. `apt-get update` only when the install
+# fails: a stale package list is the usual reason, and a fresh one costs a download.
+test-deps:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto"; \
+		echo "edge-agent: installing mosquitto, the MQTT broker the tests start"; \
+		$$install || { $$sudo apt-get update && $$install; }; \
+	}
 
 bench: $(INSTALLED)
 	$(PY) benchmarks/run.py

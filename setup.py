@@ -79,6 +79,7 @@ setup(
         "pymodbus>=3.16,<4",
         "msgpack>=1.0,<2",
         "pyserial>=3.5,<4",
+        "paho-mqtt>=2.1,<3",
     ],
     extras_require={
         # scipy and numpy are test and benchmark oracles only: the agent never imports them.

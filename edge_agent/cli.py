@@ -16,7 +16,8 @@ from . import __version__
 from .config import ConfigError, load_config
 from .control.teach import TeachError, TeachStore, to_json
 from .sources.poll_plan import PlanLimits, plan_reads
-from .telemetry.sink import SinkError
+from .telemetry.spool import SpoolError
+from .upstream import UpstreamError
 
 #: Where the systemd service and the README install the configuration.
 DEFAULT_CONFIG = "/etc/edge-agent/agent.toml"
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--spool", default="demo-spool.db", help="the spool file (default: demo-spool.db here)"
     )
+    demo.add_argument(
+        "--telemetry-file",
+        default="demo-telemetry.msgpack",
+        help="where the telemetry goes (default: demo-telemetry.msgpack here)",
+    )
     _add_teach(commands)
     args = parser.parse_args(argv)
 
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             "demo": _demo,
             "teach": _teach,
         }[args.command](args)
-    except (ConfigError, SinkError, TeachError) as exc:
+    except (ConfigError, SpoolError, TeachError, UpstreamError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -88,13 +94,13 @@ def _check(args) -> int:
 
 
 def _decode(args) -> int:
-    from .telemetry.decode import decode_sink, decode_stream
+    from .telemetry.decode import decode_spool, decode_stream
 
     try:
         if args.source == "-":
             _, bad = decode_stream(sys.stdin.buffer, "stdin", sys.stdout, sys.stderr, args.csv)
         elif _is_sqlite(args.source):
-            _, bad = decode_sink(args.source, sys.stdout, sys.stderr, args.csv)
+            _, bad = decode_spool(args.source, sys.stdout, sys.stderr, args.csv)
         else:
             with open(args.source, "rb") as stream:
                 _, bad = decode_stream(stream, args.source, sys.stdout, sys.stderr, args.csv)
@@ -136,7 +142,15 @@ def _demo(args) -> int:
 
     _setup_logging("warning")
     try:
-        asyncio.run(run_demo(args.duration, replay=args.replay, rtu=args.rtu, spool=args.spool))
+        asyncio.run(
+            run_demo(
+                args.duration,
+                replay=args.replay,
+                rtu=args.rtu,
+                spool=args.spool,
+                telemetry=args.telemetry_file,
+            )
+        )
     except ReplayMapError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2

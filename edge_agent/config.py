@@ -9,7 +9,9 @@ Never touches the network or the machine.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,11 @@ _FILTER_PARAMS: dict[str, dict[str, tuple]] = {
 @dataclass(frozen=True)
 class SpoolConfig:
     path: str = "/var/lib/edge-agent/spool.db"
+    # The payload bytes kept while the upstream is away: 1 GiB is about five days of the
+    # standard load (200 channels at 10 Hz and one at 1 kHz). Past it, or past the age,
+    # the oldest payloads go and a gap event says how many (docs/spool.md).
+    max_bytes: int = 1 << 30
+    max_age_s: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -190,12 +197,30 @@ class ControlConfig:
 
 @dataclass(frozen=True)
 class UpstreamConfig:
-    # MQTT publishing arrives with the store-and-forward issue; until then frames stay
-    # in the spool and `enabled = true` is refused rather than silently ignored.
-    enabled: bool = False
-    host: str = "localhost"
-    port: int = 1883
+    """Where spooled payloads go (docs/upstream.md): an MQTT broker, a file, or nowhere yet
+    (they wait in the spool, within its budget)."""
+
+    kind: str = "none"  # "mqtt", "file" or "none"
     topic_prefix: str = "edge"
+    host: str = "localhost"
+    port: int = 0  # 0: 1883, or 8883 with TLS
+    protocol: str = "5"  # MQTT "5" or "3.1.1"
+    client_id: str = ""  # "": edge-agent-<site>-<machine_id>
+    keepalive_s: int = 30
+    window: int = 64  # QoS 1 publishes awaiting their PUBACK
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 60.0
+    drain_on_stop_s: float = 2.0  # on stop, time given to publish what is pending
+    username: str = ""
+    password_file: str = ""  # a file holding the password (not readable by others) ...
+    password_env: str = ""  # ... or the name of an environment variable holding it
+    tls: bool = False
+    ca_file: str = ""  # "": the system's certificate authorities
+    cert_file: str = ""  # a client certificate, with key_file
+    key_file: str = ""
+    tls_verify: bool = True  # false only for a lab broker: the link is then unauthenticated
+    file_path: str = ""  # kind "file": payloads back to back (what `edge-agent decode` reads)
+    file_rotate_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -277,16 +302,8 @@ class _Validator(TomlChecker):
         telemetry = self.telemetry(data, {t.name for t in tags})
         channels = self.channels(data, tags, groups)
         control = self.control(data, {t.name: t for t in tags})
-        spool = self.section(data, "spool", SpoolConfig)
-        if not spool.path:
-            raise self.fail(("spool", "path"), "must not be empty")
-        upstream = self.section(data, "upstream", UpstreamConfig)
-        if upstream.enabled:
-            raise self.fail(
-                ("upstream", "enabled"),
-                "MQTT publishing is not in this version "
-                "yet; frames are kept in the spool (set enabled = false)",
-            )
+        spool = self.spool(data)
+        upstream = self.upstream(data)
         service = self.section(data, "service", ServiceConfig)
         self.choice(
             {"log_level": service.log_level},
@@ -308,6 +325,67 @@ class _Validator(TomlChecker):
             service=service,
             source=self.source,
         )
+
+    def spool(self, data: dict) -> SpoolConfig:
+        spool = self.section(data, "spool", SpoolConfig)
+        raw = data.get("spool", {})
+        if not spool.path:
+            raise self.fail(("spool", "path"), "must not be empty")
+        self.int_in(raw, ("spool",), "max_bytes", 1 << 20, 1 << 50, spool.max_bytes)
+        self.positive(raw, ("spool",), "max_age_s", spool.max_age_s)
+        return spool
+
+    def upstream(self, data: dict) -> UpstreamConfig:
+        cfg = self.section(data, "upstream", UpstreamConfig)
+        raw, path = data.get("upstream", {}), ("upstream",)
+        self.choice(raw, path, "kind", ("mqtt", "file", "none"), cfg.kind)
+        self.choice(raw, path, "protocol", ("5", "3.1.1"), cfg.protocol)
+        self.int_in(raw, path, "port", 0, 65535, cfg.port)
+        self.int_in(raw, path, "keepalive_s", 5, 3600, cfg.keepalive_s)
+        self.int_in(raw, path, "window", 1, 1000, cfg.window)
+        self.int_in(raw, path, "file_rotate_bytes", 1 << 16, 1 << 40, cfg.file_rotate_bytes)
+        for key in ("reconnect_min_s", "reconnect_max_s", "drain_on_stop_s"):
+            self.positive(raw, path, key, getattr(cfg, key))
+        if cfg.reconnect_max_s < cfg.reconnect_min_s:
+            raise self.fail((*path, "reconnect_max_s"), "must not be less than reconnect_min_s")
+        # Topic levels: no separators or wildcards (MQTT would route them elsewhere).
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*", cfg.topic_prefix):
+            raise self.fail(
+                (*path, "topic_prefix"),
+                f"must be topic levels of letters, digits, '_', '.', '-', got {cfg.topic_prefix!r}",
+            )
+        if cfg.kind == "file" and not cfg.file_path:
+            raise self.fail((*path, "file_path"), 'is needed with kind = "file"')
+        if cfg.kind != "mqtt":
+            return cfg
+        if not cfg.host:
+            raise self.fail((*path, "host"), "must not be empty")
+        if cfg.password_file and cfg.password_env:
+            raise self.fail((*path, "password_env"), "set password_file or password_env, not both")
+        if (cfg.password_file or cfg.password_env) and not cfg.username:
+            raise self.fail((*path, "username"), "is needed with a password")
+        if bool(cfg.cert_file) != bool(cfg.key_file):
+            raise self.fail((*path, "key_file"), "cert_file and key_file go together")
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(cfg, key) and not cfg.tls:
+                raise self.fail((*path, key), "is used only with tls = true")
+        for key in ("password_file", "key_file"):
+            if getattr(cfg, key):
+                self.private_file((*path, key), getattr(cfg, key))
+        return cfg
+
+    def private_file(self, path: tuple[str, ...], name: str) -> None:
+        """A secret (password, private key) must exist and not be readable by others."""
+        try:
+            mode = os.stat(name).st_mode
+        except OSError as exc:
+            raise self.fail(path, f"{name}: {exc.strerror}") from None
+        if mode & 0o007:
+            raise self.fail(
+                path,
+                f"{name} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+                "chmod o-rwx it (0600, or 0640 with the agent's group)",
+            )
 
     def machine(self, data: dict) -> MachineConfig:
         cfg = self.section(data, "machine", MachineConfig, required=True)

@@ -20,8 +20,10 @@ def demo_config(
     port: int = 5020,
     spool: str = "demo-spool.db",
     serial_port: str | None = None,
+    telemetry: str = "demo-telemetry.msgpack",
 ):
-    """The embedded demo configuration, pointed at a controller and a spool file."""
+    """The embedded demo configuration, pointed at a controller, a spool and the file the
+    telemetry goes to."""
     text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
     config = parse_config(text, "edge_agent/defaults/demo.toml")
     controller = dataclasses.replace(config.controller, host=host, port=port)
@@ -30,7 +32,10 @@ def demo_config(
             controller, protocol="rtu", serial_port=serial_port, baudrate=115200
         )
     return dataclasses.replace(
-        config, controller=controller, spool=dataclasses.replace(config.spool, path=spool)
+        config,
+        controller=controller,
+        spool=dataclasses.replace(config.spool, path=spool),
+        upstream=dataclasses.replace(config.upstream, file_path=telemetry),
     )
 
 
@@ -51,6 +56,7 @@ async def run_demo(
     replay: str | None = None,
     rtu: bool = False,
     spool: str | None = None,
+    telemetry: str | None = None,
     out=sys.stdout,
     progress=sys.stderr,
 ) -> Agent:
@@ -60,15 +66,16 @@ async def run_demo(
     plant, what = _plant(replay)
     controller = SimulatedController(plant)
     spool = spool or "demo-spool.db"
+    telemetry = telemetry or "demo-telemetry.msgpack"
     with contextlib.ExitStack() as stack:
         if rtu:
             pair = stack.enter_context(PtyPair())
             await controller.start_rtu(pair.a, baudrate=115200)
-            config = demo_config(spool=spool, serial_port=pair.b)
+            config = demo_config(spool=spool, serial_port=pair.b, telemetry=telemetry)
             where = f"Modbus RTU on {pair.b}"
         else:
             port = await controller.start_tcp("127.0.0.1", 0)
-            config = demo_config(port=port, spool=spool)
+            config = demo_config(port=port, spool=spool, telemetry=telemetry)
             where = f"Modbus TCP on 127.0.0.1:{port}"
         print(
             f"edge-agent demo: simulated controller ({what}) on {where}; running {duration_s:g} s",
@@ -86,7 +93,7 @@ async def run_demo(
             await run
             await controller.stop()
         elapsed = time.monotonic() - started
-        print(summary(agent, elapsed, spool), file=out, flush=True)
+        print(summary(agent, elapsed, spool, telemetry), file=out, flush=True)
     return agent
 
 
@@ -116,7 +123,7 @@ async def _show_progress(
         run.result()
 
 
-def summary(agent: Agent, elapsed_s: float, spool: str) -> str:
+def summary(agent: Agent, elapsed_s: float, spool: str, telemetry: str) -> str:
     counts = agent.poller.counters
     lines = [
         f"ran {elapsed_s:.1f} s against {agent.link.where}",
@@ -136,11 +143,13 @@ def summary(agent: Agent, elapsed_s: float, spool: str) -> str:
     lines += [
         f"  requests           {counts['requests']}; other counts: "
         + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"),
-        f"  frames written     {agent.frames_stored} ({agent.bytes_stored} bytes, "
-        f"last seq {agent.last_seq}) to {spool}",
+        f"  frames stored      {agent.frames_stored} ({agent.bytes_stored} bytes, "
+        f"last seq {agent.last_seq}) in {spool}",
         f"  bytes per point    {agent.bytes_stored / max(1, agent.points_stored):.2f} "
         f"({agent.points_stored} points)",
-        f"  see the frames:    edge-agent decode {spool}",
+        f"  published          {agent.publisher.counters['acked']} payloads to {telemetry}, "
+        f"{agent.frames_stored - agent.publisher.counters['acked']} left in the spool",
+        f"  see the frames:    edge-agent decode {telemetry}",
     ]
     return "\n".join(lines)
 

@@ -1,9 +1,11 @@
-"""The agent's wiring: controller link -> poller -> filters -> (control loop, batcher -> spool).
+"""The agent's wiring: controller link -> poller -> filters -> (control loop, batcher -> spool
+-> publisher -> upstream).
 
 Data flows one way. I/O runs on one asyncio loop; the control loop runs in its own thread
 (`control/loop.py`), fed through a queue the poller fills without waiting, writing through the
-link's one writer without waiting; frames go to the durable sink, whose SQLite work runs in
-its own thread, so neither the poller nor the control loop ever waits on the disk.
+link's one writer without waiting; frames go to the durable spool, whose SQLite work runs in
+its own thread, so neither the poller nor the control loop ever waits on the disk; the
+publisher reads the spool and deletes only what the upstream acknowledged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from . import __version__
+from .backoff import Backoff
 from .clock import SystemClock
 from .config import AgentConfig
 from .control.actuator import Actuator
@@ -34,7 +37,10 @@ from .tasks import cancel_and_wait
 from .telemetry import wire
 from .telemetry.batcher import FrameBuilder
 from .telemetry.channels import change_filters, channel_table
-from .telemetry.sink import AsyncFrameSink
+from .telemetry.spool import AsyncSpool
+from .upstream.file_link import FileLink
+from .upstream.mqtt_link import MqttLink, settings_from
+from .upstream.publisher import Publisher, Topics
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,17 @@ class Agent:
         self.builder = FrameBuilder(
             self.table, change_filters(config, self.table), config.telemetry.max_points_per_frame
         )
-        self.sink = AsyncFrameSink(config.spool.path)
+        boot = self.boot
+        self.spool = AsyncSpool(
+            config.spool.path,
+            max_bytes=config.spool.max_bytes,
+            max_age_s=config.spool.max_age_s,
+            now_ns=self.clock.stamp_ns,
+            gap_event=lambda seq, detail: wire.event(
+                boot, seq, self.clock.stamp_ns() // 1000, "gap", detail
+            ),
+        )
+        self.publisher = self._publisher(config)
         self.frames_stored = 0
         self.bytes_stored = 0
         self.points_stored = 0
@@ -76,6 +92,32 @@ class Agent:
         self._control_inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._control_tags: frozenset[str] = frozenset()
         self._teach = TeachStore(config.control.teach_file)
+
+    def _publisher(self, config: AgentConfig) -> Publisher | None:
+        """The publisher for `[upstream]`, or None (kind "none": payloads wait in the spool).
+        An unusable password or TLS file is an UpstreamError here, at start."""
+        up, machine = config.upstream, config.machine
+        if up.kind == "none":
+            return None
+        topics = Topics(up.topic_prefix, machine.site, machine.machine_id)
+        if up.kind == "file":
+
+            def make_link(death: bytes, wake: asyncio.Event):
+                return FileLink(up.file_path, up.file_rotate_bytes, wake)
+        else:
+            settings = settings_from(up, f"edge-agent-{machine.site}-{machine.machine_id}")
+
+            def make_link(death: bytes, wake: asyncio.Event):
+                return MqttLink(settings, will=(topics["death"], death), wake=wake)
+
+        return Publisher(
+            self.spool,
+            make_link,
+            topics,
+            self.boot,
+            up.window,
+            Backoff(up.reconnect_min_s, up.reconnect_max_s),
+        )
 
     def _start_control(self) -> None:
         """The control loop's thread, its controller and the one actuator (which takes the
@@ -178,9 +220,15 @@ class Agent:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); always flushes and closes."""
         stop = stop or asyncio.Event()
-        await self.sink.open()
+        spool = await self.spool.open()
         await self.store_birth()
         await self.store_event("agent_start", {"version": __version__})
+        if spool.recovered:
+            log.error("%s", spool.recovered)
+            await self.store_event("spool_corrupt", {"detail": spool.recovered})
+        publishing = []
+        if self.publisher is not None:
+            publishing.append(asyncio.create_task(self.publisher.run(), name="publisher"))
         log.info(
             "agent %s for %s/%s: polling %s, %s requests per cycle",
             __version__,
@@ -213,7 +261,17 @@ class Agent:
             await cancel_and_wait(tasks)
             await self.flush()
             await self.store_event("agent_stop", {})
-            await self.sink.close()
+            await self._stop_publishing(publishing)
+            await self.spool.close()
+
+    async def _stop_publishing(self, tasks: list[asyncio.Task]) -> None:
+        """Give the upstream a bounded time for what is spooled, then the death message."""
+        if self.publisher is not None:
+            drain_s = self.config.upstream.drain_on_stop_s
+            if not await self.publisher.drain(drain_s):
+                log.info("upstream: stopping with payloads still spooled (sent on next start)")
+            await self.publisher.send_death(min(1.0, drain_s))
+        await cancel_and_wait(tasks)
 
     async def _stop_control(self) -> None:
         """Stop the loop, then leave the feed at min(current, safe): the agent stopping is a
@@ -254,7 +312,7 @@ class Agent:
         await self._store([("event", lambda seq: wire.event(boot, seq, t_us, kind, detail))])
 
     async def _store(self, bodies: list[tuple[str, Callable[[int], bytes]]]) -> None:
-        """Store payloads made from their sequence numbers (made in the sink's thread)."""
+        """Store payloads made from their sequence numbers (made in the spool's thread)."""
         sizes: list[int] = []
 
         def measured(make):
@@ -265,10 +323,12 @@ class Agent:
 
             return body
 
-        seqs = await self.sink.store([(kind, measured(make)) for kind, make in bodies])
+        seqs = await self.spool.store([(kind, self.boot, measured(make)) for kind, make in bodies])
         self.frames_stored += len(seqs)
         self.bytes_stored += sum(sizes)
         self.last_seq = seqs[-1]
+        if self.publisher is not None:
+            self.publisher.notify()
 
     async def _flush_periodically(self) -> None:
         interval = self.config.telemetry.frame_interval_s

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.sources.modbus_link import Backoff
+from edge_agent.backoff import Backoff
 
 
 def test_without_jitter_the_ceiling_doubles_up_to_the_cap():

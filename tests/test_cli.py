@@ -51,23 +51,30 @@ def test_unknown_recording_is_one_line(capsys):
 
 
 @pytest.mark.timeout(60)
-def test_demo_runs_and_summarises_then_decode_reads_its_spool(tmp_path, capsys):
+def test_demo_runs_and_summarises_then_decode_reads_its_telemetry_file(tmp_path, capsys):
     out, progress = io.StringIO(), io.StringIO()
-    spool = tmp_path / "demo.db"
-    agent = asyncio.run(run_demo(2.0, spool=str(spool), out=out, progress=progress))
+    spool, telemetry = tmp_path / "demo.db", tmp_path / "demo.msgpack"
+    agent = asyncio.run(
+        run_demo(2.0, spool=str(spool), telemetry=str(telemetry), out=out, progress=progress)
+    )
     summary = out.getvalue()
     for line in (
         "samples read",
         "requests/cycle",
         "latency p50",
-        "frames written",
+        "frames stored",
         "bytes per point",
+        f"to {telemetry}, 0 left in the spool",
     ):
         assert line in summary
     assert agent.poller.counters["samples"] > 0 and agent.frames_stored >= 3
     assert "samples" in progress.getvalue()
-    assert main(["decode", str(spool)]) == 0
+    assert main(["decode", str(spool)]) == 0  # everything was delivered: the spool is empty
+    assert capsys.readouterr().out == ""
+    assert main(["decode", str(telemetry)]) == 0
     frames = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [f["seq"] for f in frames] == list(range(1, agent.frames_stored + 1))
-    assert {f["kind"] for f in frames} == {"birth", "event", "data"}
-    assert frames[0]["kind"] == "birth"
+    # The birth on connecting, then every stored payload in order, then the death.
+    assert [f["seq"] for f in frames] == [1, *range(1, agent.frames_stored + 1), None]
+    assert [f["kind"] for f in frames[:2]] == ["birth", "birth"]
+    assert {f["kind"] for f in frames[2:-1]} == {"event", "data"}
+    assert frames[-1]["kind"] == "death" and frames[-1]["birth_seq"] == 1

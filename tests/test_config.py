@@ -180,8 +180,41 @@ def test_invalid_toml_names_file_and_position():
     assert message.startswith("agent.toml: invalid TOML:") and "line" in message
 
 
-def test_upstream_enabled_is_refused_until_publishing_exists():
-    assert "upstream.enabled" in error_of(MINIMAL + "\n[upstream]\nenabled = true\n")
+def test_upstream_settings_are_checked_where_they_are_written():
+    def upstream(text: str) -> str:
+        return error_of(MINIMAL + "\n[upstream]\n" + text)
+
+    assert "upstream.kind: must be one of mqtt, file, none" in upstream('kind = "kafka"\n')
+    assert "upstream.file_path: is needed" in upstream('kind = "file"\n')
+    assert "upstream.protocol: must be one of 5, 3.1.1" in upstream('protocol = "4"\n')
+    assert "upstream.topic_prefix: must be topic levels" in upstream('topic_prefix = "a/#"\n')
+    assert "upstream.username: is needed with a password" in upstream(
+        'kind = "mqtt"\npassword_env = "X"\n'
+    )
+    assert "upstream.ca_file: is used only with tls = true" in upstream(
+        'kind = "mqtt"\nca_file = "ca.pem"\n'
+    )
+    assert "upstream.reconnect_max_s: must not be less" in upstream(
+        "reconnect_min_s = 5.0\nreconnect_max_s = 1.0\n"
+    )
+    assert "spool.max_bytes: must be an integer in" in error_of(
+        MINIMAL + "\n[spool]\nmax_bytes = 10\n"
+    )
+
+
+def test_a_secret_readable_by_others_is_refused_with_its_mode(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    text = f'kind = "mqtt"\nusername = "agent"\npassword_file = "{secret}"\n'
+    error = error_of(MINIMAL + "\n[upstream]\n" + text)
+    assert "upstream.password_file" in error and "readable by others (mode 0644)" in error
+    assert "s3cret" not in error
+    secret.chmod(0o640)
+    config = parse_config(MINIMAL + "\n[upstream]\n" + text)
+    assert config.upstream.password_file == str(secret)
+    missing = text.replace(str(secret), str(tmp_path / "none"))
+    assert "No such file" in error_of(MINIMAL + "\n[upstream]\n" + missing)
 
 
 def test_unreadable_file_is_one_line(tmp_path):

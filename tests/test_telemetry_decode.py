@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from edge_agent.cli import main
 from edge_agent.telemetry import wire
-from edge_agent.telemetry.decode import decode_sink, decode_stream
-from edge_agent.telemetry.sink import FrameSink
+from edge_agent.telemetry.decode import decode_spool, decode_stream
+from edge_agent.telemetry.spool import Spool
 
 BOOT = bytes(range(8))
 T0 = 1_800_000_000_000_000  # µs
@@ -37,7 +37,7 @@ def data(value=1.5, seq=3):
 
 def run_decode(path):
     out, err = io.StringIO(), io.StringIO()
-    counts = decode_sink(str(path), out, err)
+    counts = decode_spool(str(path), out, err)
     lines = [json.loads(line, parse_constant=not_json) for line in out.getvalue().splitlines()]
     return counts, lines, err.getvalue()
 
@@ -47,15 +47,15 @@ def not_json(token):
 
 
 def test_payloads_print_as_json_lines_with_names_units_and_sequence_numbers(tmp_path):
-    sink = FrameSink(tmp_path / "s.db")
-    sink.store(
+    spool = Spool(tmp_path / "s.db")
+    spool.store(
         [
-            ("birth", birth()),
-            ("event", wire.event(BOOT, 2, T0, "agent_start", {"version": "x"})),
-            ("data", data()),
+            ("birth", BOOT, birth()),
+            ("event", BOOT, wire.event(BOOT, 2, T0, "agent_start", {"version": "x"})),
+            ("data", BOOT, data()),
         ]
     )
-    sink.close()
+    spool.close()
     (printed, bad), lines, err = run_decode(tmp_path / "s.db")
     assert (printed, bad, err) == (3, 0, "")
     assert [line["seq"] for line in lines] == [1, 2, 3]
@@ -67,9 +67,9 @@ def test_payloads_print_as_json_lines_with_names_units_and_sequence_numbers(tmp_
 
 
 def test_a_data_frame_without_its_birth_is_reported(tmp_path):
-    sink = FrameSink(tmp_path / "s.db")
-    sink.store([("data", data())])
-    sink.close()
+    spool = Spool(tmp_path / "s.db")
+    spool.store([("data", BOOT, data())])
+    spool.close()
     (printed, bad), _, err = run_decode(tmp_path / "s.db")
     assert (printed, bad) == (0, 1)
     assert (
@@ -82,12 +82,12 @@ def test_a_data_frame_without_its_birth_is_reported(tmp_path):
 @given(st.lists(st.binary(max_size=64), min_size=1, max_size=5))
 def test_bad_payloads_are_counted_and_reported_while_good_ones_print(tmp_path_factory, junk):
     path = tmp_path_factory.mktemp("fuzz") / "s.db"
-    sink = FrameSink(path)
-    bodies = [("birth", birth()), ("data", data())]
+    spool = Spool(path)
+    bodies = [("birth", BOOT, birth()), ("data", BOOT, data())]
     for blob in junk:
-        bodies += [("data", blob), ("data", data())]
-    seqs = sink.store(bodies)
-    sink.close()
+        bodies += [("data", BOOT, blob), ("data", BOOT, data())]
+    seqs = spool.store(bodies)
+    spool.close()
     (printed, bad), lines, err = run_decode(path)
     assert printed + bad == len(seqs)
     assert printed >= len(junk) + 2
@@ -97,9 +97,9 @@ def test_bad_payloads_are_counted_and_reported_while_good_ones_print(tmp_path_fa
 
 
 def test_unknown_version_is_reported_not_printed(tmp_path):
-    sink = FrameSink(tmp_path / "s.db")
-    sink.store([("data", msgpack.packb([9, 1]))])
-    sink.close()
+    spool = Spool(tmp_path / "s.db")
+    spool.store([("data", BOOT, msgpack.packb([9, 1]))])
+    spool.close()
     (printed, bad), _, err = run_decode(tmp_path / "s.db")
     assert (printed, bad) == (0, 1)
     assert (
@@ -118,11 +118,11 @@ def test_a_stream_of_payloads_decodes_like_a_spool_and_csv_has_a_row_per_sample(
     rows = list(csv.reader(io.StringIO(out.getvalue())))
     assert rows == [
         ["seq", "boot", "channel", "unit", "t_us", "value", "quality"],
-        ["2", BOOT.hex(), "spindle_load", "%", str(T0), "2.5", "0"],
-        ["2", BOOT.hex(), "spindle_power", "kW", str(T0), "NaN", "2"],
+        ["3", BOOT.hex(), "spindle_load", "%", str(T0), "2.5", "0"],  # the payload's own seq
+        ["3", BOOT.hex(), "spindle_power", "kW", str(T0), "NaN", "2"],
     ]
     assert err.getvalue().splitlines() == [
-        "capture.bin: frame seq 3: unknown version 9 (this decoder reads v1)",
+        "capture.bin: payload 3: unknown version 9 (this decoder reads v1)",
         "capture.bin: payload 4: truncated at byte 181 of 183",
     ]
 
@@ -132,4 +132,4 @@ def test_the_decode_command_reads_a_capture_file(tmp_path, capsys):
     stream.write_bytes(birth() + data())
     assert main(["decode", str(stream)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["kind"] for line in lines] == ["birth", "data"]
+    assert [(line["seq"], line["kind"]) for line in lines] == [(1, "birth"), (3, "data")]

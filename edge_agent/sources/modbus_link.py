@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from ..backoff import Backoff
 from ..config import ControllerConfig
 from ..registers import Table, Tag, encode_registers
 from .poll_plan import ReadRequest
@@ -32,23 +33,6 @@ class LinkError(Exception):
     def __init__(self, kind: str, detail: str = ""):
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter (AWS architecture blog's "full jitter"):
-    delay n is uniform in [min, min(max, min * 2**n)]. Sans-IO: the caller sleeps."""
-
-    def __init__(self, min_s: float, max_s: float, rng: Callable[[], float] = random.random):
-        self.min_s, self.max_s, self._rng = min_s, max_s, rng
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.min_s * 2 ** min(self.attempt, 32))
-        self.attempt += 1
-        return self.min_s + (ceiling - self.min_s) * self._rng()
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def make_client(cfg: ControllerConfig):

@@ -16,7 +16,7 @@ from typing import BinaryIO, TextIO
 import msgpack
 
 from . import wire
-from .sink import FrameSink
+from .spool import Spool
 
 
 def decode_payload(payload: bytes, tables: dict[bytes, list[wire.Channel]]) -> dict:
@@ -25,7 +25,7 @@ def decode_payload(payload: bytes, tables: dict[bytes, list[wire.Channel]]) -> d
     kind, boot = frame["k"], frame["b"]
     if not isinstance(boot, bytes):
         raise wire.WireError("boot id must be a bin")
-    head = {"kind": kind, "boot": boot.hex()}
+    head = {"seq": frame.get("s"), "kind": kind, "boot": boot.hex()}  # a death has no seq
     if kind == "birth":
         tables[boot] = wire.channels_of(frame)
         rows = [
@@ -66,14 +66,14 @@ def decode_payload(payload: bytes, tables: dict[bytes, list[wire.Channel]]) -> d
     return out
 
 
-def decode_sink(path: str, out: TextIO, err: TextIO, as_csv: bool = False) -> tuple[int, int]:
-    """Print every payload of the spool at `path`; (printed, bad)."""
-    sink = FrameSink(path, readonly=True)
+def decode_spool(path: str, out: TextIO, err: TextIO, as_csv: bool = False) -> tuple[int, int]:
+    """Print every payload still in the spool at `path`; (printed, bad)."""
+    spool = Spool(path, readonly=True)
     try:
-        rows = ((seq, stored_ns, body) for seq, stored_ns, _, body in sink.frames())
+        rows = ((f"frame seq {row.seq}", row.stored_ns, row.body) for row in spool.frames())
         return _print(rows, path, out, err, as_csv)
     finally:
-        sink.close()
+        spool.close()
 
 
 def decode_stream(
@@ -86,7 +86,7 @@ def decode_stream(
     rows, trouble, end = [], None, 0
     try:
         for n, body in enumerate(unpacker, start=1):
-            rows.append((n, None, msgpack.packb(body)))
+            rows.append((f"payload {n}", None, msgpack.packb(body)))
             end = unpacker.tell()
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         trouble = f"not msgpack: {type(exc).__name__}"
@@ -108,23 +108,32 @@ def _print(rows, where: str, out: TextIO, err: TextIO, as_csv: bool) -> tuple[in
     writer = csv.writer(out, lineterminator="\n") if as_csv else None
     if writer:
         writer.writerow(CSV_HEADER)
-    for seq, stored_ns, body in rows:
+    for label, stored_ns, body in rows:
         try:
             decoded = decode_payload(body, tables)
         except wire.WireError as exc:
-            print(f"{where}: frame seq {seq}: {exc}", file=err)
+            print(f"{where}: {label}: {exc}", file=err)
             bad += 1
             continue
         printed += 1
         if writer is None:
-            head = {"seq": seq} if stored_ns is None else {"seq": seq, "stored_ns": stored_ns}
-            out.write(json.dumps({**head, **decoded}) + "\n")
+            if stored_ns is not None:
+                decoded = {"seq": decoded["seq"], "stored_ns": stored_ns, **decoded}
+            out.write(json.dumps(decoded) + "\n")
         elif decoded["kind"] == "data":
             for name, entry in decoded["channels"].items():
                 bad_at = dict(map(tuple, entry.get("q", [])))
                 for i, (t, v) in enumerate(zip(entry["t"], entry["v"], strict=True)):
                     writer.writerow(
-                        (seq, decoded["boot"], name, entry["unit"], t, v, bad_at.get(i, 0))
+                        (
+                            decoded["seq"],
+                            decoded["boot"],
+                            name,
+                            entry["unit"],
+                            t,
+                            v,
+                            bad_at.get(i, 0),
+                        )
                     )
     return printed, bad
 
