@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument(
         "--telemetry-file",
-        default="demo-telemetry.msgpack",
-        help="where the telemetry goes (default: demo-telemetry.msgpack here)",
+        help="where the telemetry goes (default: demo-telemetry.msgpack beside the spool)",
     )
     _add_teach(commands)
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ import dataclasses
 import sys
 import time
 from importlib import resources
+from pathlib import Path
 
 from .config import parse_config
 from .service import Agent
@@ -20,10 +21,11 @@ def demo_config(
     port: int = 5020,
     spool: str = "demo-spool.db",
     serial_port: str | None = None,
-    telemetry: str = "demo-telemetry.msgpack",
+    telemetry: str | None = None,
 ):
     """The embedded demo configuration, pointed at a controller, a spool and the file the
-    telemetry goes to."""
+    telemetry goes to (by default `demo-telemetry.msgpack` beside the spool)."""
+    telemetry = telemetry or str(Path(spool).with_name("demo-telemetry.msgpack"))
     text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
     config = parse_config(text, "edge_agent/defaults/demo.toml")
     controller = dataclasses.replace(config.controller, host=host, port=port)
@@ -66,7 +68,7 @@ async def run_demo(
     plant, what = _plant(replay)
     controller = SimulatedController(plant)
     spool = spool or "demo-spool.db"
-    telemetry = telemetry or "demo-telemetry.msgpack"
+    telemetry = telemetry or str(Path(spool).with_name("demo-telemetry.msgpack"))
     with contextlib.ExitStack() as stack:
         if rtu:
             pair = stack.enter_context(PtyPair())
