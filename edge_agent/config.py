@@ -139,6 +139,10 @@ class SpoolConfig:
     # the oldest payloads go and a gap event says how many (docs/spool.md).
     max_bytes: int = 1 << 30
     max_age_s: float = 7 * 86400.0
+    # Data frames are committed together at most this often: each commit rewrites a few
+    # 4 KiB pages, so fewer commits wear an SD card less; frames not yet committed are lost
+    # in a crash like samples not yet framed (docs/spool.md has the measured bytes).
+    commit_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,7 @@ class _Validator(TomlChecker):
             raise self.fail(("spool", "path"), "must not be empty")
         self.int_in(raw, ("spool",), "max_bytes", 1 << 20, 1 << 50, spool.max_bytes)
         self.positive(raw, ("spool",), "max_age_s", spool.max_age_s)
+        self.positive(raw, ("spool",), "commit_interval_s", spool.commit_interval_s)
         return spool
 
     def upstream(self, data: dict) -> UpstreamConfig:

@@ -85,6 +85,11 @@ class Agent:
         self.points_stored = 0
         self.last_seq = 0
         self._full = asyncio.Event()
+        # Data frames wait here for their commit: one transaction per commit interval writes
+        # fewer pages than one per frame (SD-card wear; docs/spool.md).
+        self._unstored: list[tuple[str, Callable[[int], bytes]]] = []
+        self._committed_ns = self.clock.monotonic_ns()
+        self._commit_interval_ns = int(config.spool.commit_interval_s * 1e9)
         self.control: ControlLoop | None = None
         self._tasks_in_flight: set[asyncio.Task] = set()
         self._teach_watch: asyncio.Task | None = None
@@ -260,7 +265,7 @@ class Agent:
             await self._stop_control()
             await cancel_and_wait(tasks)
             await self.flush()
-            await self.store_event("agent_stop", {})
+            await self.store_event("agent_stop", {})  # commits every frame still waiting
             await self._stop_publishing(publishing)
             await self.spool.close()
 
@@ -290,14 +295,18 @@ class Agent:
             await asyncio.wait(list(self._tasks_in_flight))
 
     async def flush(self) -> None:
-        """Close the open batch into a data frame and store it."""
+        """Close the open batch into a data frame; store what waits once `[spool]
+        commit_interval_s` has passed since the last commit (any event stores it sooner)."""
         points = self.builder.points
         series = self.builder.take()
         self._full.clear()
         if series:
             boot, table = self.boot, self.table
-            await self._store([("data", lambda seq: wire.data(boot, seq, table, series))])
+            self._unstored.append(("data", lambda seq: wire.data(boot, seq, table, series)))
             self.points_stored += points
+        due = self.clock.monotonic_ns() - self._committed_ns >= self._commit_interval_ns
+        if self._unstored and due:
+            await self._store([])
 
     async def store_birth(self) -> None:
         """The channel table, first in every boot (and, with MQTT, on every connection)."""
@@ -312,7 +321,10 @@ class Agent:
         await self._store([("event", lambda seq: wire.event(boot, seq, t_us, kind, detail))])
 
     async def _store(self, bodies: list[tuple[str, Callable[[int], bytes]]]) -> None:
-        """Store payloads made from their sequence numbers (made in the spool's thread)."""
+        """Store payloads made from their sequence numbers (made in the spool's thread), after
+        the data frames waiting for their commit: one transaction, numbers in time order."""
+        bodies, self._unstored = self._unstored + bodies, []
+        self._committed_ns = self.clock.monotonic_ns()
         sizes: list[int] = []
 
         def measured(make):

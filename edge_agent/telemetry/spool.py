@@ -3,10 +3,12 @@ in the same transaction, before it counts as produced; it leaves only once the u
 acknowledged it, or when the disk budget or the age limit drops it (with a gap event).
 
 WAL journal, `synchronous=FULL`: a payload `store` returned for survives a crash or power
-loss (docs/spool.md says what SQLite promises). The counter is its own row, so a number is
-never reused or skipped, even after rows are deleted. A file that fails its integrity check at
-start is moved aside (kept for inspection) and a fresh spool starts. `AsyncSpool` runs all of
-it in one worker thread: the event loop never waits on the disk.
+loss (docs/spool.md says what SQLite promises). The next number is the newest payload's plus
+one, or the counter row's if higher; deleting payloads raises the counter first. So a number
+is never reused or skipped, and a store writes no page but its payload's (SD-card wear). A
+file that fails its integrity check at start is moved aside (kept for inspection) and a fresh
+spool starts. `AsyncSpool` runs all of it in one worker thread: the event loop never waits on
+the disk.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ CREATE TABLE IF NOT EXISTS frames (
     body BLOB NOT NULL,
     boot BLOB
 );
-CREATE INDEX IF NOT EXISTS frames_boot ON frames (boot);
+DROP INDEX IF EXISTS frames_boot;
 CREATE TABLE IF NOT EXISTS births (
     boot BLOB PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -47,6 +49,12 @@ INSERT OR IGNORE INTO counter (id, next_seq) VALUES (1, 1);
 Body = bytes | Callable[[int], bytes]
 #: Makes the gap event for dropped frames: (its sequence number, detail) -> payload.
 GapEvent = Callable[[int, dict], bytes]
+
+#: The next sequence number: past the newest payload, and past every number ever handed out.
+_NEXT_SEQ = (
+    "SELECT MAX((SELECT next_seq FROM counter WHERE id = 1), "
+    "COALESCE((SELECT MAX(seq) FROM frames), 0) + 1)"
+)
 
 #: Rows per DELETE statement (SQLite's default limit on bound parameters is 32766).
 _CHUNK = 500
@@ -125,6 +133,10 @@ class Spool:
                 raise sqlite3.DatabaseError(f"integrity check: {check}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # Debian builds SQLite with secure_delete on: every acknowledged payload would be
+            # overwritten with zeros, a second write of everything (telemetry is no secret on
+            # the device that measured it).
+            db.execute("PRAGMA secure_delete=OFF")
             if version == 1:  # the first sink's schema: frames had no boot column
                 db.execute("ALTER TABLE frames ADD COLUMN boot BLOB")
             db.executescript(_SCHEMA)
@@ -222,7 +234,6 @@ class Spool:
                     seqs.append(next_seq)
                     next_seq += 1
                 self.counters[f"dropped_{reason}"] += len(victims)
-            db.execute("UPDATE counter SET next_seq = ? WHERE id = 1", (next_seq,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
@@ -233,7 +244,7 @@ class Spool:
         return seqs
 
     def _next_seq(self) -> int:
-        return self._db.execute("SELECT next_seq FROM counter WHERE id = 1").fetchone()[0]
+        return self._db.execute(_NEXT_SEQ).fetchone()[0]
 
     def _over_budget(
         self, now_ns: int, added: int, newest: int
@@ -281,6 +292,7 @@ class Spool:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("UPDATE counter SET next_seq = ? WHERE id = 1", (self._next_seq(),))
             sizes = []
             for start in range(0, len(seqs), _CHUNK):
                 chunk = seqs[start : start + _CHUNK]
@@ -301,11 +313,13 @@ class Spool:
 
     def _prune_births(self) -> None:
         """A boot's birth is kept while any payload of that boot is, and the newest always:
-        the upstream re-sends it before replaying that boot's frames."""
-        self._db.execute(
-            "DELETE FROM births WHERE seq < (SELECT MAX(seq) FROM births) "
-            "AND boot NOT IN (SELECT boot FROM frames WHERE boot IS NOT NULL)"
-        )
+        the upstream re-sends it before replaying that boot's frames. (Frames have no index on
+        boot, one page less to write per store: the scan runs only while older births exist.)"""
+        if self._db.execute("SELECT COUNT(*) FROM births").fetchone()[0] > 1:
+            self._db.execute(
+                "DELETE FROM births WHERE seq < (SELECT MAX(seq) FROM births) AND NOT EXISTS "
+                "(SELECT 1 FROM frames WHERE frames.boot = births.boot)"
+            )
 
     # -- reading --------------------------------------------------------------------------
 
@@ -363,7 +377,7 @@ def _salvage_next_seq(path: Path) -> int | None:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            return db.execute("SELECT next_seq FROM counter WHERE id = 1").fetchone()[0]
+            return db.execute(_NEXT_SEQ).fetchone()[0]
         finally:
             db.close()
     except (sqlite3.Error, TypeError):
