@@ -27,7 +27,7 @@ test-deps:
 		$$install || { $$sudo apt-get update && $$install; }; \
 	}
 
-bench: $(INSTALLED)
+bench: test-deps $(INSTALLED)
 	$(PY) benchmarks/run.py
 
 hil: $(INSTALLED)

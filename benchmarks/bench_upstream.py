@@ -138,16 +138,16 @@ def run():
         return []
     birth, makers = standard_load_frames(FRAMES)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-upstream-", dir="/var/tmp") as tmp:
-        with Broker() as broker:
-            per_byte, payload, drain_s, seen = _written_per_byte(
-                Path(tmp) / "hour.db", broker, birth, makers, per_commit=1
-            )
-            per_byte_10, *_ = _written_per_byte(
-                Path(tmp) / "hour10.db", broker, birth, makers, per_commit=10
-            )
-            _spool_hour(Path(tmp) / "slow.db", birth, makers[:300])
-            slow_s, slow_seen = asyncio.run(_drain(Path(tmp) / "slow.db", broker, window=1))
+    tmp_dir = tempfile.TemporaryDirectory(prefix="bench-upstream-", dir="/var/tmp")
+    with tmp_dir as tmp, Broker() as broker:
+        per_byte, payload, drain_s, seen = _written_per_byte(
+            Path(tmp) / "hour.db", broker, birth, makers, per_commit=1
+        )
+        per_byte_10, *_ = _written_per_byte(
+            Path(tmp) / "hour10.db", broker, birth, makers, per_commit=10
+        )
+        _spool_hour(Path(tmp) / "slow.db", birth, makers[:300])
+        slow_s, slow_seen = asyncio.run(_drain(Path(tmp) / "slow.db", broker, window=1))
     what = f"{FRAMES} 1-s frames of the standard load ({payload / FRAMES / 1024:.1f} KiB each)"
     rows += [
         (

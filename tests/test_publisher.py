@@ -205,9 +205,7 @@ def test_an_older_boots_birth_is_resent_before_its_frames(tmp_path):
     asyncio.run(main())
 
 
-def test_an_unreachable_upstream_is_retried_with_capped_backoff_and_logged_once(
-    tmp_path, caplog
-):
+def test_an_unreachable_upstream_is_retried_with_capped_backoff_and_logged_once(tmp_path, caplog):
     async def main():
         async with Harness(tmp_path, failing=6) as h:
             await h.store(("birth", birth(1)))
