@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEBIAN_PACKAGES := python3 python3-venv python3-dev build-essential
 
-.PHONY: demo test test-deps bench hil lint clean distclean check-build-deps
+.PHONY: demo test test-deps bench hil soak lint clean distclean check-build-deps
 
 demo: $(INSTALLED)
 	$(VENV)/bin/edge-agent demo $(DEMO_ARGS)
@@ -29,6 +29,12 @@ test-deps:
 
 bench: test-deps $(INSTALLED)
 	$(PY) benchmarks/run.py
+
+# Hundreds of SIGKILLs of a publishing agent (and of the collector now and then): every
+# sequence number must reach the collector exactly once (tests/soak.py; SOAK_KILLS=300).
+SOAK_KILLS ?= 300
+soak: test-deps $(INSTALLED)
+	$(PY) -m tests.soak --kills $(SOAK_KILLS)
 
 hil: $(INSTALLED)
 	$(PY) -m hil bench --out reports/hil $(HIL_ARGS)

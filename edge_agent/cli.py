@@ -1,4 +1,4 @@
-"""The `edge-agent` command: run | check-config | decode | demo | teach.
+"""The `edge-agent` command: run | check-config | decode | demo | teach | collect.
 
 Errors a person can fix (a bad config, a missing file) end as one line on stderr and
 exit status 2; nothing here prints a traceback for them.
@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 
 from . import __version__
+from .collector.store import StoreError
 from .config import ConfigError, load_config
 from .control.teach import TeachError, TeachStore, to_json
 from .sources.poll_plan import PlanLimits, plan_reads
 from .telemetry.spool import SpoolError
 from .upstream import UpstreamError
 
-#: Where the systemd service and the README install the configuration.
+#: Where the systemd services and the README install the configurations.
 DEFAULT_CONFIG = "/etc/edge-agent/agent.toml"
+DEFAULT_COLLECTOR_CONFIG = "/etc/edge-agent/collector.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where the telemetry goes (default: demo-telemetry.msgpack beside the spool)",
     )
     _add_teach(commands)
+    _add_collect(commands)
     args = parser.parse_args(argv)
 
     try:
@@ -68,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             "decode": _decode,
             "demo": _demo,
             "teach": _teach,
+            "collect": _collect,
         }[args.command](args)
-    except (ConfigError, SpoolError, TeachError, UpstreamError) as exc:
+    except (ConfigError, SpoolError, StoreError, TeachError, UpstreamError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -213,6 +218,77 @@ def _teach(args) -> int:
         )
     if control.target_mode != "teach_in":
         print(f'(target_mode is "{control.target_mode}": these targets are not in use)')
+    return 0
+
+
+def _add_collect(commands) -> None:
+    collect = commands.add_parser(
+        "collect",
+        help="the plant-side collector: subscribe and store, export CSV, status",
+        description="Stores what the agents publish into SQLite (docs/collector.md).",
+    )
+    actions = collect.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="subscribe to the broker and store (the service)")
+    run.add_argument(
+        "config",
+        nargs="?",
+        default=DEFAULT_COLLECTOR_CONFIG,
+        help=f"the collector's configuration (default {DEFAULT_COLLECTOR_CONFIG})",
+    )
+    export = actions.add_parser("export", help="samples as CSV on stdout")
+    export.add_argument("db", help="the collector's database")
+    export.add_argument("--machine", help="site/machine (default: all)")
+    export.add_argument("--channel", action="append", help="a channel (repeat; default: all)")
+    export.add_argument("--start-us", type=int, help="from this stamp (µs since the epoch)")
+    export.add_argument("--end-us", type=int, help="up to this stamp, excluded")
+    status = actions.add_parser(
+        "status", help="per machine: what is stored, missing numbers, gaps, deaths"
+    )
+    status.add_argument("db", help="the collector's database")
+
+
+def _collect(args) -> int:
+    from .collector.store import SqliteStore
+
+    if args.action == "run":
+        return _collect_run(args.config)
+    store = SqliteStore(args.db, readonly=True)
+    try:
+        if args.action == "export":
+            store.export_csv(sys.stdout, args.machine, args.channel, args.start_us, args.end_us)
+            return 0
+        for machine in store.machines():
+            counts = store.counts(machine)
+            missing = store.missing_seqs(machine, unreported_only=True)
+            print(
+                f"{machine}: {counts['payloads']} payloads, {counts['samples']} samples, "
+                f"{counts['events']} events, {counts['gaps']} gaps ({counts['dropped']} frames "
+                f"dropped by the agent), {counts['deaths']} deaths, "
+                f"{sum(last - first + 1 for first, last in missing)} numbers missing"
+                + (f" {missing[:5]}" if missing else "")
+            )
+        return 0
+    finally:
+        store.close()
+
+
+def _collect_run(path: str) -> int:
+    from .collector.service import CollectorService
+    from .config import load_collector_config
+
+    config = load_collector_config(path)
+    _setup_logging("info")
+
+    async def serve() -> None:
+        service = CollectorService(config)
+        task = asyncio.create_task(service.run())
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(serve())
     return 0
 
 

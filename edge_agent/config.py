@@ -13,6 +13,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,71 @@ class AgentConfig:
     source: str = "<memory>"
 
 
+@dataclass(frozen=True)
+class CollectorSection:
+    """The plant-side collector (docs/collector.md)."""
+
+    db: str = "/var/lib/edge-collector/telemetry.db"
+    topic_prefix: str = "edge"  # the agents' [upstream] topic_prefix
+    # Several collectors with the same group split a plant's machines between them (MQTT 5
+    # shared subscription `$share/<group>/...`); "" subscribes alone.
+    share_group: str = ""
+    retention_days: float = 0.0  # samples, payloads and events older than this go; 0 keeps all
+    # The broker keeps the collector's messages while it is away for this long.
+    session_expiry_s: int = 7 * 86400
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    collector: CollectorSection
+    broker: UpstreamConfig
+    source: str = "<memory>"
+
+
+def load_collector_config(path: str | Path) -> CollectorConfig:
+    """Read and validate a collector configuration: `[collector]` and `[broker]` (the MQTT
+    keys of the agent's `[upstream]`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_collector_config(text, str(path))
+
+
+_PUBLISHER_ONLY = (
+    "kind",
+    "topic_prefix",
+    "window",
+    "drain_on_stop_s",
+    "file_path",
+    "file_rotate_bytes",
+)
+
+
+def parse_collector_config(text: str, source: str = "<memory>") -> CollectorConfig:
+    checker = _Validator(source, text, ConfigError)
+    data = checker.table(checker.parse(), (), ("collector", "broker"))
+    collector = checker.section(data, "collector", CollectorSection)
+    raw = data.get("collector", {})
+    if not collector.db:
+        raise checker.fail(("collector", "db"), "must not be empty")
+    if collector.retention_days < 0:
+        raise checker.fail(("collector", "retention_days"), "must be 0 (keep) or more")
+    checker.int_in(raw, ("collector",), "session_expiry_s", 0, 1 << 31, collector.session_expiry_s)
+    if collector.share_group and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", collector.share_group):
+        raise checker.fail(("collector", "share_group"), "must be letters, digits, '_', '.', '-'")
+    if "broker" not in data:
+        raise checker.fail(("broker",), "missing section")
+    broker = checker.section(data, "broker", UpstreamConfig)
+    for key in _PUBLISHER_ONLY:
+        if key in data["broker"]:
+            raise checker.fail(("broker", key), "is an agent's [upstream] setting, not a broker's")
+    broker = dataclass_replace(broker, kind="mqtt", topic_prefix=collector.topic_prefix)
+    checker.broker(broker, data["broker"], ("broker",))
+    return CollectorConfig(collector, broker, source)
+
+
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate one agent configuration file."""
     path = Path(path)
@@ -340,15 +406,22 @@ class _Validator(TomlChecker):
         self.positive(raw, ("spool",), "commit_interval_s", spool.commit_interval_s)
         return spool
 
-    def upstream(self, data: dict) -> UpstreamConfig:
-        cfg = self.section(data, "upstream", UpstreamConfig)
-        raw, path = data.get("upstream", {}), ("upstream",)
+    def upstream(self, data: dict, name: str = "upstream") -> UpstreamConfig:
+        cfg = self.section(data, name, UpstreamConfig)
+        raw, path = data.get(name, {}), (name,)
         self.choice(raw, path, "kind", ("mqtt", "file", "none"), cfg.kind)
+        self.int_in(raw, path, "file_rotate_bytes", 1 << 16, 1 << 40, cfg.file_rotate_bytes)
+        if cfg.kind == "file" and not cfg.file_path:
+            raise self.fail((*path, "file_path"), 'is needed with kind = "file"')
+        self.broker(cfg, raw, path)
+        return cfg
+
+    def broker(self, cfg: UpstreamConfig, raw: dict, path: tuple[str, ...]) -> None:
+        """The MQTT settings of `[upstream]` (or of the collector's `[broker]`)."""
         self.choice(raw, path, "protocol", ("5", "3.1.1"), cfg.protocol)
         self.int_in(raw, path, "port", 0, 65535, cfg.port)
         self.int_in(raw, path, "keepalive_s", 5, 3600, cfg.keepalive_s)
         self.int_in(raw, path, "window", 1, 1000, cfg.window)
-        self.int_in(raw, path, "file_rotate_bytes", 1 << 16, 1 << 40, cfg.file_rotate_bytes)
         for key in ("reconnect_min_s", "reconnect_max_s", "drain_on_stop_s"):
             self.positive(raw, path, key, getattr(cfg, key))
         if cfg.reconnect_max_s < cfg.reconnect_min_s:
@@ -359,10 +432,8 @@ class _Validator(TomlChecker):
                 (*path, "topic_prefix"),
                 f"must be topic levels of letters, digits, '_', '.', '-', got {cfg.topic_prefix!r}",
             )
-        if cfg.kind == "file" and not cfg.file_path:
-            raise self.fail((*path, "file_path"), 'is needed with kind = "file"')
         if cfg.kind != "mqtt":
-            return cfg
+            return
         if not cfg.host:
             raise self.fail((*path, "host"), "must not be empty")
         if cfg.password_file and cfg.password_env:
@@ -377,7 +448,6 @@ class _Validator(TomlChecker):
         for key in ("password_file", "key_file"):
             if getattr(cfg, key):
                 self.private_file((*path, key), getattr(cfg, key))
-        return cfg
 
     def private_file(self, path: tuple[str, ...], name: str) -> None:
         """A secret (password, private key) must exist and not be readable by others."""

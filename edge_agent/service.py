@@ -225,12 +225,7 @@ class Agent:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); always flushes and closes."""
         stop = stop or asyncio.Event()
-        spool = await self.spool.open()
-        await self.store_birth()
-        await self.store_event("agent_start", {"version": __version__})
-        if spool.recovered:
-            log.error("%s", spool.recovered)
-            await self.store_event("spool_corrupt", {"detail": spool.recovered})
+        await self.open_spool()
         publishing = []
         if self.publisher is not None:
             publishing.append(asyncio.create_task(self.publisher.run(), name="publisher"))
@@ -268,6 +263,16 @@ class Agent:
             await self.store_event("agent_stop", {})  # commits every frame still waiting
             await self._stop_publishing(publishing)
             await self.spool.close()
+
+    async def open_spool(self) -> None:
+        """Open the spool (moving a corrupt one aside), then the boot's birth and start event
+        and, after a recovery, a `spool_corrupt` event saying what happened."""
+        spool = await self.spool.open()
+        await self.store_birth()
+        await self.store_event("agent_start", {"version": __version__})
+        if spool.recovered:
+            log.error("%s", spool.recovered)
+            await self.store_event("spool_corrupt", {"detail": spool.recovered})
 
     async def _stop_publishing(self, tasks: list[asyncio.Task]) -> None:
         """Give the upstream a bounded time for what is spooled, then the death message."""

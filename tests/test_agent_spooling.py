@@ -81,3 +81,22 @@ def test_one_second_commits_store_every_frame_as_it_closes(tmp_path):
         await agent.spool.close()
 
     asyncio.run(main())
+
+
+def test_a_corrupt_spool_is_moved_aside_and_the_agent_says_so_in_an_event(tmp_path, caplog):
+    (tmp_path / "spool.db").write_bytes(b"not a database, a scratched card" * 64)
+
+    async def main():
+        agent, _ = agent_with(tmp_path, commit_interval_s=1.0)
+        await agent.open_spool()
+        rows = list(agent.spool.spool.frames())
+        await agent.spool.close()
+        return rows
+
+    rows = asyncio.run(main())
+    assert [row.kind for row in rows] == ["birth", "event", "event"]
+    event = wire.decode(rows[-1].body)
+    assert event["e"] == "spool_corrupt"
+    assert "moved to spool.db.corrupt-" in event["d"]["detail"]
+    assert [p.name.split(".corrupt-")[0] for p in tmp_path.glob("*.corrupt-*")] == ["spool.db"]
+    assert any("corrupt" in r.message and r.levelname == "ERROR" for r in caplog.records)

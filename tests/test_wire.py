@@ -50,6 +50,17 @@ def test_a_data_frame_round_trips_to_the_quantum():
             assert back == pytest.approx(round(value / channel.quantum) * channel.quantum)
 
 
+def test_decimal_quanta_decode_to_the_decimal_a_person_reads():
+    """50.3 % with a 0.1 quantum comes back as 50.3, not 50.300000000000004 (a CSV shows it)."""
+    got = wire.samples(wire.decode(wire.data(BOOT, 1, CHANNELS, frame_series())), CHANNELS)
+    assert got["spindle_load"].values == (50.1, 50.3, 50.2, 50.2, 70.0)
+    assert got["x_position"].values == (-12.345,)
+    quarter = [Channel(0, "q", "", 0.25, "sampled", 1000, 0)]
+    series = {0: Series((T0, T0 + 1000), (0.75, -1.25))}
+    back = wire.samples(wire.decode(wire.data(BOOT, 1, quarter, series)), quarter)
+    assert back["q"].values == (0.75, -1.25)
+
+
 def test_golden_data_frame():
     payload = wire.data(BOOT, 42, CHANNELS, frame_series())
     assert payload.hex() == (

@@ -124,6 +124,7 @@ class FakeLink:
         self.waiting: list[asyncio.Future] = []
         self.closed = asyncio.get_running_loop().create_future()
         self.auto_ack = False
+        self.where = "fake"
 
     async def open(self) -> None:
         if self.fail_open:

@@ -356,12 +356,22 @@ def samples(frame: dict, channels: list[Channel]) -> dict[str, Series]:
             column = [v + r for v, r in zip(column, ref, strict=True)]
             if any(abs(v) > MAX_ABS for v in column):
                 raise WireError(f"data: channel {channel.name}: a value out of range")
-        values = [q * channel.quantum for q in column]
+        values = _real(column, channel.quantum)
         quality = exceptions.get(alias, ())
         for i, _ in quality:
             values[i] = math.nan
         out[channel.name] = Series(stamps_us, tuple(values), quality)
     return out
+
+
+def _real(column: list[int], quantum: float) -> list[float]:
+    """Quantized values in real units. A quantum of 10^-k divides by 10^k instead of
+    multiplying: 3 x 0.1 is 0.30000000000000004, 3 / 10 is 0.3, the double nearest the
+    decimal a person reads (and what a CSV should hold)."""
+    inverse = round(1 / quantum)
+    if inverse > 1 and 1 / inverse == quantum:
+        return [q / inverse for q in column]
+    return [q * quantum for q in column]
 
 
 def _present(bitmap: bytes, n: int) -> list[int]:

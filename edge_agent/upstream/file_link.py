@@ -44,8 +44,8 @@ class FileLink:
         return future
 
     @property
-    def in_flight(self) -> int:
-        return len(self._batch)
+    def where(self) -> str:
+        return str(self.path)
 
     async def close(self) -> None:
         if self._writing is not None:

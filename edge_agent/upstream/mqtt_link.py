@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..config import UpstreamConfig
@@ -45,16 +47,20 @@ class MqttSettings:
     password: str | None = field(default=None, repr=False)
     tls: ssl.SSLContext | None = field(default=None, repr=False)
     connect_timeout_s: float = 5.0
+    # A subscriber's session outlives its connection (the broker keeps its messages while it
+    # is away) for this long; 0: a clean session every time (the publisher: the spool keeps).
+    session_expiry_s: int = 0
 
     @property
     def where(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def settings_from(cfg: UpstreamConfig, client_id: str) -> MqttSettings:
+def settings_from(cfg: UpstreamConfig, client_id: str, session_expiry_s: int = 0) -> MqttSettings:
     """Resolve the configuration: read the password, build the TLS context. Raises
     MqttError with one line when a file or variable cannot be used."""
     return MqttSettings(
+        session_expiry_s=session_expiry_s,
         host=cfg.host,
         port=cfg.port or (8883 if cfg.tls else 1883),
         client_id=cfg.client_id or client_id,
@@ -97,7 +103,9 @@ def tls_context(cfg: UpstreamConfig) -> ssl.SSLContext:
 
 class MqttLink:
     """One connection: `open()`, then `publish()` (a future of the PUBACK's reason code) and
-    `subscribe()`; `closed` completes when the connection ends; `close()` ends it."""
+    `subscribe()`; `closed` completes when the connection ends; `close()` ends it. A link
+    with `on_message` acknowledges a received message only when told (`ack`): after the
+    subscriber has stored it, so a crash in between gets it delivered again."""
 
     def __init__(
         self,
@@ -114,12 +122,14 @@ class MqttLink:
         self._connack: asyncio.Future = self._loop.create_future()
         self.closed: asyncio.Future = self._loop.create_future()
         self._thread: threading.Thread | None = None
+        v5 = settings.protocol == mqtt.MQTTv5
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=settings.protocol,
             reconnect_on_failure=False,
-            **({} if settings.protocol == mqtt.MQTTv5 else {"clean_session": True}),
+            manual_ack=on_message is not None,
+            **({} if v5 else {"clean_session": not settings.session_expiry_s}),
         )
         client.connect_timeout = settings.connect_timeout_s
         if settings.username:
@@ -173,8 +183,8 @@ class MqttLink:
         return future
 
     @property
-    def in_flight(self) -> int:
-        return len(self._pending)
+    def where(self) -> str:
+        return self.settings.where
 
     async def close(self) -> None:
         """Disconnect (the will is then not sent) and wait for the network thread."""
@@ -185,10 +195,22 @@ class MqttLink:
 
     # -- the network thread -------------------------------------------------------------
 
+    def ack(self, message: mqtt.MQTTMessage) -> None:
+        """Acknowledge a received QoS 1 message (the broker then forgets it)."""
+        if message.qos and not self.closed.done():
+            self._client.ack(message.mid, message.qos)
+
     def _network(self) -> None:
         s = self.settings
+        options = {}
+        if s.protocol == mqtt.MQTTv5:
+            options["clean_start"] = not s.session_expiry_s
+            if s.session_expiry_s:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = s.session_expiry_s
+                options["properties"] = properties
         try:
-            self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
+            self._client.connect(s.host, s.port, keepalive=s.keepalive_s, **options)
             self._client.loop_forever()
             error = MqttError(f"{s.where}: connection lost")
         except ssl.SSLCertVerificationError as exc:

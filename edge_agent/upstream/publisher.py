@@ -16,31 +16,19 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Protocol
 
 from ..backoff import Backoff
 from ..telemetry import wire
 from ..telemetry.spool import AsyncSpool
 from . import UpstreamError
 from .mqtt_link import REFUSED
+from .reconnect import Link, stay_connected
 
 log = logging.getLogger(__name__)
 
 #: Acknowledged payloads are deleted at least this often, or every `ACK_BATCH` of them.
 ACK_INTERVAL_S = 0.25
 ACK_BATCH = 256
-
-
-class Link(Protocol):
-    """What the publisher needs of an upstream (`MqttLink`, `FileLink`)."""
-
-    closed: asyncio.Future
-
-    async def open(self) -> None: ...
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> asyncio.Future: ...
-
-    async def close(self) -> None: ...
 
 
 #: Makes a link: (the death payload to leave as its will, the event to set on progress).
@@ -90,32 +78,25 @@ class Publisher:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            death = await self._death()
-            link = self._make_link(death, self._wake)
-            try:
-                await link.open()
-            except UpstreamError as exc:
-                self.counters["connect_failures"] += 1
-                self._note(f"upstream unreachable: {exc}")
-                await self._sleep(self.backoff.next_delay())
-                continue
-            self.link, self.connected = link, True
-            self.counters["connects"] += 1
-            log.info("upstream connected: %s", getattr(link, "settings", link))
-            try:
-                await self._session(link)
-            except UpstreamError as exc:
-                self.counters["disconnects"] += 1
-                self._note(f"upstream lost: {exc}")
-            finally:
-                self.connected = False
-                self._idle.clear()
-                await link.close()
-            await self._sleep(self.backoff.next_delay())
+        async def make_link() -> Link:
+            return self._make_link(await self._death(), self._wake)
+
+        await stay_connected(
+            make_link, self._connected, self.backoff, self.counters, self._note, self._sleep
+        )
+
+    async def _connected(self, link: Link) -> None:
+        self.link, self.connected = link, True
+        log.info("upstream connected: %s", link.where)
+        try:
+            await self._session(link)
+        finally:
+            self.connected = False
+            self._idle.clear()
 
     def _note(self, message: str) -> None:
         """Log a failure once, not on every retry of the same one."""
+        message = f"upstream {message}"
         if message != self.last_error:
             log.warning("%s", message)
         self.last_error = message
@@ -193,7 +174,7 @@ class Publisher:
         if reason < REFUSED:
             return True
         self.counters["refused"] += 1
-        self._note(f"upstream refused payload {seq} (reason code 0x{reason:02x}); kept")
+        self._note(f"refused payload {seq} (reason code 0x{reason:02x}); kept")
         return False
 
     async def _ack(self, seqs: list[int]) -> None:

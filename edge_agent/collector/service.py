@@ -1,0 +1,132 @@
+"""`edge-agent collect run`: subscribe to the agents' topics and store what arrives.
+
+A message is acknowledged to the broker only after the transaction that stored it committed,
+on a session the broker keeps while the collector is away (`session_expiry_s`): a collector
+that crashes or stops gets what it had not stored delivered again, never lost. The store runs
+in one worker thread; a storage failure (disk full) acknowledges nothing and reconnects after
+a backoff, so the broker keeps the messages meanwhile. Retention prunes once an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import paho.mqtt.client as mqtt
+
+from ..backoff import Backoff
+from ..config import CollectorConfig
+from ..upstream import UpstreamError
+from ..upstream.mqtt_link import REFUSED, MqttLink, settings_from
+from ..upstream.reconnect import stay_connected
+from .ingest import Collector
+from .store import SqliteStore, StoreError
+
+log = logging.getLogger(__name__)
+
+#: Messages stored per transaction at most.
+BATCH_MAX = 500
+PRUNE_EVERY_S = 3600.0
+
+
+def subscription(cfg: CollectorConfig) -> str:
+    """`<prefix>/+/+/+`, or its shared form `$share/<group>/<prefix>/+/+/+`."""
+    topic = f"{cfg.collector.topic_prefix}/+/+/+"
+    group = cfg.collector.share_group
+    return f"$share/{group}/{topic}" if group else topic
+
+
+class CollectorService:
+    """Runs until cancelled; `counters` holds the connection's, `collector.counters` the
+    messages'."""
+
+    def __init__(self, cfg: CollectorConfig):
+        self.cfg = cfg
+        self.topic = subscription(cfg)
+        self.settings = settings_from(
+            cfg.broker,
+            f"edge-collector-{socket.gethostname()}"
+            + (f"-{cfg.collector.share_group}" if cfg.collector.share_group else ""),
+            cfg.collector.session_expiry_s,
+        )
+        self.backoff = Backoff(cfg.broker.reconnect_min_s, cfg.broker.reconnect_max_s)
+        self.counters: Counter[str] = Counter()
+        self.last_error = ""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector")
+        self._inbox: list[tuple[mqtt.MQTTMessage, int]] = []
+        self._arrived = asyncio.Event()
+        self._pruned_at = 0.0
+        self.store: SqliteStore | None = None
+        self.collector: Collector | None = None
+
+    async def run(self) -> None:
+        self.store = await self._in_store_thread(SqliteStore, self.cfg.collector.db)
+        self.collector = Collector(self.store, self.cfg.collector.topic_prefix)
+        log.info("collector: %s into %s", self.topic, self.cfg.collector.db)
+        try:
+            await stay_connected(
+                self._make_link, self._session, self.backoff, self.counters, self._note
+            )
+        finally:
+            await self._in_store_thread(self.store.close)
+            self._executor.shutdown(wait=True)
+
+    async def _make_link(self) -> MqttLink:
+        self._inbox.clear()  # unacknowledged: the broker delivers them again
+        return MqttLink(self.settings, on_message=self._received, wake=self._arrived)
+
+    def _received(self, message: mqtt.MQTTMessage) -> None:
+        self._inbox.append((message, time.time_ns()))
+        self._arrived.set()
+
+    async def _session(self, link: MqttLink) -> None:
+        codes = await link.subscribe([self.topic])
+        if any(code >= REFUSED for code in codes):
+            raise UpstreamError(f"{self.settings.where}: subscription to {self.topic} refused")
+        log.info("collector: subscribed to %s on %s", self.topic, self.settings.where)
+        self.backoff.reset()
+        self.last_error = ""
+        while True:
+            self._arrived.clear()
+            while self._inbox:
+                batch, self._inbox = self._inbox[:BATCH_MAX], self._inbox[BATCH_MAX:]
+                await self._store(batch)
+                for message, _ in batch:
+                    link.ack(message)
+            await self._prune_if_due()
+            if link.closed.done():
+                link.closed.result()
+                raise UpstreamError(f"{self.settings.where}: closed")
+            await self._arrived.wait()
+
+    async def _store(self, batch: list[tuple[mqtt.MQTTMessage, int]]) -> None:
+        messages = [(m.topic, m.payload, received_ns) for m, received_ns in batch]
+        try:
+            await self._in_store_thread(self.collector.ingest_many, messages)
+        except StoreError as exc:
+            self.counters["store_failures"] += 1
+            raise UpstreamError(f"store failed, nothing acknowledged: {exc}") from None
+
+    async def _prune_if_due(self) -> None:
+        days = self.cfg.collector.retention_days
+        now = time.monotonic()
+        if not days or now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        cutoff_us = time.time_ns() // 1000 - int(days * 86_400_000_000)
+        removed = await self._in_store_thread(self.store.prune, cutoff_us)
+        if any(removed.values()):
+            log.info("collector: retention of %g days removed %s", days, removed)
+
+    def _note(self, message: str) -> None:
+        message = f"collector: broker {message}"
+        if message != self.last_error:
+            log.warning("%s", message)
+        self.last_error = message
+
+    async def _in_store_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

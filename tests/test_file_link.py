@@ -1,0 +1,62 @@
+"""The file upstream: payloads back to back, acknowledged after fsync, rotated past its size,
+and a write failure ends the link with one line instead of acknowledging."""
+
+import asyncio
+import os
+
+import pytest
+
+from edge_agent.upstream import UpstreamError
+from edge_agent.upstream.file_link import FileLink
+
+
+def test_payloads_are_appended_and_acknowledged_once_on_disk(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+
+    async def main():
+        link = FileLink(tmp_path / "out" / "t.msgpack", rotate_bytes=1 << 20)
+        await link.open()
+        futures = [link.publish("ignored", bytes([i]) * 3) for i in range(5)]
+        assert not any(f.done() for f in futures)  # nothing acknowledged before the write
+        assert await asyncio.gather(*futures) == [0] * 5
+        await link.close()
+
+    asyncio.run(main())
+    assert (tmp_path / "out" / "t.msgpack").read_bytes() == b"".join(
+        bytes([i]) * 3 for i in range(5)
+    )
+    assert synced  # acknowledged after an fsync
+
+
+def test_a_file_past_its_size_is_renamed_with_a_stamp_and_kept(tmp_path):
+    async def main():
+        link = FileLink(tmp_path / "t.msgpack", rotate_bytes=1 << 16)
+        await link.open()
+        for _ in range(3):
+            await link.publish("t", b"x" * 40_000)
+        await link.close()
+
+    asyncio.run(main())
+    rotated = sorted(p for p in tmp_path.iterdir() if p.name != "t.msgpack")
+    assert len(rotated) == 1 and rotated[0].name.startswith("t-")
+    assert rotated[0].suffix == ".msgpack"
+    sizes = rotated[0].stat().st_size + (tmp_path / "t.msgpack").stat().st_size
+    assert sizes == 120_000  # nothing lost across the rotation
+
+
+def test_a_write_failure_closes_the_link_and_acknowledges_nothing(tmp_path):
+    (tmp_path / "t.msgpack").mkdir()  # a folder where the file should be
+
+    async def main():
+        link = FileLink(tmp_path / "t.msgpack", rotate_bytes=1 << 20)
+        await link.open()
+        future = link.publish("t", b"payload")
+        with pytest.raises(UpstreamError, match="t.msgpack: cannot write: Is a directory"):
+            await future
+        assert link.closed.done()
+        with pytest.raises(UpstreamError):
+            await link.publish("t", b"later")
+
+    asyncio.run(main())
