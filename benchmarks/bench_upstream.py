@@ -14,20 +14,17 @@ default) and with a commit every 10 s.
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import standard_load
 
 from edge_agent.backoff import Backoff
 from edge_agent.config import UpstreamConfig
-from edge_agent.samples import Sample
 from edge_agent.telemetry import wire
-from edge_agent.telemetry.batcher import FrameBuilder
 from edge_agent.telemetry.spool import AsyncSpool, Spool
 from edge_agent.upstream.mqtt_link import MqttLink, settings_from
 from edge_agent.upstream.publisher import Publisher, Topics
@@ -40,23 +37,11 @@ TOPICS = Topics("edge", "bench", "m1")
 
 def standard_load_frames(count: int) -> tuple[bytes, list]:
     """A birth and `count` one-second frame makers (seq -> payload) of the standard load."""
-    channels = [wire.Channel(i, f"tag{i}", "", 0.01, "sampled", 100_000, 0) for i in range(200)]
-    channels.append(wire.Channel(200, "bridge", "", 0.001, "sampled", 1_000, 1))
-    builder = FrameBuilder(channels, {}, max_points=1_000_000)
-    rng = random.Random(1)
-    level = [rng.uniform(0, 100) for _ in range(200)]
-    makers = []
-    for second in range(count):
-        for tick in range(10):
-            stamp = (second * 10 + tick) * 100_000_000
-            for i in range(200):
-                level[i] += rng.gauss(0, 0.05)
-                builder.add(f"tag{i}", Sample(f"tag{i}", stamp, level[i]), stamp)
-        for k in range(1000):
-            stamp = second * 1_000_000_000 + k * 1_000_000
-            builder.add("bridge", Sample("bridge", stamp, math.sin(k / 50)), stamp)
-        series = builder.take()
-        makers.append(lambda seq, s=series: wire.data(BOOT, seq, channels, s))
+    channels = standard_load.CHANNELS
+    makers = [
+        lambda seq, s=series: wire.data(BOOT, seq, channels, s)
+        for series in standard_load.seconds(count)
+    ]
     return wire.birth(BOOT, 1, 0, "bench", bytes(8), channels), makers
 
 

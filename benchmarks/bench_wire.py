@@ -14,19 +14,16 @@ import array
 import csv
 import gzip
 import json
-import math
-import random
 import time
 import tomllib
 from pathlib import Path
 
 import msgpack
+import standard_load
 import zstandard
 
 from edge_agent.kernels.valuepack import pack
-from edge_agent.samples import Sample
 from edge_agent.telemetry import wire
-from edge_agent.telemetry.batcher import FrameBuilder
 
 HERE = Path(__file__).parent
 RECORDINGS = HERE.parent / "hil" / "data" / "cnc-mill-tool-wear"
@@ -87,28 +84,14 @@ def _published(names, quanta, all_frames) -> tuple[int, float]:
     return total, time.perf_counter() - started
 
 
-def _standard_load_cpu(seconds: int = 10) -> float:
+def _standard_load_cpu(count: int = 10) -> float:
     """Share of one core the telemetry path takes at the standard load (200 channels at 10 Hz
-    and one at 1 kHz, synthetic random walks): every sample through the frame builder, a data
-    frame a second. Wall time of a single thread doing nothing else."""
-    channels = [wire.Channel(i, f"tag{i}", "", 0.01, "sampled", 100_000, 0) for i in range(200)]
-    channels.append(wire.Channel(200, "bridge", "", 0.001, "sampled", 1_000, 1))
-    builder = FrameBuilder(channels, {}, max_points=1_000_000)
-    rng = random.Random(1)
-    level = [rng.uniform(0, 100) for _ in range(200)]
+    and one at 1 kHz, synthetic): every sample through the frame builder, a data frame a
+    second. Wall time of a single thread doing nothing else."""
     started = time.perf_counter()
-    for second in range(seconds):
-        for tick in range(10):
-            stamp = (second * 10 + tick) * 100_000_000
-            for i in range(200):
-                level[i] += rng.gauss(0, 0.05)
-                builder.add(f"tag{i}", Sample(f"tag{i}", stamp, level[i]), stamp)
-        for k in range(1000):
-            stamp = second * 1_000_000_000 + k * 1_000_000
-            value = math.sin(k / 50) + rng.gauss(0, 0.01)
-            builder.add("bridge", Sample("bridge", stamp, value), stamp)
-        wire.data(BOOT, second, channels, builder.take())
-    return (time.perf_counter() - started) / seconds * 100
+    for second, series in enumerate(standard_load.seconds(count)):
+        wire.data(BOOT, second, standard_load.CHANNELS, series)
+    return (time.perf_counter() - started) / count * 100
 
 
 def _alias(name: str | None, names: list[str]) -> int | None:

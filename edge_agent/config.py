@@ -274,12 +274,14 @@ class CollectorConfig:
 def load_collector_config(path: str | Path) -> CollectorConfig:
     """Read and validate a collector configuration: `[collector]` and `[broker]` (the MQTT
     keys of the agent's `[upstream]`)."""
-    path = Path(path)
+    return parse_collector_config(_read(path), str(path))
+
+
+def _read(path: str | Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_collector_config(text, str(path))
 
 
 _PUBLISHER_ONLY = (
@@ -317,12 +319,7 @@ def parse_collector_config(text: str, source: str = "<memory>") -> CollectorConf
 
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate one agent configuration file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_config(text, str(path))
+    return parse_config(_read(path), str(path))
 
 
 def parse_config(text: str, source: str = "<memory>") -> AgentConfig:
