@@ -361,21 +361,32 @@ class Agent:
     async def _log_stats(self) -> None:
         while True:
             await asyncio.sleep(self.config.service.stats_interval_s)
-            log.info("health: %s", self.health_line())
+            log.info("health: %s", self.health_line(await self.spool.stats()))
 
-    def health_line(self) -> str:
+    def health_line(self, spool: dict[str, int]) -> str:
         counts = self.poller.counters
         latency = {
             name: s.latency.percentile(99) * 1e3 for name, s in self.poller.group_stats.items()
         }
-        return (
+        oldest_s = (self.clock.stamp_ns() - spool["oldest_stored_ns"]) / 1e9
+        line = (
             f"link {'up' if self.link.connected else 'DOWN'}, "
             f"{counts['requests']} requests, {counts['timeout']} timeouts, "
             f"{sum(v for k, v in counts.items() if k.startswith('exception_'))} exception "
             f"replies, poll p99 "
             + ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
-            + f", {self.frames_stored} frames stored (last seq {self.last_seq})"
+            + f", {self.frames_stored} frames stored (last seq {self.last_seq}), "
+            f"spool {spool['depth']} payloads"
+            + (f" (oldest {oldest_s:.0f} s)" if spool["depth"] else "")
         )
+        if self.publisher is not None:
+            up = self.publisher.counters
+            line += (
+                f", upstream {'up' if self.publisher.connected else 'DOWN'}: "
+                f"{up['acked']} acknowledged, {up['refused']} refused, "
+                f"{up['disconnects'] + up['connect_failures']} connection failures"
+            )
+        return line
 
 
 def _filter(chain: FilterChain, sample: Sample) -> Sample | None:

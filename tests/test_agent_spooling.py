@@ -100,3 +100,16 @@ def test_a_corrupt_spool_is_moved_aside_and_the_agent_says_so_in_an_event(tmp_pa
     assert "moved to spool.db.corrupt-" in event["d"]["detail"]
     assert [p.name.split(".corrupt-")[0] for p in tmp_path.glob("*.corrupt-*")] == ["spool.db"]
     assert any("corrupt" in r.message and r.levelname == "ERROR" for r in caplog.records)
+
+
+def test_the_health_line_tells_the_spool_depth_and_its_oldest_payload(tmp_path):
+    async def main():
+        agent, clock = agent_with(tmp_path, commit_interval_s=1.0)
+        await agent.open_spool()
+        clock.advance(90)
+        line = agent.health_line(await agent.spool.stats())
+        await agent.spool.close()
+        return line
+
+    line = asyncio.run(main())
+    assert line.endswith("frames stored (last seq 2), spool 2 payloads (oldest 90 s)")
