@@ -251,7 +251,9 @@ class Agent:
                 asyncio.create_task(self._log_stats(), name="stats"),
             ]
             stopped = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [stopped, *tasks, *publishing], return_when=asyncio.FIRST_COMPLETED
+            )
             stopped.cancel()
             for task in done:
                 if task is not stopped and task.exception():
