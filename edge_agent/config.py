@@ -13,6 +13,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,53 @@ class ServiceConfig:
     stats_interval_s: float = 60.0
 
 
+#: What the board computes per block of each channel (docs/bridge-protocol.md, FEATURES).
+BRIDGE_FEATURES = ("mean", "rms", "peak")
+
+
+@dataclass(frozen=True)
+class BridgeChannel:
+    """One input of the sensor bridge (docs/bridge-host.md): board channel `index` (0 the
+    spindle power ADC, 1..3 accelerometer x, y, z), calibrated as raw * scale + offset."""
+
+    name: str
+    index: int
+    unit: str = ""
+    scale: float = 1.0
+    offset: float = 0.0
+    raw: bool = False  # every sample, as channel `name`
+    features: tuple[str, ...] = ("rms",)  # per block, as channels `<name>_<feature>`
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """The sensor bridge on a serial port (docs/bridge-host.md has each figure's reason)."""
+
+    port: str = ""
+    # USB CDC ignores the rate; a UART needs about 300 kbaud for 4 raw channels at 2 kHz.
+    baudrate: int = 921_600
+    sample_hz: int = 2000  # 2 kHz: spindle-current ripple and tooth-pass vibration to 1 kHz
+    block_samples: int = 32  # 16 ms blocks at 2 kHz: latency for control, few frames per s
+    # A PONG every 0.5 s gives the clock fit 16 round trips per 8 s window to pick from.
+    ping_interval_s: float = 0.5
+    # A USB CDC command is answered in about a ms; 0.5 s tolerates a busy host.
+    command_timeout_s: float = 0.5
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    channels: tuple[BridgeChannel, ...] = ()
+
+    def streams(self) -> list[tuple[str, BridgeChannel, str, float]]:
+        """The agent channels the bridge feeds, in order: (name, its board channel, "raw" or
+        the feature, period in s)."""
+        block_s = self.block_samples / self.sample_hz
+        out = []
+        for channel in self.channels:
+            if channel.raw:
+                out.append((channel.name, channel, "raw", 1 / self.sample_hz))
+            out += [(f"{channel.name}_{f}", channel, f, block_s) for f in channel.features]
+        return out
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     machine: MachineConfig
@@ -247,6 +295,7 @@ class AgentConfig:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    bridge: BridgeConfig | None = None  # None: no [bridge] section
     source: str = "<memory>"
 
 
@@ -331,6 +380,7 @@ def parse_config(text: str, source: str = "<memory>") -> AgentConfig:
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SECTIONS = (
     "machine",
+    "bridge",
     "controller",
     "tags",
     "poll_groups",
@@ -366,9 +416,11 @@ class _Validator(TomlChecker):
         controller = self.controller(data)
         groups = self.poll_groups(data)
         tags = self.tags(data, groups)
-        telemetry = self.telemetry(data, {t.name for t in tags})
-        channels = self.channels(data, tags, groups)
-        control = self.control(data, {t.name: t for t in tags})
+        bridge = self.bridge(data, {t.name for t in tags})
+        streams = {name: 1 / period for name, _, _, period in bridge.streams()} if bridge else {}
+        telemetry = self.telemetry(data, {t.name for t in tags} | set(streams))
+        channels = self.channels(data, tags, groups, streams)
+        control = self.control(data, {t.name: t for t in tags}, set(streams))
         spool = self.spool(data)
         upstream = self.upstream(data)
         service = self.section(data, "service", ServiceConfig)
@@ -390,8 +442,90 @@ class _Validator(TomlChecker):
             spool=spool,
             upstream=upstream,
             service=service,
+            bridge=bridge,
             source=self.source,
         )
+
+    def bridge(self, data: dict, tag_names: set[str]) -> BridgeConfig | None:
+        if "bridge" not in data:
+            return None
+        path: KeyPath = ("bridge",)
+        raw = self.table(data["bridge"], path, [f.name for f in dataclass_fields(BridgeConfig)])
+        entries, d = raw.get("channels"), BridgeConfig()
+        port = self.value(raw, path, "port", str)
+        if not port:
+            raise self.fail((*path, "port"), "must name the bridge's serial device")
+        # The board's limits (docs/bridge-protocol.md, Behaviour: SET_RATES).
+        cfg = BridgeConfig(
+            port,
+            self.int_in(raw, path, "baudrate", 300, 4_000_000, d.baudrate),
+            self.int_in(raw, path, "sample_hz", 1, 5000, d.sample_hz),
+            self.int_in(raw, path, "block_samples", 8, 496, d.block_samples),
+            *(
+                self.positive(raw, path, key, getattr(d, key))
+                for key in (
+                    "ping_interval_s",
+                    "command_timeout_s",
+                    "reconnect_min_s",
+                    "reconnect_max_s",
+                )
+            ),
+        )
+        if cfg.reconnect_max_s < cfg.reconnect_min_s:
+            raise self.fail((*path, "reconnect_max_s"), "must not be below reconnect_min_s")
+        if not isinstance(entries, list) or not entries:
+            raise self.fail(
+                (*path, "channels"), "needs one or more [[bridge.channels]] (name, index, ...)"
+            )
+        channels, taken, indices = [], {}, {}
+        for i, entry in enumerate(entries):
+            where: KeyPath = (*path, "channels", i)
+            entry = self.table(entry, where, [f.name for f in dataclass_fields(BridgeChannel)])
+            name = self.value(entry, where, "name", str)
+            if not _NAME.match(name):
+                raise self.fail(
+                    (*where, "name"), f"must be lower-case letters, digits and '_', got {name!r}"
+                )
+            index = self.int_in(entry, where, "index", 0, 3)
+            if index in indices:
+                raise self.fail(
+                    (*where, "index"),
+                    f"board channel {index} is already bridge.channels[{indices[index]}]",
+                )
+            indices[index] = i
+            features = self.value(entry, where, "features", list, ["rms"])
+            for k, feature in enumerate(features):
+                if feature not in BRIDGE_FEATURES or features.index(feature) != k:
+                    raise self.fail(
+                        (*where, "features", k),
+                        f"must be distinct ones of {', '.join(BRIDGE_FEATURES)}, got {feature!r}",
+                    )
+            channel = BridgeChannel(
+                name,
+                index,
+                self.value(entry, where, "unit", str, ""),
+                self.value(entry, where, "scale", float, 1.0),
+                self.value(entry, where, "offset", float, 0.0),
+                self.value(entry, where, "raw", bool, False),
+                tuple(features),
+            )
+            if channel.scale == 0:
+                raise self.fail((*where, "scale"), "must not be 0")
+            if not channel.raw and not channel.features:
+                raise self.fail((*where, "features"), "is empty and raw is false: nothing to read")
+            made = [channel.name] if channel.raw else []
+            made += [f"{channel.name}_{f}" for f in channel.features]
+            for stream in made:
+                if stream in tag_names:
+                    raise self.fail((*where, "name"), f"channel {stream!r} is also a tag name")
+                if stream in taken:
+                    raise self.fail(
+                        (*where, "name"),
+                        f"channel {stream!r} is also made by bridge.channels[{taken[stream]}]",
+                    )
+                taken[stream] = i
+            channels.append(channel)
+        return dataclass_replace(cfg, channels=tuple(channels))
 
     def spool(self, data: dict) -> SpoolConfig:
         spool = self.section(data, "spool", SpoolConfig)
@@ -620,7 +754,7 @@ class _Validator(TomlChecker):
                 raise self.fail((*path, "include", i), f"no tag named {name!r}")
         return TelemetryConfig(interval, max_points, tuple(include))
 
-    def control(self, data: dict, tags: dict[str, Tag]) -> ControlConfig:
+    def control(self, data: dict, tags: dict[str, Tag], bridge: set[str]) -> ControlConfig:
         cfg = self.section(data, "control", ControlConfig)
         raw, path = data.get("control", {}), ("control",)
         self.choice(raw, path, "target_mode", ("fixed", "teach_in"), "fixed")
@@ -674,8 +808,9 @@ class _Validator(TomlChecker):
             "override_tag",
         ):
             name = getattr(cfg, key)
-            if name and name not in tags:
-                raise self.fail((*path, key), f"no tag named {name!r}")
+            if name and name not in tags and not (key == "signal" and name in bridge):
+                what = "tag or bridge channel" if key == "signal" else "tag"
+                raise self.fail((*path, key), f"no {what} named {name!r}")
         for i, name in enumerate(cfg.writable):
             tag = tags.get(name)
             if tag is None:
@@ -689,9 +824,12 @@ class _Validator(TomlChecker):
             raise self.fail((*path, "override_tag"), f"{cfg.override_tag!r} is not in writable")
         return cfg
 
-    def channels(self, data: dict, tags, groups) -> dict[str, ChannelConfig]:
-        raw = self.table(data.get("channels", {}), ("channels",), [t.name for t in tags])
-        rates = {t.name: 1.0 / groups[t.poll_group].period_s for t in tags}
+    def channels(
+        self, data: dict, tags, groups, bridge: dict[str, float]
+    ) -> dict[str, ChannelConfig]:
+        """`bridge`: the bridge's channels and their rates (Hz), configured like tags."""
+        rates = {t.name: 1.0 / groups[t.poll_group].period_s for t in tags} | bridge
+        raw = self.table(data.get("channels", {}), ("channels",), list(rates))
         channels = {}
         for name, entry in raw.items():
             path = ("channels", name)
@@ -712,7 +850,7 @@ class _Validator(TomlChecker):
             telemetry = self.choice(
                 entry, path, "telemetry", ("raw", "filtered", "both"), "filtered"
             )
-            wire_keys = self.wire_keys(entry, path, {t.name for t in tags})
+            wire_keys = self.wire_keys(entry, path, set(rates))
             stages, fs = [], rates[name]
             for i, stage in enumerate(self.value(entry, path, "filters", list, [])):
                 spec = self.filter_spec(stage, (*path, "filters", i), fs)

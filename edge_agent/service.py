@@ -31,6 +31,7 @@ from .control.loop import ControlLoop
 from .control.teach import TeachError, TeachStore
 from .filters.chain import FilterChain
 from .samples import Quality, Sample
+from .sources.bridge import BridgeSource
 from .sources.modbus import ModbusPoller
 from .sources.modbus_link import ModbusLink, make_client
 from .tasks import cancel_and_wait
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 
 #: How often the teach file is checked for edits: a stat every few seconds costs nothing.
 TEACH_FILE_CHECK_S = 2.0
+#: How long the start waits for the sensor bridge to identify, so that the birth carries its
+#: firmware version: a board answers in milliseconds; an absent one delays the start this long
+#: (its identity then goes out in a later birth and a `bridge_identified` event).
+BRIDGE_IDENTIFY_WAIT_S = 2.0
 
 
 class Agent:
@@ -58,6 +63,13 @@ class Agent:
         self.boot_id = self.boot.hex()
         self.link = ModbusLink(config.controller, client_factory)
         self.poller = ModbusPoller(config, self.link, self.clock, self._on_samples)
+        self.bridge = (
+            BridgeSource(config.bridge, self.clock, self._on_samples, self._bridge_identified)
+            if config.bridge is not None
+            else None
+        )
+        self._birth_firmware: str | None = None  # the bridge firmware the last birth named
+        self._spool_open = False
         self.latest: dict[str, Sample] = {}
         self.filtered: dict[str, Sample] = {}
         self.chains = {
@@ -194,6 +206,15 @@ class Agent:
         self._tasks_in_flight.add(task)
         task.add_done_callback(self._tasks_in_flight.discard)
 
+    def _bridge_identified(self, identity: dict) -> None:
+        """The bridge answered IDENTIFY (on every connection): an event, and a new birth when
+        the firmware differs from the one the last birth named (or it named none)."""
+        if not self._spool_open:
+            return  # open_spool's birth and event carry it
+        self._background(self.store_event("bridge_identified", identity))
+        if identity["firmware"] != self._birth_firmware:
+            self._background(self.store_birth())
+
     def _on_samples(self, samples: list[Sample]) -> None:
         arrived_ns = self.clock.monotonic_ns()
         for_control = []
@@ -225,7 +246,15 @@ class Agent:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); always flushes and closes."""
         stop = stop or asyncio.Event()
-        await self.open_spool()
+        bridge = []
+        if self.bridge is not None:
+            bridge.append(asyncio.create_task(self.bridge.run(), name="bridge"))
+            await self.bridge.wait_identified(BRIDGE_IDENTIFY_WAIT_S)
+        try:
+            await self.open_spool()
+        except BaseException:
+            await cancel_and_wait(bridge)
+            raise
         publishing = []
         if self.publisher is not None:
             publishing.append(asyncio.create_task(self.publisher.run(), name="publisher"))
@@ -237,7 +266,7 @@ class Agent:
             self.link.where,
             self.poller.requests_per_cycle,
         )
-        tasks = [asyncio.create_task(self.link.maintain(), name="link")]
+        tasks = [asyncio.create_task(self.link.maintain(), name="link"), *bridge]
         try:
             # Give the first connection one reply timeout before polling starts, so a
             # healthy start does not count its first cycles as "link down"; a dead
@@ -272,6 +301,9 @@ class Agent:
         spool = await self.spool.open()
         await self.store_birth()
         await self.store_event("agent_start", {"version": __version__})
+        self._spool_open = True
+        if self.bridge is not None and self.bridge.identity is not None:
+            await self.store_event("bridge_identified", self.bridge.identity)
         if spool.recovered:
             log.error("%s", spool.recovered)
             await self.store_event("spool_corrupt", {"detail": spool.recovered})
@@ -319,8 +351,17 @@ class Agent:
         """The channel table, first in every boot (and, with MQTT, on every connection)."""
         boot, table, t_us = self.boot, self.table, self.clock.stamp_ns() // 1000
         config_hash = hashlib.sha256(repr(self.config).encode()).digest()[:8]
+        identity = self.bridge.identity if self.bridge is not None else None
+        firmware = self._birth_firmware = identity["firmware"] if identity else None
         await self._store(
-            [("birth", lambda seq: wire.birth(boot, seq, t_us, __version__, config_hash, table))]
+            [
+                (
+                    "birth",
+                    lambda seq: wire.birth(
+                        boot, seq, t_us, __version__, config_hash, table, firmware
+                    ),
+                )
+            ]
         )
 
     async def store_event(self, kind: str, detail: dict) -> None:
@@ -381,6 +422,14 @@ class Agent:
             f"spool {spool['depth']} payloads"
             + (f" (oldest {oldest_s:.0f} s)" if spool["depth"] else "")
         )
+        if self.bridge is not None:
+            b = self.bridge.stats()
+            line += (
+                f", bridge {self.bridge.state}: {b.get('raw_samples', 0)} raw samples, "
+                f"{b.get('blocks', 0)} blocks, {b['frames_lost']} frames lost, "
+                f"{b['crc_errors'] + b['malformed'] + b['oversize']} dropped, "
+                f"{b.get('overruns', 0)} overruns, {b['reconnects']} reconnects"
+            )
         if self.publisher is not None:
             up = self.publisher.counters
             line += (

@@ -77,8 +77,9 @@ def test_unknown_key_is_named_with_its_line():
 
 
 def test_unknown_section_is_an_error():
-    assert "bogus: unknown key (allowed: channels, control, controller, machine" in error_of(
-        MINIMAL + "\n[bogus]\nx = 1\n"
+    assert (
+        "bogus: unknown key (allowed: bridge, channels, control, controller, machine"
+        in error_of(MINIMAL + "\n[bogus]\nx = 1\n")
     )
 
 
