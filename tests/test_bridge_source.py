@@ -29,6 +29,7 @@ from firmware_bridge import protocol
 from hil.controller import SimulatedController
 from hil.plant import demo_plant
 from hil.ptypair import PtyPair
+from tests.test_config import MINIMAL
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -248,25 +249,6 @@ def test_alignment_is_not_ready_before_a_round_trip_and_rejects_impossible_ones(
 
 # -- configuration --------------------------------------------------------------------------
 
-MINIMAL = """\
-[machine]
-site = "plant-a"
-machine_id = "mill-01"
-
-[controller]
-host = "10.0.0.5"
-
-[poll_groups.fast]
-period_s = 0.1
-
-[[tags]]
-name = "spindle_load"
-address = 0
-table = "input"
-type = "uint16"
-poll_group = "fast"
-"""
-
 BRIDGE = """
 [bridge]
 port = "/dev/serial/by-id/usb-bridge"
@@ -330,12 +312,12 @@ def test_control_signal_may_name_a_bridge_channel():
     [
         (
             ('name = "spindle_power"', 'name = "spindle_load"'),
-            r"agent.toml:23: bridge.channels\[0\].name: channel 'spindle_load' is also a tag",
+            r"agent.toml:31: bridge.channels\[0\].name: channel 'spindle_load' is also a tag",
         ),
         (("index = 1", "index = 4"), r"bridge.channels\[1\].index: must be an integer in 0..3"),
         (("index = 1", "index = 0"), r"board channel 0 is already bridge.channels\[0\]"),
         (('features = ["mean", "rms"]', 'features = ["max"]'), r"features\[0\]: must be"),
-        (("sample_hz = 1000", "sample_hz = 9000"), r"agent.toml:20: bridge.sample_hz: "),
+        (("sample_hz = 1000", "sample_hz = 9000"), r"agent.toml:28: bridge.sample_hz: "),
         (("sample_hz = 1000", "sampel_hz = 1000"), r"bridge.sampel_hz: unknown key"),
     ],
 )
