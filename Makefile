@@ -38,6 +38,7 @@ soak: test-deps $(INSTALLED)
 
 hil: $(INSTALLED)
 	$(PY) -m hil bench --out reports/hil $(HIL_ARGS)
+	$(PY) -m hil bridge --seconds 60
 
 # The sensor bridge's firmware onto an RP2040 board running MicroPython (README, "Flashing
 # the bridge"): the four files flat in the board's root; main.py starts at the next reset.

@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench.add_argument("scenarios", nargs="*", metavar="NAME|PATH", help="default: all shipped")
     bench.add_argument("--sim", action="store_true", help="simulated time, no Modbus (fast)")
     bench.add_argument("--out", default="reports/hil", help="report folder (default reports/hil)")
+    bridge = sub.add_parser(
+        "bridge", help="the real bridge firmware under MicroPython, fed by the cutting plant"
+    )
+    bridge.add_argument("--seconds", type=float, default=60.0, help="how long (default 60)")
     return parser.parse_args(argv)
 
 
@@ -103,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "bench":
             bench(args)
+        elif args.command == "bridge":
+            from .bridge_bench import run
+
+            logging.getLogger("edge_agent").setLevel(logging.WARNING)
+            print(asyncio.run(run(args.seconds)).line())
         else:
             asyncio.run(serve(args))
     except (ReplayMapError, ScenarioError, RuntimeError, OSError) as exc:

@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from edge_agent.sources.bridge import BridgeSource
+from hil import bridge_bench
 from hil.bridge_emulator import BridgeEmulator
 from tests.test_bridge_protocol import require_tool
 from tests.test_bridge_source import SPINDLE, MonoClock, bridge_config, until
@@ -39,3 +40,15 @@ def test_the_agent_reads_the_real_firmware_at_2_khz_without_a_gap():
     assert {s.value for s in raw} == {1000 * 2.5 - 100.0}  # SPINDLE's calibration of the feed
     stamps = [s.stamp_ns for s in raw]
     assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def test_the_plant_feeds_the_real_firmware_and_the_agent_follows_it():
+    """hil/bridge_bench.py for a few seconds (`make hil` runs it for 60)."""
+    require_tool("micropython")
+    outcome = asyncio.run(bridge_bench.run(3.0))
+    s = outcome.stats
+    assert outcome.raw_hz >= 1800
+    assert s["seq_gaps"] == s["frames_lost"] == s.get("overruns", 0) == 0
+    assert s["crc_errors"] + s["malformed"] + s["oversize"] == 0
+    assert outcome.feature_blocks >= 150  # 62.5 vibration blocks a second
+    assert outcome.within_one_count >= 0.9  # the power read is the power fed, in time
