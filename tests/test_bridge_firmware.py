@@ -384,3 +384,22 @@ def test_the_raw_frame_layout_is_the_codecs():
     samples = [0, 1, -1, 32767, -32768]
     head = struct.pack("<BBHI", 3, 0, len(samples), 4096)
     assert head + struct.pack("<5h", *samples) == p.pack_raw(3, 4096, samples)
+
+
+def test_a_stalled_main_loop_lets_the_watchdog_reset_the_board():
+    """The simulated WDT stands for machine.WDT: a main loop that stops making progress for
+    longer than the timeout (here the process stopped by SIGSTOP) ends the firmware (exit 3,
+    as a board resets) instead of hanging."""
+    require_tool("micropython")
+    emulator = BridgeEmulator(wdt_ms=300)
+    emulator.start()
+    try:
+        process = emulator.process
+        time.sleep(0.6)  # twice the timeout, idle: the loop keeps feeding its watchdog
+        assert process.poll() is None
+        process.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGCONT)
+        assert process.wait(timeout=5) == 3
+    finally:
+        emulator.stop()
