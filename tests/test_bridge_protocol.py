@@ -778,3 +778,46 @@ def test_mpy_cross_compiles_the_protocol_and_micropython_runs_the_bytecode(tmp_p
     lines = _run_micropython(str(tmp_path), tmp_path)
     assert lines[0].endswith("firmware_bridge/protocol.mpy")  # the bytecode, not the source
     assert lines[2:] == _expected_lines()
+
+
+ROUND_TRIP_ON_MICROPYTHON = """
+import sys
+from firmware_bridge import protocol as p
+decoder = p.Decoder()
+for line in sys.stdin.read().split():
+    ftype, seq, ticks, payload = line.split(",")
+    frame = p.encode(int(ftype), int(seq), int(ticks), bytes.fromhex(payload))
+    got = decoder.feed(frame)
+    f = got[0]
+    print(frame.hex(), len(got), f.ftype, f.seq, f.ticks, f.payload.hex())
+"""
+
+FRAME_TUPLES = st.tuples(
+    st.integers(0, 255),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFFFFFF),
+    st.binary(max_size=protocol.MAX_PAYLOAD),
+)
+
+
+@given(st.lists(FRAME_TUPLES, min_size=1, max_size=30))
+def test_frames_round_trip_on_micropython_byte_identical_to_cpython(frames):
+    """The property test run by MicroPython itself: any frames it encodes are CPython's bytes,
+    and its decoder gives each frame back (one interpreter start per example)."""
+    binary = require_tool("micropython")
+    stdin = "\n".join(f"{t},{s},{k},{payload.hex()}" for t, s, k, payload in frames)
+    done = subprocess.run(
+        [binary, "-c", ROUND_TRIP_ON_MICROPYTHON],
+        input=stdin,
+        env={**os.environ, "MICROPYPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")[: len(frames)]
+    for (ftype, seq, ticks, payload), line in zip(frames, lines, strict=True):
+        frame_hex, count, *back = line.split(" ")
+        assert frame_hex == encode(ftype, seq, ticks, payload).hex()
+        assert count == "1"
+        assert back == [str(ftype), str(seq), str(ticks), payload.hex()]
