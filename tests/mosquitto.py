@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tests.tools import missing
 
 HOST = "127.0.0.1"
 INSTALL_HINT = "install it with `sudo apt-get install mosquitto` or `make test-deps`"
@@ -35,10 +35,6 @@ class BrokerError(RuntimeError):
     """The broker could not be prepared, started or stopped; the message says why."""
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def find_mosquitto() -> str | None:
     """The mosquitto binary: on PATH, or Debian's /usr/sbin (not on a normal user's PATH)."""
     found = shutil.which("mosquitto")
@@ -51,10 +47,7 @@ def require_mosquitto() -> str:
     """The mosquitto binary; when it is missing, the calling test fails under CI, else skips."""
     binary = find_mosquitto()
     if binary is None:
-        message = f"mosquitto (the MQTT broker the tests start) is not installed; {INSTALL_HINT}"
-        if _ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing(f"mosquitto (the MQTT broker the tests start) is not installed; {INSTALL_HINT}")
     return binary
 
 

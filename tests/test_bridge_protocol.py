@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from firmware_bridge import protocol
 from firmware_bridge.protocol import Decoder, Frame, ProtocolError, encode
+from tests.tools import missing
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -605,10 +606,6 @@ def test_a_broken_identity_is_refused_in_one_line(payload, complaint):
 # -- the same code under MicroPython ---------------------------------------------------------
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def find_tool(name: str) -> str | None:
     """`name` on PATH or beside this interpreter (a venv's bin, when it is not activated)."""
     return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
@@ -618,10 +615,7 @@ def require_tool(name: str) -> str:
     """The tool's path; when it is missing, the calling test fails under CI, else skips."""
     found = find_tool(name)
     if found is None:
-        message = f"{name} is not installed; {INSTALL_HINTS[name]}"
-        if _ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing(f"{name} is not installed; {INSTALL_HINTS[name]}")
     return found
 
 
