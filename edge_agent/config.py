@@ -471,8 +471,7 @@ class _Validator(TomlChecker):
                 )
             ),
         )
-        if cfg.reconnect_max_s < cfg.reconnect_min_s:
-            raise self.fail((*path, "reconnect_max_s"), "must not be below reconnect_min_s")
+        self.reconnect_bounds(cfg, path)
         if not isinstance(entries, list) or not entries:
             raise self.fail(
                 (*path, "channels"), "needs one or more [[bridge.channels]] (name, index, ...)"
@@ -555,8 +554,7 @@ class _Validator(TomlChecker):
         self.int_in(raw, path, "window", 1, 1000, cfg.window)
         for key in ("reconnect_min_s", "reconnect_max_s", "drain_on_stop_s"):
             self.positive(raw, path, key, getattr(cfg, key))
-        if cfg.reconnect_max_s < cfg.reconnect_min_s:
-            raise self.fail((*path, "reconnect_max_s"), "must not be less than reconnect_min_s")
+        self.reconnect_bounds(cfg, path)
         # Topic levels: no separators or wildcards (MQTT would route them elsewhere).
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*", cfg.topic_prefix):
             raise self.fail(
@@ -579,6 +577,11 @@ class _Validator(TomlChecker):
         for key in ("password_file", "key_file"):
             if getattr(cfg, key):
                 self.private_file((*path, key), getattr(cfg, key))
+
+    def reconnect_bounds(self, cfg: Any, path: KeyPath) -> None:
+        """A reconnect backoff's cap may not be under its start."""
+        if cfg.reconnect_max_s < cfg.reconnect_min_s:
+            raise self.fail((*path, "reconnect_max_s"), "must not be less than reconnect_min_s")
 
     def private_file(self, path: tuple[str, ...], name: str) -> None:
         """A secret (password, private key) must exist and not be readable by others."""
@@ -618,8 +621,7 @@ class _Validator(TomlChecker):
         self.int_in(raw, path, "baudrate", 300, 4_000_000, 19200)
         for key in ("timeout_s", "reconnect_min_s", "reconnect_max_s"):
             self.positive(raw, path, key, 1.0)
-        if cfg.reconnect_max_s < cfg.reconnect_min_s:
-            raise self.fail((*path, "reconnect_max_s"), "must not be below reconnect_min_s")
+        self.reconnect_bounds(cfg, path)
         self.int_in(raw, path, "max_gap_registers", 0, MAX_REGISTERS_PER_READ, 0)
         self.int_in(raw, path, "max_gap_bits", 0, MAX_BITS_PER_READ, 0)
         # A float64 takes 4 registers and must fit in one read.

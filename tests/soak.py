@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from edge_agent.telemetry.spool import Spool
 from tests.mosquitto import Broker, _free_ports, require_mosquitto
 
 MACHINE = "demo-shop/sim-mill-01"
@@ -95,15 +96,12 @@ def _wait_for_line(log: Path, text: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _last_seq(spool: Path) -> int:
-    db = sqlite3.connect(f"file:{spool}?mode=ro", uri=True)
+def _last_seq(path: Path) -> int:
+    spool = Spool(path, readonly=True)
     try:
-        return db.execute(
-            "SELECT MAX((SELECT next_seq FROM counter), "
-            "COALESCE((SELECT MAX(seq) FROM frames), 0) + 1) - 1"
-        ).fetchone()[0]
+        return spool.last_seq()
     finally:
-        db.close()
+        spool.close()
 
 
 def _collected(db_path: Path) -> tuple[list[int], int, int]:
