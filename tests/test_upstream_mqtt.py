@@ -17,6 +17,7 @@ from tests.upstream_helpers import (
     data,
     mqtt_config,
     start_bench,
+    watched_bench,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -28,9 +29,7 @@ def seqs(subscriber, kind="data"):
 
 def test_payloads_arrive_in_order_and_leave_the_spool_once_acknowledged(broker, tmp_path):
     async def main():
-        subscriber = Subscriber(broker.host, broker.port)
-        bench = await start_bench(tmp_path / "s.db", mqtt_config(broker))
-        try:
+        async with watched_bench(broker, tmp_path, mqtt_config(broker)) as (bench, subscriber):
             await bench.store([("birth", birth(1))] + [("data", data(s)) for s in range(2, 202)])
             await subscriber.wait_for(lambda s: len(seqs(s)) == 200)
             assert seqs(subscriber) == list(range(2, 202))
@@ -41,9 +40,6 @@ def test_payloads_arrive_in_order_and_leave_the_spool_once_acknowledged(broker, 
             topic, payload, retained = late.messages[0]
             assert retained and wire.decode(payload)["b"] == BOOT  # the table, for latecomers
             late.close()
-        finally:
-            await bench.close()
-            subscriber.close()
 
     asyncio.run(main())
 
@@ -86,7 +82,7 @@ def test_a_broker_restart_mid_stream_loses_nothing(broker, tmp_path):
                     subscriber.close()
                 if s == 200:
                     broker.start()
-                    subscriber = Subscriber(broker.host, broker.port)
+                    subscriber = Subscriber(broker.host, broker.port)  # a new one: closed below
             assert await bench.publisher.drain(15)
             await subscriber.wait_for(lambda sub: 301 in seqs(sub))
             before = set(range(2, 101))  # whatever the first subscriber saw is not re-checked
@@ -102,29 +98,22 @@ def test_a_broker_restart_mid_stream_loses_nothing(broker, tmp_path):
 
 def test_tls_connects_with_a_verified_broker_certificate(broker, tmp_path, pki):
     async def main():
-        subscriber = Subscriber(broker.host, broker.port)
         cfg = dataclasses.replace(
             mqtt_config(broker), port=broker.tls_port, tls=True, ca_file=str(pki.ca_cert)
         )
-        bench = await start_bench(tmp_path / "s.db", cfg)
-        try:
+        async with watched_bench(broker, tmp_path, cfg) as (bench, subscriber):
             await bench.store([("birth", birth(1)), ("data", data(2))])
             await subscriber.wait_for(lambda s: seqs(s) == [2])
-        finally:
-            await bench.close()
-            subscriber.close()
 
     asyncio.run(main())
 
 
 def test_tls_refuses_a_broker_whose_certificate_does_not_verify(broker, tmp_path, pki):
     async def main():
-        subscriber = Subscriber(broker.host, broker.port)
         cfg = dataclasses.replace(
             mqtt_config(broker), port=broker.tls_port, tls=True, ca_file=str(pki.other_ca_cert)
         )
-        bench = await start_bench(tmp_path / "s.db", cfg)
-        try:
+        async with watched_bench(broker, tmp_path, cfg) as (bench, subscriber):
             await bench.store([("birth", birth(1)), ("data", data(2))])
             await asyncio.sleep(0.5)
             error = bench.publisher.last_error
@@ -132,9 +121,6 @@ def test_tls_refuses_a_broker_whose_certificate_does_not_verify(broker, tmp_path
             assert bench.publisher.counters["connects"] == 0
             assert seqs(subscriber) == []
             assert (await bench.spool.stats())["depth"] == 2  # kept for a broker that verifies
-        finally:
-            await bench.close()
-            subscriber.close()
 
     asyncio.run(main())
 
@@ -162,31 +148,23 @@ def test_username_and_password_from_a_file(make_broker, tmp_path):
 
 def test_mqtt_3_1_1_works_too(broker, tmp_path):
     async def main():
-        subscriber = Subscriber(broker.host, broker.port)
-        bench = await start_bench(tmp_path / "s.db", mqtt_config(broker, protocol="3.1.1"))
-        try:
+        async with watched_bench(
+            broker, tmp_path / "s.db", mqtt_config(broker, protocol="3.1.1")
+        ) as (bench, subscriber):
             await bench.store([("birth", birth(1)), ("data", data(2))])
             await subscriber.wait_for(lambda s: seqs(s) == [2])
-        finally:
-            await bench.close()
-            subscriber.close()
 
     asyncio.run(main())
 
 
 def test_the_death_is_the_last_will_when_the_connection_dies(broker, tmp_path):
     async def main():
-        subscriber = Subscriber(broker.host, broker.port)
-        bench = await start_bench(tmp_path / "s.db", mqtt_config(broker))
-        try:
+        async with watched_bench(broker, tmp_path, mqtt_config(broker)) as (bench, subscriber):
             await bench.store([("birth", birth(1))])
             assert await bench.publisher.drain(5)
             # The network dies under the agent: no DISCONNECT reaches the broker.
             bench.links[-1]._client.socket().shutdown(socket.SHUT_RDWR)
             await subscriber.wait_for(lambda s: s.decoded("death"))
             assert subscriber.decoded("death") == [{"v": 1, "k": "death", "b": BOOT, "bs": 1}]
-        finally:
-            await bench.close()
-            subscriber.close()
 
     asyncio.run(main())

@@ -4,6 +4,7 @@ fake link for the publisher's logic, and an agent-less publisher over a spool.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -111,6 +112,19 @@ async def start_bench(path, cfg: UpstreamConfig, window: int = 16) -> Bench:
     publisher = Publisher(spool, make_link, TOPICS, BOOT, window, backoff)
     task = asyncio.create_task(publisher.run())
     return Bench(spool, publisher, task, links)
+
+
+@contextlib.asynccontextmanager
+async def watched_bench(broker, tmp_path, cfg: UpstreamConfig, window: int = 16):
+    """A bench (its spool in `tmp_path`) publishing to `broker` and a subscriber watching what
+    arrives; both closed after."""
+    subscriber = Subscriber(broker.host, broker.port)
+    bench = await start_bench(tmp_path / "s.db", cfg, window)
+    try:
+        yield bench, subscriber
+    finally:
+        await bench.close()
+        subscriber.close()
 
 
 class FakeLink:
