@@ -204,6 +204,12 @@ class ModbusLink:
         if reply.isError():
             return int(reply.exception_code)
         if request.table.is_bits:
+            # A reply carries its bits in whole bytes, so more than asked is normal; fewer is
+            # a reply to another request (a late one matched after a timeout).
+            if len(reply.bits) < request.count:
+                raise LinkError(
+                    "bad_reply", f"reply holds {len(reply.bits)} bits, asked for {request.count}"
+                )
             return [1 if bit else 0 for bit in reply.bits[: request.count]]
         if len(reply.registers) != request.count:
             raise LinkError(
