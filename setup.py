@@ -88,6 +88,7 @@ setup(
         "msgpack>=1.0,<2",
         "pyserial>=3.5,<4",
         "paho-mqtt>=2.1,<3",
+        "prometheus-client>=0.20,<1",  # the metrics endpoint ([metrics], docs/service.md)
     ],
     extras_require={
         # scipy and numpy are test and benchmark oracles only: the agent never imports them.

@@ -1,4 +1,4 @@
-"""The `edge-agent` command: run | check-config | decode | demo | teach | collect.
+"""The `edge-agent` command: run | check-config | status | decode | demo | teach | collect.
 
 Errors a person can fix (a bad config, a missing file) end as one line on stderr and
 exit status 2; nothing here prints a traceback for them.
@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 
-from . import __version__
+from . import __version__, logs
 from .collector.store import StoreError
 from .config import ConfigError, load_config
 from .control.teach import TeachError, TeachStore, to_json
@@ -61,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         "--telemetry-file",
         help="where the telemetry goes (default: demo-telemetry.msgpack beside the spool)",
     )
+    status = commands.add_parser(
+        "status", help="a running agent's state (from its metrics endpoint) and its spool"
+    )
+    status.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"the agent's configuration ({DEFAULT_CONFIG})"
+    )
     _add_teach(commands)
     _add_collect(commands)
     args = parser.parse_args(argv)
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "check-config": _check,
             "decode": _decode,
             "demo": _demo,
+            "status": _status,
             "teach": _teach,
             "collect": _collect,
         }[args.command](args)
@@ -123,20 +129,25 @@ def _is_sqlite(path: str) -> bool:
 
 
 def _run(args) -> int:
-    from .service import Agent
+    from .daemon import AgentService
 
     config = load_config(args.config)
-    _setup_logging(config.service.log_level)
+    service = config.service
+    limit = logs.setup(service.log_level, service.log_repeat_burst, service.log_repeat_window_s)
 
     async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await Agent(config).run(stop)
+        await AgentService(args.config, config, log_limit=limit).run()
 
     asyncio.run(serve())
     return 0
+
+
+def _status(args) -> int:
+    from .status import report
+
+    lines, status = report(load_config(args.config))
+    print("\n".join(lines))
+    return status
 
 
 def _demo(args) -> int:
@@ -293,9 +304,7 @@ def _collect_run(path: str) -> int:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    # pymodbus logs every timeout at ERROR; the agent counts them and logs once per change.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    logs.setup(level)
 
 
 if __name__ == "__main__":

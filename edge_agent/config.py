@@ -168,6 +168,9 @@ class ControlConfig:
     tools: tuple[int, ...] = ()  # tools under control; empty: every tool
     programs: tuple[int, ...] = ()  # programs under control; empty: every program
     period_s: float = 0.01  # 100 Hz
+    # 1..99: run the loop's thread under SCHED_FIFO at this priority (docs/service.md says
+    # what the unit must allow); 0: normal scheduling.
+    realtime_priority: int = 0
     stale_s: float = 0.3  # the signal or the run state older than this is a fault
     frozen_s: float = 0.5  # a load reading that has not moved this long is a stuck sensor; 0: off
     # The target: a fixed load, or a fraction of the peak a teach-in cut learned per tool.
@@ -234,6 +237,13 @@ class ServiceConfig:
     log_level: str = "info"
     # How often the agent logs a one-line health summary.
     stats_interval_s: float = 60.0
+    # The Prometheus endpoint, "host:port"; "" turns it off. Loopback only by default: the
+    # figures say what the machine is doing, which is the plant's business.
+    metrics_listen: str = "127.0.0.1:9846"
+    # A message that repeats (same logger and text) is logged this many times per window,
+    # then counted: a dead controller must not fill the SD card with one line.
+    log_repeat_burst: int = 5
+    log_repeat_window_s: float = 60.0
 
 
 #: What the board computes per block of each channel (docs/bridge-protocol.md, FEATURES).
@@ -430,7 +440,14 @@ class _Validator(TomlChecker):
             "log_level",
             ("debug", "info", "warning", "error"),
         )
-        self.positive({"s": service.stats_interval_s}, ("service",), "s")
+        raw_service = data.get("service", {})
+        self.positive(raw_service, ("service",), "stats_interval_s", service.stats_interval_s)
+        self.int_in(
+            raw_service, ("service",), "log_repeat_burst", 1, 1000, service.log_repeat_burst
+        )
+        self.positive(raw_service, ("service",), "log_repeat_window_s", service.log_repeat_window_s)
+        if service.metrics_listen:
+            self.listen_address(("service", "metrics_listen"), service.metrics_listen)
         return AgentConfig(
             machine=machine,
             controller=controller,
@@ -577,6 +594,12 @@ class _Validator(TomlChecker):
         for key in ("password_file", "key_file"):
             if getattr(cfg, key):
                 self.private_file((*path, key), getattr(cfg, key))
+
+    def listen_address(self, path: KeyPath, text: str) -> None:
+        """ "host:port" (an IPv6 host in brackets): where a local server listens."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise self.fail(path, f'must be "host:port" (e.g. "127.0.0.1:9846"), got {text!r}')
 
     def reconnect_bounds(self, cfg: Any, path: KeyPath) -> None:
         """A reconnect backoff's cap may not be under its start."""
@@ -760,6 +783,7 @@ class _Validator(TomlChecker):
         cfg = self.section(data, "control", ControlConfig)
         raw, path = data.get("control", {}), ("control",)
         self.choice(raw, path, "target_mode", ("fixed", "teach_in"), "fixed")
+        self.int_in(raw, path, "realtime_priority", 0, 99, 0)
         for key in (
             "period_s",
             "stale_s",

@@ -109,6 +109,10 @@ class Agent:
         self._control_inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._control_tags: frozenset[str] = frozenset()
         self._teach = TeachStore(config.control.teach_file)
+        self.up = asyncio.Event()
+        self.polling = False
+        # Why run() ended, for the agent_stop event: "stop", or "reload" (a new config).
+        self.stop_reason = "stop"
 
     def _publisher(self, config: AgentConfig) -> Publisher | None:
         """The publisher for `[upstream]`, or None (kind "none": payloads wait in the spool).
@@ -244,7 +248,9 @@ class Agent:
                 self.control.notify()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Run until `stop` is set (or the task is cancelled); always flushes and closes."""
+        """Run until `stop` is set (or the task is cancelled); always stops in the order
+        docs/service.md gives: the feed made safe, the open batch spooled, the death
+        published, the controller link closed."""
         stop = stop or asyncio.Event()
         bridge = []
         if self.bridge is not None:
@@ -266,7 +272,8 @@ class Agent:
             self.link.where,
             self.poller.requests_per_cycle,
         )
-        tasks = [asyncio.create_task(self.link.maintain(), name="link"), *bridge]
+        link = asyncio.create_task(self.link.maintain(), name="link")
+        tasks, announce = [*bridge], []
         try:
             # Give the first connection one reply timeout before polling starts, so a
             # healthy start does not count its first cycles as "link down"; a dead
@@ -279,21 +286,40 @@ class Agent:
                 asyncio.create_task(self._flush_periodically(), name="frames"),
                 asyncio.create_task(self._log_stats(), name="stats"),
             ]
+            announce.append(asyncio.create_task(self._announce_up(), name="up"))
+            self.polling = True
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait(
-                [stopped, *tasks, *publishing], return_when=asyncio.FIRST_COMPLETED
+                [stopped, link, *tasks, *publishing], return_when=asyncio.FIRST_COMPLETED
             )
             stopped.cancel()
             for task in done:
                 if task is not stopped and task.exception():
                     raise task.exception()
         finally:
+            self.polling = False
             await self._stop_control()
-            await cancel_and_wait(tasks)
+            await cancel_and_wait([*tasks, *announce])
             await self.flush()
-            await self.store_event("agent_stop", {})  # commits every frame still waiting
+            # Commits every frame still waiting.
+            await self.store_event("agent_stop", {"reason": self.stop_reason})
             await self._stop_publishing(publishing)
+            await cancel_and_wait([link])
             await self.spool.close()
+
+    async def _announce_up(self) -> None:
+        """`up` is set once the spool, the control loop (when enabled) and the controller
+        link are all up: what systemd's READY=1 means (docs/service.md)."""
+        await self.link.wait_connected()
+        self.up.set()
+
+    def progress(self) -> dict[str, int | None]:
+        """Counters that advance while the agent works; None for a part not running (yet).
+        The watchdog pings systemd only while each running part's counter moves."""
+        return {
+            "control loop": self.control.ticks if self.control and self.control.running else None,
+            "poller": self.poller.counters["requests"] if self.polling else None,
+        }
 
     async def open_spool(self) -> None:
         """Open the spool (moving a corrupt one aside), then the boot's birth and start event
@@ -309,10 +335,11 @@ class Agent:
             await self.store_event("spool_corrupt", {"detail": spool.recovered})
 
     async def _stop_publishing(self, tasks: list[asyncio.Task]) -> None:
-        """Give the upstream a bounded time for what is spooled, then the death message."""
+        """Give the upstream a bounded time for what is spooled, then the death message. A
+        reload does not wait: the next configuration's publisher sends what is left."""
         if self.publisher is not None:
             drain_s = self.config.upstream.drain_on_stop_s
-            if not await self.publisher.drain(drain_s):
+            if self.stop_reason != "reload" and not await self.publisher.drain(drain_s):
                 log.info("upstream: stopping with payloads still spooled (sent on next start)")
             await self.publisher.send_death(min(1.0, drain_s))
         await cancel_and_wait(tasks)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import signal
 import sqlite3
 import subprocess
@@ -19,11 +18,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from edge_agent.telemetry.spool import Spool
 from tests.mosquitto import Broker, _free_ports, require_mosquitto
+from tests.service_helpers import demo_toml
 
 MACHINE = "demo-shop/sim-mill-01"
 
@@ -46,24 +45,8 @@ class Outcome:
 
 
 def agent_config(controller_port: int, broker: Broker, spool: Path) -> str:
-    """The demo's configuration, pointed at this run's controller, spool and broker, with
-    short frames (more payloads per second) and control off (nothing here tests it)."""
-    text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
-    replacements = [
-        (r"\nport = 5020\n", f"\nport = {controller_port}\n"),
-        (r"\[control\]\nenabled = true", "[control]\nenabled = false"),
-        (r"frame_interval_s = 1.0", "frame_interval_s = 0.1"),
-        (r'\[spool\]\npath = "demo-spool.db"', f'[spool]\npath = "{spool}"'),
-        (
-            r'\[upstream\]\nkind = "file"\nfile_path = "demo-telemetry.msgpack"',
-            f'[upstream]\nkind = "mqtt"\nhost = "{broker.host}"\nport = {broker.port}\n'
-            "reconnect_min_s = 0.1\nreconnect_max_s = 0.5\ndrain_on_stop_s = 10.0",
-        ),
-    ]
-    for pattern, replacement in replacements:
-        text, n = re.subn(pattern, replacement, text)
-        assert n == 1, f"demo.toml changed: {pattern!r} not found"
-    return text
+    """Short frames (more payloads per second) and control off (nothing here tests it)."""
+    return demo_toml(controller_port, spool, broker=broker, control=False, frame_interval_s=0.1)
 
 
 def collector_config(broker: Broker, db: Path) -> str:

@@ -263,3 +263,24 @@ def test_demo_config_mirrors_the_simulated_controller_map():
 )
 def test_wire_settings_of_a_channel_are_checked(section, message):
     assert message in error_of(MINIMAL + f"\n[channels.spindle_load]\n{section}\n")
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('[service]\nmetrics_listen = "9846"', 'service.metrics_listen: must be "host:port"'),
+        ('[service]\nmetrics_listen = "127.0.0.1:70000"', "service.metrics_listen: must be"),
+        ("[service]\nlog_repeat_burst = 0", "service.log_repeat_burst: must be an integer in"),
+        ("[service]\nlog_repeat_window_s = 0", "service.log_repeat_window_s: must be greater"),
+        ("[control]\nrealtime_priority = 100", "control.realtime_priority: must be an integer"),
+    ],
+)
+def test_service_settings_are_checked(section, expected):
+    assert expected in error_of(MINIMAL + "\n" + section + "\n")
+
+
+def test_service_settings_default_to_loopback_metrics_and_normal_scheduling():
+    config = parse_config(MINIMAL + '\n[service]\nmetrics_listen = "[::1]:9100"\n')
+    assert config.service.metrics_listen == "[::1]:9100"
+    assert parse_config(MINIMAL).service.metrics_listen == "127.0.0.1:9846"
+    assert parse_config(MINIMAL).control.realtime_priority == 0

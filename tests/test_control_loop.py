@@ -312,3 +312,21 @@ def test_notify_wakes_the_real_wait():
     loop.sleep = loop._wake.wait
     loop.notify()
     assert loop.sleep(10.0) is True  # returns at once: woken
+
+
+def test_realtime_priority_asks_for_sched_fifo_and_survives_a_refusal(monkeypatch, caplog):
+    from edge_agent.control import loop as control_loop
+
+    asked = []
+
+    def refuse(pid, policy, param):
+        asked.append((pid, policy, param.sched_priority))
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(control_loop.os, "sched_setscheduler", refuse)
+    control_loop._realtime(0)
+    assert asked == []  # 0: normal scheduling, nothing asked
+    with caplog.at_level("WARNING"):
+        control_loop._realtime(40)
+    assert asked == [(0, control_loop.os.SCHED_FIFO, 40)]  # pid 0: the calling thread
+    assert "SCHED_FIFO priority 40 refused (Operation not permitted)" in caplog.text

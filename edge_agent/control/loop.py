@@ -12,6 +12,7 @@ newest control sample's arrival to the write that answered it).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -100,7 +101,12 @@ class ControlLoop:
             self.on_events(command.events)
         self.ticks += 1
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._stop.is_set()
+
     def _run(self) -> None:
+        _realtime(self.controller.cfg.realtime_priority)
         deadline = self.clock_ns()
         while not self._stop.is_set():
             now = self.clock_ns()
@@ -134,3 +140,20 @@ class ControlLoop:
         current = self.actuator.value.get(cfg.override_tag)
         if current is not None:
             self.actuator.set(cfg.override_tag, min(current, cfg.safe_override_pct), now_ns)
+
+
+def _realtime(priority: int) -> None:
+    """SCHED_FIFO for this thread (pid 0 is the calling thread), when configured. Refused
+    (no RLIMIT_RTPRIO, RestrictRealtime=yes): logged, and the loop runs normally scheduled."""
+    if priority <= 0:
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        log.info("control loop: real-time scheduling, SCHED_FIFO priority %d", priority)
+    except OSError as exc:
+        log.warning(
+            "control loop: SCHED_FIFO priority %d refused (%s); running normally scheduled "
+            "(docs/service.md, real-time scheduling)",
+            priority,
+            exc.strerror,
+        )

@@ -101,11 +101,11 @@ class Spool:
         self.counters: Counter[str] = Counter()
         if readonly:
             self._db = self._open_readonly()
-            return
-        try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as exc:
-            self._db = self._start_afresh(str(exc))
+        else:
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as exc:
+                self._db = self._start_afresh(str(exc))
         self._bytes = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM frames"
         ).fetchone()[0]

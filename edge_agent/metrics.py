@@ -1,0 +1,267 @@
+"""The Prometheus endpoint (`[service] metrics_listen`, loopback by default): the agent's own
+counters and windows read at scrape time, so that nothing in the poll or control paths pays
+for metrics nobody scrapes. Served by prometheus_client's small HTTP server in its own thread;
+the spool's figures are asked of the spool's thread through the event loop, with a bound.
+
+Names and meanings are listed in docs/service.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .daemon import AgentService
+
+log = logging.getLogger(__name__)
+
+PREFIX = "edge_agent"
+#: Quantiles of the latency windows, as a summary's `quantile` label.
+QUANTILES = (0.5, 0.99, 1.0)
+#: How long a scrape waits for the spool's thread before it leaves the spool figures out.
+SPOOL_WAIT_S = 2.0
+
+
+class AgentCollector:
+    """What one scrape reports about the service's current agent."""
+
+    def __init__(self, service: AgentService, loop: asyncio.AbstractEventLoop):
+        self.service = service
+        self.loop = loop
+
+    def collect(self) -> Iterator[Metric]:
+        service, agent = self.service, self.service.agent
+        reloads = _counter("reloads", "SIGHUP reloads by outcome", ["outcome"])
+        for outcome, count in service.reloads.items():
+            reloads.add_metric([outcome], count)
+        yield reloads
+        if service.log_limit is not None:
+            yield _counter(
+                "log_messages_suppressed",
+                "repeated log messages counted instead of written",
+                value=service.log_limit.suppressed,
+            )
+        if agent is None:
+            return
+        machine = agent.config.machine
+        info = InfoMetricFamily(f"{PREFIX}", "the agent's version, machine and boot")
+        info.add_metric(
+            [],
+            {
+                "version": __version__,
+                "site": machine.site,
+                "machine": machine.machine_id,
+                "boot": agent.boot_id,
+            },
+        )
+        yield info
+        yield _gauge(
+            "ready", "1 once controller link, spool and control loop are up", agent.up.is_set()
+        )
+        yield from self._controller(agent)
+        yield from self._control(agent)
+        yield from self._telemetry(agent)
+        yield from self._bridge(agent)
+        yield from self._upstream(agent)
+
+    def _controller(self, agent) -> Iterator[Metric]:
+        link, poller = agent.link, agent.poller
+        yield _gauge("controller_connected", "1 while the Modbus link is up", link.connected)
+        yield _counter("controller_connects", "Modbus connections made", value=link.connects)
+        yield _counter("controller_disconnects", "Modbus links lost", value=link.disconnects)
+        requests = _counter("poll_requests", "Modbus read requests by outcome", ["outcome"])
+        counts = dict(poller.counters)
+        failed = 0
+        for kind, count in counts.items():
+            if kind in ("timeout", "down", "bad_reply") or kind.startswith("exception_"):
+                requests.add_metric([kind], count)
+                failed += count
+        requests.add_metric(["ok"], counts.get("requests", 0) - failed)
+        yield requests
+        yield _counter(
+            "poll_samples", "samples emitted by the poller", value=counts.get("samples", 0)
+        )
+        yield _counter("poll_stale", "values marked stale", value=counts.get("stale", 0))
+        cycles = _counter("poll_cycles", "poll cycles by group", ["group"])
+        overruns = _counter("poll_overruns", "poll cycles skipped (late) by group", ["group"])
+        latency = GaugeMetricFamily(
+            f"{PREFIX}_poll_latency_seconds",
+            "one poll cycle's duration over the last 4096 cycles, by group and quantile",
+            labels=["group", "quantile"],
+        )
+        for name, stats in poller.group_stats.items():
+            cycles.add_metric([name], stats.cycles)
+            overruns.add_metric([name], stats.overruns)
+            for q in QUANTILES:
+                latency.add_metric([name, str(q)], stats.latency.percentile(q * 100))
+        yield from (cycles, overruns, latency)
+        writes = _counter("controller_writes", "register writes by outcome", ["outcome"])
+        for outcome, count in dict(link.write_counters).items():
+            writes.add_metric([outcome], count)
+        yield writes
+
+    def _control(self, agent) -> Iterator[Metric]:
+        control = agent.control
+        if control is None:
+            return
+        cfg = agent.config.control
+        yield _gauge("control_period_seconds", "the control loop's configured period", cfg.period_s)
+        yield _counter("control_ticks", "control loop ticks", value=control.ticks)
+        yield _counter("control_overruns", "control deadlines missed", value=control.overruns)
+        for name, window, text in (
+            (
+                "control_lateness_seconds",
+                control.lateness,
+                "tick start after its deadline (jitter)",
+            ),
+            (
+                "control_latency_seconds",
+                control.latency,
+                "load sample arrival to the write answering it",
+            ),
+        ):
+            family = GaugeMetricFamily(
+                f"{PREFIX}_{name}", text + ", last 4096, by quantile", labels=["quantile"]
+            )
+            for q in QUANTILES:
+                family.add_metric([str(q)], window.percentile(q * 100))
+            yield family
+        override = control.actuator.value.get(cfg.override_tag)
+        if override is not None:
+            yield _gauge("control_override_percent", "the feed override last written", override)
+        state = GaugeMetricFamily(
+            f"{PREFIX}_control_state", "1 for the controller's current state", labels=["state"]
+        )
+        state.add_metric([control.controller.state.value], 1)
+        yield state
+        events = _counter("control_events", "control events by kind", ["kind"])
+        for kind, count in dict(agent.control_events).items():
+            events.add_metric([kind], count)
+        yield events
+        actuator = _counter(
+            "actuator_events", "the actuator's writes, checks and refusals", ["kind"]
+        )
+        for kind, count in dict(control.actuator.counters).items():
+            actuator.add_metric([kind], count)
+        yield actuator
+
+    def _telemetry(self, agent) -> Iterator[Metric]:
+        yield _counter(
+            "payloads_stored", "payloads written to the spool", value=agent.frames_stored
+        )
+        yield _counter(
+            "payload_bytes_stored", "payload bytes written to the spool", value=agent.bytes_stored
+        )
+        yield _counter(
+            "points_stored", "samples packed into data frames", value=agent.points_stored
+        )
+        yield _gauge("last_seq", "the newest sequence number", agent.last_seq)
+        spool = self._spool_stats(agent)
+        if spool is None:
+            return
+        stats, counters = spool
+        yield _gauge("spool_payloads", "payloads waiting for acknowledgement", stats["depth"])
+        yield _gauge("spool_bytes", "bytes of payloads waiting", stats["bytes"])
+        age = 0.0
+        if stats["depth"]:
+            age = (agent.clock.stamp_ns() - stats["oldest_stored_ns"]) / 1e9
+        yield _gauge("spool_oldest_age_seconds", "age of the oldest payload waiting", age)
+        dropped = _counter(
+            "spool_dropped", "payloads dropped by the disk budget, by reason", ["reason"]
+        )
+        for kind, count in counters.items():
+            if kind.startswith("dropped_"):
+                dropped.add_metric([kind.removeprefix("dropped_")], count)
+        yield dropped
+
+    def _spool_stats(self, agent):
+        """The spool's figures from its own thread; None while it is closed (a reload) or
+        busy beyond the bound."""
+        try:
+            future = asyncio.run_coroutine_threadsafe(agent.spool.stats(), self.loop)
+            stats = future.result(SPOOL_WAIT_S)
+        except Exception:  # closed, busy past the bound, or the loop is gone: left out
+            return None
+        spool = agent.spool.spool
+        return stats, dict(spool.counters) if spool is not None else {}
+
+    def _bridge(self, agent) -> Iterator[Metric]:
+        if agent.bridge is None:
+            return
+        yield _gauge(
+            "bridge_streaming",
+            "1 while the sensor bridge streams",
+            agent.bridge.state == "streaming",
+        )
+        events = _counter(
+            "bridge_events", "the sensor bridge's counts (CRC errors, frames lost, ...)", ["kind"]
+        )
+        for kind, count in agent.bridge.stats().items():
+            events.add_metric([kind], count)
+        yield events
+
+    def _upstream(self, agent) -> Iterator[Metric]:
+        publisher = agent.publisher
+        if publisher is None:
+            return
+        yield _gauge("upstream_connected", "1 while the upstream link is up", publisher.connected)
+        events = _counter(
+            "upstream_events", "publishes, acknowledgements, refusals, reconnects", ["kind"]
+        )
+        for kind, count in dict(publisher.counters).items():
+            events.add_metric([kind], count)
+        yield events
+
+
+def _counter(name: str, text: str, labels: list[str] | None = None, value: float | None = None):
+    family = CounterMetricFamily(f"{PREFIX}_{name}", text, labels=labels)
+    if value is not None:
+        family.add_metric([], value)
+    return family
+
+
+def _gauge(name: str, text: str, value: float | bool) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", text, value=float(value))
+
+
+class MetricsServer:
+    """The HTTP endpoint; `listen` (again, after a reload) moves it to a new address."""
+
+    def __init__(self, service: AgentService):
+        self.service = service
+        self.address = ""
+        self._server = None
+
+    def listen(self, address: str) -> None:
+        if address == self.address:
+            return
+        self.close()
+        if not address:
+            return
+        host, _, port = address.rpartition(":")
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # CPU seconds, resident memory, open files
+        registry.register(AgentCollector(self.service, asyncio.get_running_loop()))
+        try:
+            self._server, _ = start_http_server(int(port), host.strip("[]"), registry)
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s: %s; running without", address, exc.strerror)
+            return
+        self.address = address
+        log.info("metrics on http://%s/metrics", address)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self.address = ""

@@ -1,0 +1,152 @@
+"""`edge-agent status`: a person's summary of a running agent, read from its metrics endpoint
+(the same figures Prometheus scrapes), and of its spool, read from the file (so that a
+stopped agent still says what waits to be sent)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .config import AgentConfig
+from .telemetry.spool import Spool, SpoolError
+
+#: Exit statuses, as `systemctl status` uses them (LSB): running, not running.
+RUNNING, NOT_RUNNING = 0, 3
+
+
+class Scrape:
+    """One scrape's samples by name, looked up by labels."""
+
+    def __init__(self, text: str):
+        self._samples: dict[str, list[tuple[dict, float]]] = defaultdict(list)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                self._samples[sample.name].append((sample.labels, sample.value))
+
+    def get(self, name: str, default: float | None = None, **labels: str) -> float | None:
+        for sample_labels, value in self._samples.get(name, []):
+            if all(sample_labels.get(k) == v for k, v in labels.items()):
+                return value
+        return default
+
+    def total(self, name: str, exclude: Iterable[str] = (), **labels: str) -> float:
+        """The sum over a counter's label values (`exclude` by the first label's value)."""
+        return sum(
+            value
+            for sample_labels, value in self._samples.get(name, [])
+            if all(sample_labels.get(k) == v for k, v in labels.items())
+            and not set(sample_labels.values()) & set(exclude)
+        )
+
+    def labelled(self, name: str) -> list[tuple[dict, float]]:
+        return self._samples.get(name, [])
+
+
+def fetch(address: str, timeout_s: float = 2.0) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as reply:
+        return reply.read().decode()
+
+
+def report(config: AgentConfig) -> tuple[list[str], int]:
+    """The summary's lines and the exit status."""
+    lines, status = [], NOT_RUNNING
+    address = config.service.metrics_listen
+    if not address:
+        lines.append('agent: metrics are off ([service] metrics_listen = ""); see journalctl')
+    else:
+        try:
+            scrape = Scrape(fetch(address))
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            lines.append(f"agent: not answering on {address} ({reason}): not running?")
+        else:
+            lines += _agent_lines(scrape)
+            status = RUNNING
+    lines.append(_spool_line(config.spool.path))
+    return lines, status
+
+
+def _agent_lines(s: Scrape) -> list[str]:
+    info = s.labelled("edge_agent_info")
+    who = info[0][0] if info else {}
+    ready = "ready" if s.get("edge_agent_ready") else "STARTING (not ready)"
+    lines = [
+        f"edge-agent {who.get('version', '?')} for {who.get('site', '?')}/"
+        f"{who.get('machine', '?')}, boot {who.get('boot', '?')}: {ready}"
+    ]
+    polls = ", ".join(
+        f"{labels['group']} {value * 1e3:.1f} ms"
+        for labels, value in s.labelled("edge_agent_poll_latency_seconds")
+        if labels.get("quantile") == "0.99"
+    )
+    requests = s.total("edge_agent_poll_requests_total")
+    failed = s.total("edge_agent_poll_requests_total", exclude=["ok"])
+    lines.append(
+        f"  controller  {'up' if s.get('edge_agent_controller_connected') else 'DOWN'}; "
+        f"{s.get('edge_agent_controller_disconnects_total', 0):.0f} links lost; "
+        f"{requests:.0f} requests, {failed:.0f} failed; poll p99 {polls or '-'}"
+    )
+    if s.get("edge_agent_control_ticks_total") is not None:
+        state = next(
+            (labels["state"] for labels, v in s.labelled("edge_agent_control_state") if v), "?"
+        )
+        override = s.get("edge_agent_control_override_percent")
+        period = s.get("edge_agent_control_period_seconds", 0)
+        lateness = s.get("edge_agent_control_lateness_seconds", quantile="0.99")
+        latency = s.get("edge_agent_control_latency_seconds", quantile="0.99")
+        lines.append(
+            f"  control     {state}"
+            + (f" at {override:g} %" if override is not None else "")
+            + f"; {1 / period:g} Hz, lateness p99 {_ms(lateness)}, latency p99 {_ms(latency)}, "
+            f"{s.get('edge_agent_control_overruns_total', 0):.0f} overruns"
+        )
+    if s.get("edge_agent_bridge_streaming") is not None:
+        lines.append(
+            f"  bridge      {'streaming' if s.get('edge_agent_bridge_streaming') else 'DOWN'}; "
+            f"{s.get('edge_agent_bridge_events_total', 0, kind='crc_errors'):.0f} CRC errors, "
+            f"{s.get('edge_agent_bridge_events_total', 0, kind='frames_lost'):.0f} frames lost, "
+            f"{s.get('edge_agent_bridge_events_total', 0, kind='reconnects'):.0f} reconnects"
+        )
+    if s.get("edge_agent_upstream_connected") is not None:
+        event = "edge_agent_upstream_events_total"
+        failures = s.get(event, 0, kind="disconnects") + s.get(event, 0, kind="connect_failures")
+        lines.append(
+            f"  upstream    {'up' if s.get('edge_agent_upstream_connected') else 'DOWN'}; "
+            f"{s.get(event, 0, kind='acked'):.0f} acknowledged, "
+            f"{s.get(event, 0, kind='refused'):.0f} refused, {failures:.0f} connection failures"
+        )
+    depth = s.get("edge_agent_spool_payloads")
+    if depth is not None:
+        lines.append(
+            f"  telemetry   {s.get('edge_agent_payloads_stored_total', 0):.0f} payloads stored "
+            f"(last seq {s.get('edge_agent_last_seq', 0):.0f}), {depth:.0f} waiting "
+            f"(oldest {s.get('edge_agent_spool_oldest_age_seconds', 0):.0f} s), "
+            f"{s.total('edge_agent_spool_dropped_total'):.0f} dropped by the disk budget"
+        )
+    rss = s.get("process_resident_memory_bytes")
+    cpu = s.get("process_cpu_seconds_total")
+    if rss is not None and cpu is not None:
+        lines.append(f"  process     RSS {rss / 2**20:.1f} MiB, {cpu:.1f} s of CPU")
+    return lines
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:  # absent, or NaN: no observation yet
+        return "-"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def _spool_line(path: str) -> str:
+    try:
+        spool = Spool(path, readonly=True)
+    except SpoolError as exc:
+        return f"spool: {exc}"
+    try:
+        stats = spool.stats()
+        return f"spool {path}: {stats['depth']} payloads waiting, last seq {spool.last_seq()}"
+    finally:
+        spool.close()
