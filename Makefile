@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEBIAN_PACKAGES := python3 python3-venv python3-dev build-essential
 
-.PHONY: demo test test-deps bench hil soak lint clean distclean check-build-deps flash
+.PHONY: demo test test-deps bench hil soak lint clean distclean check-build-deps flash \
+	install-service uninstall-service
 
 demo: $(INSTALLED)
 	$(VENV)/bin/edge-agent demo $(DEMO_ARGS)
@@ -16,14 +17,17 @@ demo: $(INSTALLED)
 test: test-deps $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The MQTT tests start a real Mosquitto broker (tests/mosquitto.py). Debian puts it in
-# /usr/sbin, which is not on a normal user's PATH. `apt-get update` only when the install
-# fails: a stale package list is the usual reason, and a fresh one costs a download.
+# The MQTT tests start a real Mosquitto broker (tests/mosquitto.py); the deploy scripts are
+# held to shellcheck. Debian puts mosquitto in /usr/sbin, which is not on a normal user's
+# PATH. `apt-get update` only when the install fails: a stale package list is the usual
+# reason, and a fresh one costs a download.
+TEST_PACKAGES := mosquitto shellcheck
 test-deps:
-	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
+	@{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } && \
+	command -v shellcheck >/dev/null 2>&1 || { \
 		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-		install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto"; \
-		echo "edge-agent: installing mosquitto, the MQTT broker the tests start"; \
+		install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $(TEST_PACKAGES)"; \
+		echo "edge-agent: installing $(TEST_PACKAGES) for the tests"; \
 		$$install || { $$sudo apt-get update && $$install; }; \
 	}
 
@@ -47,6 +51,16 @@ BRIDGE_FILES := firmware_bridge/protocol.py firmware_bridge/hal.py firmware_brid
 MPREMOTE ?= $(if $(wildcard $(VENV)/bin/mpremote),$(VENV)/bin/mpremote,mpremote)
 flash:
 	$(MPREMOTE) connect $(BRIDGE_PORT) fs cp $(BRIDGE_FILES) : + reset
+
+# The agent as a systemd service on this machine (docs/deploy.md): a release in /opt/edge-agent,
+# the configuration in /etc/edge-agent, the unit enabled. Again after a `git pull` to upgrade
+# (configuration, spool and teach-in kept); INSTALL_ARGS="--rollback" goes back one release.
+# uninstall-service keeps the configuration and the state unless INSTALL_ARGS="--purge".
+install-service:
+	@sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); $$sudo deploy/install.sh $(INSTALL_ARGS)
+
+uninstall-service:
+	@sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); $$sudo deploy/uninstall.sh $(INSTALL_ARGS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
