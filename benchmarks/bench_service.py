@@ -1,0 +1,584 @@
+"""The agent's resource budget at the standard load, wall clock: `edge-agent run CONFIG` as
+systemd runs it (its own process, logs on stderr), measured from /proc/<its pid>; never asserts
+a figure, but refuses to report a run that was not healthy.
+
+The load (`service_load.py`, served by a process of its own): 100 Hz adaptive control writing
+the simulated controller's override; 200 Modbus tags in one 10 Hz poll group over Modbus TCP
+on loopback (7 read requests a cycle: 70 a second, and the override writes); one raw sensor
+bridge channel at 1 kHz from the bridge emulator (the real firmware under the MicroPython unix
+port) on a pseudo-terminal; telemetry to a local Mosquitto with a subscriber consuming it, the
+spool on a disk-backed temporary directory (/var/tmp: a tmpfs would hide the writes), `[spool]
+commit_interval_s` and every other setting at its default.
+
+After a warm-up of WARMUP_S (start-up and the first connections are not steady state) the
+window is measured: VmRSS every second and VmHWM at its end (/proc/<pid>/status), CPU as
+utime + stime (/proc/<pid>/stat), disk writes as write_bytes (/proc/<pid>/io: what reaches the
+block layer, what wears an SD card; rchar/wchar printed for reference), and the bytes the agent
+wrote to stdout/stderr (what journald would store; read through a pipe, as journald reads its
+stream, and kept in a file). Reported against the issue's targets: peak RSS 64 MB (10^6
+bytes), CPU 10 % of one core; the disk bytes an hour (spool + logs) and the log bytes an hour
+against the telemetry bytes published in the same window (the ratio: 1 / write amplification).
+Health (printed on stderr; a run missing any of it raises): the agent running to the end and
+exiting 0 on SIGTERM, the subscriber receiving data, the controller accepting override writes,
+the bridge channel's samples arriving.
+
+BENCH_SERVICE_S: the measured window in seconds (default 300, "over 5 minutes"); e.g.
+`BENCH_SERVICE_S=40 .venv/bin/python benchmarks/run.py service` for a quick look.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from contextlib import ExitStack, suppress
+from dataclasses import fields
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import service_load
+
+from edge_agent.config import ServiceConfig
+from edge_agent.telemetry import wire
+from hil.bridge_emulator import find_micropython
+from tests.mosquitto import Broker, _free_ports, find_mosquitto
+
+REPO = Path(__file__).resolve().parent.parent
+#: The issue asks for the budget "over 5 minutes".
+DEFAULT_WINDOW_S = 300.0
+#: Start-up (imports, the bridge's 2 s identify wait, first connections, the spool's first
+#: pages) is over well within this; what follows is steady state.
+WARMUP_S = 15.0
+SAMPLE_EVERY_S = 1.0
+#: The first data frame reaches the subscriber within ~3 s (bridge identify wait + a frame).
+FIRST_FRAME_TIMEOUT_S = 30.0
+#: The agent's stop: the feed made safe, the batch spooled, drain_on_stop_s (2 s), the death.
+AGENT_STOP_TIMEOUT_S = 30.0
+LOAD_STOP_TIMEOUT_S = 10.0
+#: The issue's targets.
+TARGET_RSS_MB = 64.0
+TARGET_CPU_PCT = 10.0
+MB = 1e6
+#: The bridge's raw channel as named in service_load.agent_config.
+BRIDGE_CHANNEL = "spindle_current"
+#: Log lines at WARNING and above quoted in the details.
+NOTABLE_LINES = 5
+#: systemd's variables: the agent here is not under systemd and must not think it is.
+SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_FDS")
+
+
+class BenchError(RuntimeError):
+    """The run was not healthy; the message says what was missing."""
+
+
+# -- /proc ------------------------------------------------------------------------------------
+
+
+def _proc(pid: int) -> dict[str, int]:
+    """One reading of the process: memory (kB) and threads from status, CPU ticks from stat,
+    the I/O counters from io."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "Threads"):
+                out[key] = int(value.split()[0])
+    with open(f"/proc/{pid}/stat") as f:
+        after_comm = f.read().rpartition(")")[2].split()
+    out["cpu_ticks"] = int(after_comm[11]) + int(after_comm[12])  # utime, stime (fields 14, 15)
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = int(value)
+    if "VmRSS" not in out:  # a zombie: it exited and has not been reaped yet
+        raise ProcessLookupError(f"process {pid} has exited")
+    return out
+
+
+# -- the agent's logs -------------------------------------------------------------------------
+
+
+class _LogTap:
+    """Reads the agent's stdout+stderr from a pipe (as journald reads a service's stream),
+    keeps it in a file and counts the bytes."""
+
+    def __init__(self, fd: int, path: Path):
+        self.path = path
+        self.bytes = 0
+        self._fd = fd
+        self._thread = threading.Thread(target=self._run, name="agent-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with open(self.path, "wb") as out:
+            while chunk := os.read(self._fd, 65536):
+                out.write(chunk)
+                out.flush()
+                self.bytes += len(chunk)
+        os.close(self._fd)
+
+    def join(self, timeout_s: float = 5.0) -> None:
+        self._thread.join(timeout_s)
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.path.read_text(errors="replace") if self.path.exists() else ""
+        return "\n".join(f"    {line}" for line in text.splitlines()[-lines:]) or "    (nothing)"
+
+
+# -- the subscriber ---------------------------------------------------------------------------
+
+
+class _Subscriber:
+    """A collector's stand-in on the broker: takes every payload of the machine with QoS 1 (so
+    the agent's publishes are acknowledged end to end), counts payloads and bytes by kind and
+    decodes the data frames to count points by channel."""
+
+    def __init__(self, broker: Broker, topic: str):
+        self.lock = threading.Lock()
+        self.payloads: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.points: Counter[str] = Counter()
+        self.undecodable = 0
+        self._channels: list[wire.Channel] | None = None
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        subscribed = threading.Event()
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            self.close()
+            raise BenchError(f"the subscriber could not subscribe to {topic} on {broker!r}")
+
+    def _on_message(self, client, userdata, message) -> None:
+        kind = message.topic.rpartition("/")[2]
+        payload = message.payload
+        counts: dict[str, int] = {}
+        try:
+            frame = wire.decode(payload)
+            if frame["k"] == "birth":
+                self._channels = wire.channels_of(frame)
+            elif frame["k"] == "data" and self._channels is not None:
+                series = wire.samples(frame, self._channels)
+                counts = {name: len(s.values) for name, s in series.items()}
+        except wire.WireError:
+            with self.lock:
+                self.undecodable += 1
+        with self.lock:
+            self.payloads[kind] += 1
+            self.bytes[kind] += len(payload)
+            self.points.update(counts)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {
+                "payloads": Counter(self.payloads),
+                "bytes": Counter(self.bytes),
+                "points": Counter(self.points),
+                "undecodable": self.undecodable,
+            }
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# -- the load process -------------------------------------------------------------------------
+
+
+class _Load:
+    """service_load.py in a process of its own: the controller and the bridge emulator."""
+
+    def __init__(self, log_path: Path):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self._log = open(log_path, "wb")  # noqa: SIM115 (the child writes it until stop)
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("service_load.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=REPO,
+            env=env,
+            text=True,
+            start_new_session=True,
+        )
+        self.log_path = log_path
+        try:
+            ready = self._line()
+        except BaseException:
+            self.stop()
+            raise
+        self.port: int = ready["port"]
+        self.bridge: str = ready["bridge"]
+
+    def _line(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait(LOAD_STOP_TIMEOUT_S)
+            raise BenchError(
+                f"the load process (service_load.py) exited with {self.process.returncode}: "
+                + self.log_path.read_text(errors="replace")[-2000:]
+            )
+        return json.loads(line)
+
+    def stats(self) -> dict:
+        self.process.stdin.write("stats\n")
+        self.process.stdin.flush()
+        return self._line()
+
+    def stop(self) -> None:
+        """End of stdin (its orderly stop: the server, the firmware, the pty pair), then
+        SIGTERM, then SIGKILL of its session (it and the firmware it started)."""
+        process = self.process
+        try:
+            if process.poll() is None:
+                with suppress(OSError):
+                    process.stdin.close()
+                try:
+                    process.wait(LOAD_STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.terminate()
+                    try:
+                        process.wait(5)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(process.pid, signal.SIGKILL)
+                        process.wait(5)
+        finally:
+            process.stdout.close()
+            self._log.close()
+
+
+# -- the agent --------------------------------------------------------------------------------
+
+
+def _agent_binary() -> str:
+    beside = Path(sys.executable).parent / "edge-agent"
+    if beside.exists():
+        return str(beside)
+    return str(REPO / ".venv" / "bin" / "edge-agent")
+
+
+def _stop_agent(agent: subprocess.Popen) -> None:
+    """SIGTERM (systemd's stop), then SIGKILL if it outlives AGENT_STOP_TIMEOUT_S."""
+    if agent.poll() is None:
+        agent.terminate()
+        try:
+            agent.wait(AGENT_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(5)
+
+
+def _scrape(address: str) -> dict[str, float]:
+    """The agent's metrics endpoint as {'name{labels}': value}; empty when it does not answer
+    (it is optional: the health checks do not depend on it)."""
+    if not address:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            try:
+                out[key] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def _delta(after: dict[str, float], before: dict[str, float], key: str) -> float | None:
+    """The change of one sample of the endpoint; 0 for a label not (yet) counted in a family
+    that is there (a Counter's missing key), None when the family is not served at all."""
+    if key not in after:
+        family = key.partition("{")[0]
+        return 0.0 if any(k.partition("{")[0] == family for k in after) else None
+    return after[key] - before.get(key, 0.0)
+
+
+def _levels(log_path: Path) -> tuple[Counter[str], list[str]]:
+    """Log lines by level (`LEVEL logger: message`, the agent's format off journald), and the
+    lines at WARNING and above."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    levels: Counter[str] = Counter()
+    notable = []
+    for line in text.splitlines():
+        level = re.match(r"([A-Z]+) \S+:", line)
+        if level:
+            levels[level.group(1)] += 1
+            if level.group(1) in ("WARNING", "ERROR", "CRITICAL"):
+                notable.append(line)
+    return levels, notable
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def _window_s() -> float:
+    text = os.environ.get("BENCH_SERVICE_S", "")
+    if not text:
+        return DEFAULT_WINDOW_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise BenchError(f"BENCH_SERVICE_S={text!r}: expected seconds, e.g. 40") from None
+    if value <= 0:
+        raise BenchError(f"BENCH_SERVICE_S={text!r}: must be more than 0")
+    return value
+
+
+def run():
+    missing = [
+        name
+        for name, found in (("mosquitto", find_mosquitto()), ("micropython", find_micropython()))
+        if found is None
+    ]
+    if missing:
+        print(f"bench_service: {' and '.join(missing)} not installed (make test-deps); skipped")
+        return []
+    window_s = _window_s()
+    with ExitStack() as stack:
+        tmp = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="bench-service-", dir="/var/tmp")
+            )
+        )
+        broker = stack.enter_context(Broker())
+        load = _Load(tmp / "load.log")
+        stack.callback(load.stop)
+        topic = "edge/bench/standard-load/#"
+        subscriber = _Subscriber(broker, topic)
+        stack.callback(subscriber.close)
+        service = {}
+        metrics_address = ""
+        if "metrics_listen" in {f.name for f in fields(ServiceConfig)}:
+            # As the service runs by default, on a port of its own (not the default 9846).
+            metrics_address = f"127.0.0.1:{_free_ports(1)[0]}"
+            service["metrics_listen"] = metrics_address
+        config = tmp / "agent.toml"
+        config.write_text(
+            service_load.agent_config(
+                controller_port=load.port,
+                bridge_port=load.bridge,
+                broker_host=broker.host,
+                broker_port=broker.port,
+                spool=str(tmp / "spool.db"),
+                teach_file=str(tmp / "teach.json"),
+                service=service,
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
+        read_fd, write_fd = os.pipe()
+        logs = _LogTap(read_fd, tmp / "agent.log")  # ends at the pipe's end: the agent's exit
+        stack.callback(logs.join)
+        try:
+            agent = subprocess.Popen(
+                [_agent_binary(), "run", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                cwd=tmp,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            os.close(write_fd)
+        started = time.monotonic()
+        stack.callback(_stop_agent, agent)
+
+        def check_alive(when: str) -> None:
+            if agent.poll() is not None:
+                logs.join()
+                raise BenchError(
+                    f"the agent exited with {agent.returncode} {when}; its log:\n{logs.tail()}"
+                )
+
+        def proc(when: str) -> dict[str, int]:
+            try:
+                return _proc(agent.pid)
+            except OSError:  # gone between a check and the reading
+                agent.wait(AGENT_STOP_TIMEOUT_S)
+                check_alive(when)
+                raise
+
+        while not subscriber.snapshot()["payloads"]["data"]:
+            check_alive("before its first data frame")
+            if time.monotonic() - started > FIRST_FRAME_TIMEOUT_S:
+                raise BenchError(
+                    f"no data frame reached the subscriber within {FIRST_FRAME_TIMEOUT_S:g} s; "
+                    f"the agent's log:\n{logs.tail()}"
+                )
+            time.sleep(0.1)
+        first_frame_s = time.monotonic() - started
+        while time.monotonic() - started < WARMUP_S:
+            check_alive("during the warm-up")
+            time.sleep(0.2)
+
+        # The scrapes stay outside the window; the counters' rates use their own times.
+        metrics0 = (time.monotonic(), _scrape(metrics_address))
+        proc0, t0 = proc("at the start of the measured window"), time.monotonic()
+        load0, sub0, logs0 = load.stats(), subscriber.snapshot(), logs.bytes
+        rss_kb = []
+        while (elapsed := time.monotonic() - t0) < window_s:
+            time.sleep(min(SAMPLE_EVERY_S, window_s - elapsed))
+            when = f"{time.monotonic() - t0:.0f} s into the measured window"
+            check_alive(when)
+            rss_kb.append(proc(when)["VmRSS"])
+        proc1, t1 = proc("at the end of the measured window"), time.monotonic()
+        load1, sub1, logs1 = load.stats(), subscriber.snapshot(), logs.bytes
+        metrics1 = (time.monotonic(), _scrape(metrics_address))
+
+        _stop_agent(agent)
+        stop_s = time.monotonic() - t1
+        logs.join()
+        levels, notable = _levels(logs.path)
+        if agent.returncode != 0:
+            raise BenchError(
+                f"the agent exited with {agent.returncode} on SIGTERM; its log:\n{logs.tail()}"
+            )
+        return _report(
+            window_s=t1 - t0,
+            first_frame_s=first_frame_s,
+            stop_s=stop_s,
+            proc=(proc0, proc1),
+            rss_kb=rss_kb,
+            log_bytes=logs1 - logs0,
+            log_bytes_total=logs.bytes,
+            levels=levels,
+            notable=notable,
+            load=(load0, load1),
+            sub=(sub0, sub1),
+            metrics=(metrics0, metrics1),
+        )
+
+
+def _report(
+    *,
+    window_s: float,
+    first_frame_s: float,
+    stop_s: float,
+    proc: tuple[dict, dict],
+    rss_kb: list[int],
+    log_bytes: int,
+    log_bytes_total: int,
+    levels: Counter[str],
+    notable: list[str],
+    load: tuple[dict, dict],
+    sub: tuple[dict, dict],
+    metrics: tuple[dict, dict],
+) -> list[tuple]:
+    """The rows, after the health checks (BenchError) and the details on stderr."""
+    (proc0, proc1), (load0, load1), (sub0, sub1) = proc, load, sub
+    (tm0, m0), (tm1, m1) = metrics
+    per_hour = 3600 / window_s
+    cpu_pct = (proc1["cpu_ticks"] - proc0["cpu_ticks"]) / os.sysconf("SC_CLK_TCK") / window_s * 100
+    peak_mb = proc1["VmHWM"] * 1024 / MB
+    written = proc1["write_bytes"] - proc0["write_bytes"]
+    cancelled = proc1["cancelled_write_bytes"] - proc0["cancelled_write_bytes"]
+    payload_bytes = sum((sub1["bytes"] - sub0["bytes"]).values())
+    payloads = sub1["payloads"] - sub0["payloads"]
+    points = sub1["points"] - sub0["points"]
+    bridge_hz = points[BRIDGE_CHANNEL] / window_s
+    requests_hz = (load1["requests_served"] - load0["requests_served"]) / window_s
+    writes = load1["override_writes"] - load0["override_writes"]
+
+    problems = []
+    if not payloads["data"]:
+        problems.append("the subscriber received no data frame in the measured window")
+    if not load1["override_writes"]:
+        problems.append("the controller never accepted an override write")
+    if not points[BRIDGE_CHANNEL]:
+        problems.append(f"no {BRIDGE_CHANNEL} (bridge) sample arrived in the measured window")
+    if problems:
+        raise BenchError("; ".join(problems))
+
+    def metric(key: str, per_s: bool = True) -> str:
+        value = _delta(m1, m0, key)
+        if value is None:
+            return "n/a"
+        return f"{value / (tm1 - tm0):.1f}/s" if per_s else f"{value:.0f}"
+
+    ticks = metric("edge_agent_control_ticks_total")
+    overruns = metric("edge_agent_control_overruns_total", per_s=False)
+    polls = metric('edge_agent_poll_requests_total{outcome="ok"}')
+    acked = metric('edge_agent_upstream_events_total{kind="acked"}')
+    frames_lost = metric('edge_agent_bridge_events_total{kind="frames_lost"}', per_s=False)
+    not_read_back = metric('edge_agent_actuator_events_total{kind="not_read_back"}', per_s=False)
+
+    rss_mean = sum(rss_kb) / max(1, len(rss_kb)) * 1024 / MB
+    lines = [
+        f"service: standard load for {window_s:.0f} s after a {WARMUP_S:g} s warm-up "
+        f"(first data frame {first_frame_s:.1f} s after start; SIGTERM to exit {stop_s:.1f} s)",
+        f"  load: {requests_hz:.1f} Modbus requests/s served (each 0.1 s cycle's reads and the "
+        f"override writes), {writes} override writes accepted (the last "
+        f"{load1['last_override_pct']} %); bridge {BRIDGE_CHANNEL}: {bridge_hz:.1f} samples/s "
+        "received",
+        f"  telemetry received: {payloads['data']} data frames, {payloads['event']} events, "
+        f"{payload_bytes / window_s:.0f} B/s, {points.total() / window_s:.0f} points/s "
+        f"({len(points)} channels); {sub1['undecodable']} undecodable",
+        f"  agent (its metrics endpoint, over the window): control ticks {ticks} ({overruns} "
+        f"overruns), good poll requests {polls}, payloads acknowledged {acked}, bridge frames "
+        f"lost {frames_lost}, override writes not read back in time {not_read_back}",
+        f"  memory: VmHWM {peak_mb:.1f} MB, VmRSS mean {rss_mean:.1f} MB over "
+        f"{len(rss_kb)} samples, at the end anon {proc1['RssAnon'] * 1024 / MB:.1f} MB + file "
+        f"{proc1['RssFile'] * 1024 / MB:.1f} MB + shmem {proc1['RssShmem'] * 1024 / MB:.1f} MB; "
+        f"{proc1['Threads']} threads",
+        f"  CPU: {cpu_pct:.2f} % of one core",
+        f"  I/O in the window: write_bytes {written / window_s:.0f} B/s "
+        f"(cancelled {cancelled}), wchar {(proc1['wchar'] - proc0['wchar']) / window_s:.0f} B/s, "
+        f"rchar {(proc1['rchar'] - proc0['rchar']) / window_s:.0f} B/s; "
+        f"disk bytes per telemetry byte {written / max(1, payload_bytes):.2f}",
+        f"  logs: {log_bytes} bytes in the window, {log_bytes_total} in all; lines by level "
+        + (", ".join(f"{k} {v}" for k, v in sorted(levels.items())) or "none"),
+        *(f"    {line}" for line in notable[:NOTABLE_LINES]),
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+    telemetry_mb_h = payload_bytes * per_hour / MB
+    minutes = f"{window_s:.0f} s" if window_s < 120 else f"{window_s / 60:.0f} min"
+    return [
+        (
+            f"agent peak RSS at standard load, {minutes}",
+            "target",
+            TARGET_RSS_MB,
+            "edge-agent",
+            peak_mb,
+            "MB",
+        ),
+        (
+            "agent CPU at standard load (one core)",
+            "target",
+            TARGET_CPU_PCT,
+            "edge-agent",
+            cpu_pct,
+            "%",
+        ),
+        (
+            "SD card bytes written per hour at standard load (spool + logs)",
+            "telemetry published",
+            telemetry_mb_h,
+            "edge-agent",
+            (written + log_bytes) * per_hour / MB,
+            "MB/h",
+        ),
+        (
+            "log bytes per hour at standard load (stdout/stderr, what journald stores)",
+            "telemetry published",
+            telemetry_mb_h,
+            "edge-agent",
+            log_bytes * per_hour / MB,
+            "MB/h",
+        ),
+    ]
