@@ -259,3 +259,32 @@ def test_the_link_hands_out_its_one_writer_only_once():
             link.take_writer(loop)
     finally:
         loop.close()
+
+
+def test_a_ramp_read_back_a_little_late_is_verified_not_resent():
+    """A rise writes every 10 ms; the poll (10 Hz) reads back the value written 100 ms
+    before. Every write lands, so none is re-sent however long the ramp."""
+    act, writer = actuator()
+    act.read_back(OVERRIDE, 50.0)
+    sent: list[tuple[float, float]] = []
+    for k in range(1, 201):  # 2 s of ramp from 50 % towards 150 % at 60 %/s
+        t = k * 0.01
+        value = act.set(OVERRIDE, 150.0, at(t))
+        if value is not None:
+            sent.append((t, value))
+        if k % 10 == 0 and k > 10:
+            act.read_back(OVERRIDE, [v for s, v in sent if s <= t - 0.1][-1])
+    assert act.counters["not_read_back"] == 0
+    assert act.counters["verified"] >= 15  # most read-backs find a write still unverified
+    assert len(writer.values) == len(sent) and writer.values[-1] > 150 - 60 * 0.9
+
+
+def test_a_ramp_whose_writes_never_read_back_is_still_caught():
+    act, writer = actuator()
+    act.read_back(OVERRIDE, 50.0)
+    for k in range(1, 101):
+        act.set(OVERRIDE, 150.0, at(k * 0.01))
+        if k % 10 == 0:
+            act.read_back(OVERRIDE, 42.0)  # the controller holds something else
+    assert act.counters["not_read_back"] == 1  # at verify_s after the first write
+    assert act.counters["verified"] == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
+from collections import Counter, deque
 from typing import Protocol
 
 from ..config import ControlConfig
@@ -22,6 +22,9 @@ from ..registers import Tag
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
+#: Writes awaiting their read-back, per register: a 100 Hz ramp writes 50 in a default
+#: verify_s; past this many the oldest are forgotten (a late alarm, never a false one).
+UNVERIFIED_KEPT = 256
 
 
 class RegisterWriter(Protocol):
@@ -40,7 +43,8 @@ class Actuator:
         self.value: dict[str, float] = {}  # what was last written, per register
         self._target: dict[str, float] = {}
         self._written_ns: dict[str, int] = {}
-        self._unverified: dict[str, int] = {}  # register -> when a write still unread was sent
+        # register -> the writes not yet read back, oldest first: (value, when sent)
+        self._unverified: dict[str, deque[tuple[float, int]]] = {}
         self._ramp: dict[str, tuple[float, int]] = {}  # register -> a rise's (position, when)
         self._logged: set[str] = set()
 
@@ -81,11 +85,12 @@ class Actuator:
             due = current is None or value != current
             due |= now_ns - last_ns >= self.cfg.refresh_s * NS
             unverified = self._unverified.get(name)
-            if unverified is not None and now_ns - unverified >= self.cfg.verify_s * NS:
+            if unverified and now_ns - unverified[0][1] >= self.cfg.verify_s * NS:
                 self._refuse(
-                    "not_read_back", f"{name}: write of {current:g} not read back; re-sent"
+                    "not_read_back",
+                    f"{name}: write of {unverified[0][0]:g} not read back; re-sent",
                 )
-                self._unverified[name] = now_ns  # the re-sent write gets its own verify_s
+                unverified.clear()  # the re-sent write gets its own verify_s
                 due = True
             if due:
                 written = self._write(name, value, now_ns)
@@ -98,20 +103,28 @@ class Actuator:
         return math.floor(value / quantum + 1e-9) * quantum
 
     def read_back(self, name: str, value: float) -> None:
-        """The register's value as polled: a write is verified when it reads back. Before the
-        first write it is what the register holds, so even the first rise is rate-limited."""
+        """The register's value as polled: a write is verified when it reads back, and with it
+        every earlier one (a ramp writes faster than the poll reads, so the value read back
+        is often one a little older than the last). Before the first write it is what the
+        register holds, so even the first rise is rate-limited."""
         if name in self.whitelist and name not in self.value:
             self.value[name] = value
             self._written_ns.setdefault(name, 0)
-        if name in self._unverified and self.value.get(name) == value:
-            del self._unverified[name]
-            self.counters["verified"] += 1
+        unverified = self._unverified.get(name)
+        if not unverified:
+            return
+        for i in range(len(unverified) - 1, -1, -1):
+            if unverified[i][0] == value:
+                for _ in range(i + 1):
+                    unverified.popleft()
+                self.counters["verified"] += 1
+                return
 
     def _write(self, name: str, value: float, now_ns: int) -> float:
         self.writer.write(self.whitelist[name], value)
         self.value[name] = value
         self._written_ns[name] = now_ns
-        self._unverified.setdefault(name, now_ns)
+        self._unverified.setdefault(name, deque(maxlen=UNVERIFIED_KEPT)).append((value, now_ns))
         self.counters["writes"] += 1
         return value
 
