@@ -23,6 +23,7 @@ from .sdnotify import Notifier
 from .service import Agent
 from .sources.modbus_link import make_client
 from .tasks import cancel_and_wait
+from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class AgentService:
         self.log_limit = log_limit
         self.agent: Agent | None = None
         self.reloads = {"applied": 0, "refused": 0, "unchanged": 0}
-        self._next: AgentConfig | None = None
+        self._next: Agent | None = None  # made by a reload, run when the current one stops
         self._stopping = False
         self._agent_stop = asyncio.Event()
         self._background: set[asyncio.Task] = set()
@@ -85,8 +86,9 @@ class AgentService:
         metrics.listen(self.config.service.metrics_listen)
         watch = asyncio.create_task(self._watch(), name="watchdog")
         try:
+            self._next = Agent(self.config, client_factory=self.client_factory)
             while True:
-                self.agent = Agent(self.config, client_factory=self.client_factory)
+                self.agent, self._next = self._next, None
                 self._agent_stop = asyncio.Event()
                 announce = asyncio.create_task(self._announce(self.agent), name="ready")
                 try:
@@ -95,9 +97,13 @@ class AgentService:
                     await cancel_and_wait([announce])
                 if self._stopping or self._next is None:
                     return
-                self.config, self._next = self._next, None
-                logging.getLogger().setLevel(self.config.service.log_level.upper())
-                metrics.listen(self.config.service.metrics_listen)
+                self.config = self._next.config
+                settings = self.config.service
+                logging.getLogger().setLevel(settings.log_level.upper())
+                if self.log_limit is not None:
+                    self.log_limit.burst = settings.log_repeat_burst
+                    self.log_limit.window_s = settings.log_repeat_window_s
+                metrics.listen(settings.metrics_listen)
                 log.info("configuration %s applied: starting again with it", self.path)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -127,6 +133,8 @@ class AgentService:
             config = await asyncio.to_thread(self.load, self.path)
         except ConfigError as exc:
             return self._refuse(str(exc))
+        if self._stopping or self.agent is None:
+            return False
         if config.spool.path != self.config.spool.path:
             return self._refuse(
                 f"{self.path}: [spool] path changed ({self.config.spool.path} -> "
@@ -137,11 +145,12 @@ class AgentService:
             log.info("reload: %s unchanged; nothing to do", self.path)
             self._ready_again()
             return False
-        if self._stopping or self.agent is None:
-            return False
+        try:  # what only making the agent finds (an unusable password or TLS file)
+            self._next = Agent(config, client_factory=self.client_factory)
+        except UpstreamError as exc:
+            return self._refuse(str(exc))
         self.reloads["applied"] += 1
         log.info("reload: %s changed; stopping the agent to start it with the new one", self.path)
-        self._next = config
         self.agent.stop_reason = "reload"
         self._agent_stop.set()
         return True

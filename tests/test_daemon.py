@@ -208,6 +208,14 @@ def test_sighup_with_a_bad_or_moved_config_keeps_the_running_agent(tmp_path, cap
             r.write()
             r.path.write_text(r.path.read_text().replace(str(r.spool), str(r.tmp / "other.db")))
             assert not await r.service.reload()
+            r.write()
+            mqtt = '[upstream]\nkind = "mqtt"\nhost = "127.0.0.1"\ntls = true\n'
+            r.path.write_text(
+                r.path.read_text().replace(
+                    '[upstream]\nkind = "none"', mqtt + 'ca_file = "/nonexistent/ca.pem"'
+                )
+            )
+            assert not await r.service.reload()  # found only when the agent is made
             r.write()  # back to what runs
             assert not await r.service.reload()
             ticks = agent.control.ticks
@@ -217,12 +225,13 @@ def test_sighup_with_a_bad_or_moved_config_keeps_the_running_agent(tmp_path, cap
 
     with caplog.at_level(logging.ERROR, logger="edge_agent.daemon"):
         reloads = run(scenario())
-    assert reloads == {"applied": 0, "refused": 3, "unchanged": 1}
+    assert reloads == {"applied": 0, "refused": 4, "unchanged": 1}
     refusals = [r.message for r in caplog.records if "reload refused" in r.message]
-    assert len(refusals) == 3 and all("\n" not in m for m in refusals)
+    assert len(refusals) == 4 and all("\n" not in m for m in refusals)
     assert "telemetry.frame_interval_s: must be greater than 0" in refusals[0]
     assert "bogus: unknown key" in refusals[1]
     assert "[spool] path changed" in refusals[2]
+    assert "upstream TLS files: [Errno 2] No such file or directory" in refusals[3]
 
 
 def test_metrics_endpoint_and_status_summary(tmp_path):
