@@ -382,7 +382,7 @@ class AdaptiveController:
             and peak - idle >= cfg.breakage_spike_ratio * span
             and load - idle < cfg.breakage_drop_fraction * span
         ):
-            self._hold("breakage", peak_pct=peak, load_pct=load, at_ns=t_ns)
+            self._hold("breakage", peak_pct=peak, load_pct=load, idle_pct=idle, at_ns=t_ns)
             return True
         return False
 
