@@ -18,7 +18,8 @@ test: test-deps $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The MQTT tests start a real Mosquitto broker (tests/mosquitto.py); the deploy scripts are
-# held to shellcheck. Debian puts mosquitto in /usr/sbin, which is not on a normal user's
+# held to shellcheck; LinuxCNC runs G-code in tests/test_linuxcnc.py (without the recommended
+# GUI toolkits and RT kernel; where Debian has no package its tests skip, the README says so). Debian puts mosquitto in /usr/sbin, which is not on a normal user's
 # PATH. `apt-get update` only when the install fails: a stale package list is the usual
 # reason, and a fresh one costs a download.
 TEST_PACKAGES := mosquitto shellcheck
@@ -29,6 +30,13 @@ test-deps:
 		install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $(TEST_PACKAGES)"; \
 		echo "edge-agent: installing $(TEST_PACKAGES) for the tests"; \
 		$$install || { $$sudo apt-get update && $$install; }; \
+	}
+	@command -v linuxcnc >/dev/null 2>&1 || { \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends linuxcnc-uspace"; \
+		echo "edge-agent: installing linuxcnc-uspace (LinuxCNC in the loop, docs/linuxcnc.md)"; \
+		$$install >/dev/null || { $$sudo apt-get update -q >/dev/null && $$install >/dev/null; } || \
+		echo "edge-agent: linuxcnc-uspace could not be installed: its tests skip (fail under CI=true)"; \
 	}
 
 bench: test-deps $(INSTALLED)
@@ -90,3 +98,10 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# LinuxCNC in the loop (docs/linuxcnc.md): the programs in hil/linuxcnc/programs on a real
+# LinuxCNC (Debian's linuxcnc-uspace, simulated machine) at 100 %, 50 % (adaptive-feed) and
+# 120 % (feed override), with LinuxCNC's start and stop times.
+.PHONY: hil-linuxcnc
+hil-linuxcnc: $(INSTALLED)
+	$(PY) -m hil.linuxcnc measure $(HIL_LINUXCNC_ARGS)

@@ -77,7 +77,15 @@ setup(
     ),
     package_data={
         # Recorded CSV runs and toml register maps for the simulated controller; scenarios.
-        "hil": ["data/**/*", "scenarios/*.toml"],
+        "hil": [
+            "data/**/*",
+            "scenarios/*.toml",
+            # LinuxCNC in the loop: its configuration, G-code programs and their stock.
+            "linuxcnc/config/*",
+            "linuxcnc/config/bin/*",
+            "linuxcnc/programs/*.ngc",
+            "linuxcnc/scenarios/*.toml",
+        ],
         "edge_agent": ["defaults/*.toml"],
     },
     # Generated C is build output (and large); the wheel carries the compiled module.
