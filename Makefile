@@ -99,9 +99,9 @@ clean:
 distclean: clean
 	rm -rf $(VENV)
 
-# LinuxCNC in the loop (docs/linuxcnc.md): the programs in hil/linuxcnc/programs on a real
-# LinuxCNC (Debian's linuxcnc-uspace, simulated machine) at 100 %, 50 % (adaptive-feed) and
-# 120 % (feed override), with LinuxCNC's start and stop times.
+# LinuxCNC in the loop (docs/linuxcnc.md): the bench's programs on a real LinuxCNC (Debian's
+# linuxcnc-uspace, simulated machine), each at a fixed 100 % and with the agent adapting the
+# feed, and a tool breakage; the table and plots go to reports/hil-linuxcnc/.
 .PHONY: hil-linuxcnc
 hil-linuxcnc: $(INSTALLED)
-	$(PY) -m hil.linuxcnc measure $(HIL_LINUXCNC_ARGS)
+	$(PY) -m hil.linuxcnc bench $(HIL_LINUXCNC_ARGS)

@@ -433,3 +433,66 @@ def test_the_agent_adapts_the_feed_of_linuxcnc_over_the_adapter(cnc, tmp_path):
         assert result.peak_load_pct < scenario.control.hard_limit_pct
 
     asyncio.run(scenario())
+
+
+# -- the bench (hil/linuxcnc/bench.py): fixed against the agent, and a breakage ----------------
+
+
+@pytest.fixture(scope="module")
+def bench_runs(tmp_path_factory):
+    """slot_breakage with the agent, face_two_passes at a fixed 100 % and with the agent:
+    one LinuxCNC for the three runs, stopped before the tests look at them (no other test's
+    LinuxCNC may run meanwhile)."""
+    _require_linuxcnc()
+    from hil.linuxcnc.bench import AGENT, FIXED, run_program
+    from hil.linuxcnc.runner import LinuxCNC
+
+    workdir = tmp_path_factory.mktemp("bench")
+
+    async def runs():
+        with LinuxCNC() as cnc:  # the breakage first: its event is at a distance travelled
+            # from LinuxCNC's home (face_two_passes does not end at the bench's park position)
+            broken = await run_program(
+                cnc, PROGRAMS_DIR / "slot_breakage.ngc", agent=True, workdir=workdir / "broken"
+            )
+            fixed = await run_program(cnc, PROGRAM, agent=False, workdir=workdir / "fixed")
+            agent = await run_program(cnc, PROGRAM, agent=True, workdir=workdir / "agent")
+        return {FIXED: fixed, AGENT: agent, "breakage": broken}
+
+    return asyncio.run(runs())
+
+
+@pytest.mark.timeout(150)  # the fixture's three runs (about 40 s) count here
+def test_the_agent_finishes_faster_than_fixed_100_pct_with_the_peak_under_the_hard_limit(
+    bench_runs,
+):
+    from hil.linuxcnc.bench import AGENT, FIXED
+
+    fixed, agent = bench_runs[FIXED], bench_runs[AGENT]
+    assert fixed.finished and agent.finished
+    assert agent.done.cycle_s < fixed.done.cycle_s
+    assert agent.result.peak_load_pct < agent.scenario.control.hard_limit_pct
+    assert agent.states_s.get("cutting", 0) > 1.0  # the agent's own events: it controlled
+    assert agent.held == ""
+
+
+@pytest.mark.timeout(150)
+def test_a_breakage_stops_the_feed_through_the_adapter_and_the_program_does_not_finish(
+    bench_runs,
+):
+    broken = bench_runs["breakage"]
+    assert broken.result.broken_at_s is not None
+    assert broken.held == "breakage"
+    assert not broken.finished  # aborted after the feed hold, the slot unfinished
+    assert any("aborted by the runner" in m for m in broken.done.messages)
+    reaction = broken.reaction
+    assert reaction.cycles is not None and 0 < reaction.cycles < 1000  # well within a second
+    assert reaction.stopped_s is not None  # the commanded speed reached 0
+    after = [t for t in broken.trace["t_s"] if t > reaction.stopped_s]
+    assert after  # the plant ran on: the spindle turned with the feed held
+    override = [
+        o
+        for t, o in zip(broken.trace["t_s"], broken.trace["override_pct"], strict=True)
+        if t > reaction.stopped_s
+    ]
+    assert max(override) == 0  # effective override 0 until the run was stopped

@@ -2,10 +2,11 @@
 
 `run` starts the bench's headless simulated LinuxCNC, runs G-code programs on it to their end,
 prints their cycle times and shuts it down; with --serve, the adapter serves it over Modbus
-meanwhile, so that an agent can adapt its feed. `measure` (what `make hil-linuxcnc` runs) gives
-the programs' cycle times at fixed feeds and LinuxCNC's start and stop times. `adapter` serves
-a LinuxCNC that is already running (a real machine) until Ctrl-C or SIGTERM. Neither listens
-anywhere but where told (default 127.0.0.1:5020).
+meanwhile, so that an agent can adapt its feed. `bench` (what `make hil-linuxcnc` runs:
+bench.py) runs the programs at a fixed 100 % and with the agent and writes
+reports/hil-linuxcnc/; `measure` gives their cycle times at fixed feeds and LinuxCNC's start
+and stop times. `adapter` serves a LinuxCNC that is already running (a real machine) until
+Ctrl-C or SIGTERM. Neither listens anywhere but where told (default 127.0.0.1:5020).
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "measure", help="cycle times at 100 %%, 50 %% (adaptive-feed), 120 %% (feed override)"
     )
     measure.add_argument("programs", nargs="*", metavar="PROGRAM.ngc", help="default: all")
+    bench = sub.add_parser(
+        "bench", help="the programs fixed at 100 %% and with the agent: reports/hil-linuxcnc/"
+    )
+    bench.add_argument("programs", nargs="*", metavar="PROGRAM.ngc", help="default: bench.PROGRAMS")
+    bench.add_argument("--out", type=Path, default=Path("reports/hil-linuxcnc"))
     adapter = sub.add_parser("adapter", help="serve a running LinuxCNC over Modbus TCP")
     adapter.add_argument("--listen", type=_host_port, default=("127.0.0.1", 5020))
     _adapter_options(adapter, "hal:edge-adapter.spindle-load")
@@ -177,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "measure":
             return measure(args)
+        if args.command == "bench":
+            from hil.linuxcnc.bench import main as bench_main
+
+            return bench_main(args.programs, args.out)
         return asyncio.run(run(args) if args.command == "run" else serve(args))
     except (LinuxCNCError, RuntimeError, ValueError, OSError) as exc:
         print(f"python -m hil.linuxcnc: {exc}", file=sys.stderr)

@@ -94,6 +94,10 @@ class LinuxCNCMachine:
         self.plant: CuttingPlant | None = None  # the current (or last) program run's
         self.runs: list[RunResult] = []  # each finished run's figures, from the plant
         self.cycle_times_s: list[float] = []  # each finished run, by LinuxCNC's status
+        #: each run's status lines, with `record`: (plant time s, override in effect %,
+        #: adaptive-feed, feed override, speed mm/min (servo), feed stop servo time or None)
+        self.status_traces: list[list[tuple]] = []
+        self.run_clocks_s: list[float] = []  # each run's start on the plant's clock (servo)
         self.writes = 0
         self._run_t0: float | None = None  # monotonic time of the run's start
         self._plant_t0 = 0.0  # and on the clock the plant runs on
@@ -107,18 +111,36 @@ class LinuxCNCMachine:
         if running and not was_running:
             self._run_t0 = t
             self._plant_t0 = _clock(status)
+            self.run_clocks_s.append(self._plant_t0)
+            if self.recording:
+                self.status_traces.append([])
             if isinstance(self.load, PlantLoad):
                 self.plant = CuttingPlant(self.load.scenario, record=self.load.record)
                 self.plant.drive(*status["pos"], running=True)
                 previous = status
         if self.plant is not None and self._run_t0 is not None:
             self._drive(previous, status)
+        if self.recording and self._run_t0 is not None and self.status_traces:
+            self.status_traces[-1].append(
+                (
+                    _clock(status) - self._plant_t0,
+                    status["override_pct"],
+                    status["adaptive_feed"],
+                    status["feed_override"],
+                    status.get("vel_servo_mm_min", status["vel_mm_min"]),
+                    status.get("feed_stop_servo_s"),
+                )
+            )
         if was_running and not running:
             self._last_cycle_s = t - self._run_t0
             self.cycle_times_s.append(self._last_cycle_s)
             if self.plant is not None:
                 self.runs.append(self.plant.result)
             self._run_t0 = None
+
+    @property
+    def recording(self) -> bool:
+        return isinstance(self.load, PlantLoad) and self.load.record
 
     def _drive(self, before: dict, now: dict) -> None:
         """Drive the plant step by step on its own grid, the tool where it was at each step
@@ -128,6 +150,9 @@ class LinuxCNCMachine:
         plant, step_s = self.plant, self.plant.machine.step_s
         t0, t1 = _clock(before) - self._plant_t0, _clock(now) - self._plant_t0
         feed = now["programmed_mm_min"]
+        # The feed in effect (feed override x adaptive-feed), for the plant's trace only: a
+        # driven plant's feed is LinuxCNC's, whatever it is written.
+        plant.write(AGENT_OVERRIDE, 100 * now["adaptive_feed"] * now["feed_override"])
         for k in range(round(plant.time_s / step_s) + 1, math.floor(t1 / step_s + 1e-9) + 1):
             share = (k * step_s - t0) / (t1 - t0) if t1 > t0 else 1.0
             x, y, z = (a + (b - a) * share for a, b in zip(before["pos"], now["pos"], strict=True))

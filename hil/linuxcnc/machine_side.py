@@ -16,6 +16,10 @@ Pins of the component (`edge-adapter` by default), for halscope and for a real m
     link-ok          bit   out  the agent wrote within --refresh-timeout-s
     spindle-load     float in   a load to serve instead of --load-pin (net it in HAL)
 
+Each status line also carries `feed_stop_servo_s`: the servo clock read right after the pin
+last went from above 0 to 0 (the agent's feed hold written; motion reads it in the next servo
+cycle), and `vel_servo_mm_min`: motion.current-vel read in the servo cycle of the positions.
+
 Standard library, `hal` and `linuxcnc` only, plus override.py.
 """
 
@@ -74,21 +78,23 @@ def max_feed_override(stat) -> float:
     return float(value) if value else 1.0
 
 
-def sample_positions(clock_pin: str | None, stat) -> tuple[float | None, list[float]]:
-    """(servo time s, machine positions x y z): from HAL, clock and positions of one servo
-    cycle (read again if a cycle passed while reading), when there is a clock; else (None,
-    the status channel's positions, which lag it by up to a task cycle or two)."""
+def sample_positions(clock_pin: str | None, stat) -> tuple[float | None, list[float], float]:
+    """(servo time s, machine positions x y z, path speed mm/min): from HAL, clock, positions
+    and motion.current-vel of one servo cycle (read again if a cycle passed while reading),
+    when there is a clock; else (None, the status channel's, which lag it by up to a task
+    cycle or two)."""
     if not clock_pin:
-        return None, list(stat.actual_position[:3])
+        return None, list(stat.actual_position[:3]), stat.current_vel * 60.0
     for _ in range(5):
         before = hal.get_value(clock_pin)
         position = [hal.get_value(f"axis.{axis}.pos-cmd") for axis in AXES]
+        speed = hal.get_value("motion.current-vel") * 60.0
         if hal.get_value(clock_pin) == before:
             break
-    return before, position
+    return before, position, speed
 
 
-def status(stat, command, servo_s, machine_position, load) -> dict:
+def status(stat, command, servo_s, machine_position, load, speed, feed_stop_s) -> dict:
     """One status line: what the register map needs, positions in the program's coordinates
     (G5x, G92 and tool length offsets taken off; an XY rotation is not)."""
     position = [
@@ -119,6 +125,8 @@ def status(stat, command, servo_s, machine_position, load) -> dict:
         "link_ok": command.link_ok,
         "raise_held": command.raise_held,
         "load_pct": load,
+        "vel_servo_mm_min": speed,
+        "feed_stop_servo_s": feed_stop_s,
     }
 
 
@@ -162,8 +170,14 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=read_writes, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
+    feed_stop_s = None  # the servo clock when the pin last went to 0
+
     def apply(command) -> None:
+        nonlocal feed_stop_s
+        stopping = command.adaptive_feed == 0.0 and comp["adaptive-feed"] > 0.0
         comp["adaptive-feed"] = command.adaptive_feed
+        if stopping and clock:
+            feed_stop_s = hal.get_value(clock)
         comp["override-pct"] = command.override_pct
         comp["knob-pct"] = command.knob_pct
         comp["link-ok"] = command.link_ok
@@ -178,13 +192,13 @@ def main(argv: list[str]) -> int:
                 if "override" in message:
                     rule.agent_write(float(message["override"]), at)
             stat.poll()
-            servo_s, machine_position = sample_positions(clock, stat)
+            servo_s, machine_position, speed = sample_positions(clock, stat)
             now = time.monotonic()
             rule.observe(stat.feedrate, now)
             command = rule.command(now)
             apply(command)
             load = hal.get_value(args.load_pin) if args.load_pin else comp["spindle-load"]
-            line = status(stat, command, servo_s, machine_position, float(load))
+            line = status(stat, command, servo_s, machine_position, float(load), speed, feed_stop_s)
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
             deadline = max(deadline + args.period_s, time.monotonic() - args.period_s)

@@ -313,6 +313,13 @@ class LinuxCNC:
         reply = self._receive(time.monotonic() + timeout_s + 10.0)
         return ProgramRun(path, reply["cycle_s"], reply["ok"], tuple(reply["messages"]))
 
+    def abort(self) -> None:
+        """Abort the program `run` is running (from another thread): `run` returns, not ok,
+        with the time it ran; a no-op after its end."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._send({"cmd": "abort"})
+
     def halcmd(self, *args: str, timeout_s: float = 10.0) -> str:
         """Run `halcmd ARGS` in this session (e.g. "sets", "agent-adaptive-feed", "0.5")."""
         done = subprocess.run(

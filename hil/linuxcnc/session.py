@@ -12,6 +12,7 @@ The runner's protocol, one JSON object a line each way:
     session -> runner  {"event": "ready", "ready_s": S} | {"event": "failed", "message": M}
     runner -> session  {"cmd": "run", "program": PATH, "feed_override": F|null, "timeout_s": S}
     session -> runner  {"event": "done", "cycle_s": S, "ok": B, "messages": [...]}
+    runner -> session  {"cmd": "abort"}   (while a program runs: abort it, as the stop button)
     runner -> session  {"cmd": "quit"}
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import sys
 import time
@@ -68,9 +70,11 @@ class Session:
         c.mode(linuxcnc.MODE_AUTO)
         c.wait_complete()
 
-    def run(self, program: str, feed_override: float | None, timeout_s: float) -> dict:
+    def run(
+        self, program: str, feed_override: float | None, timeout_s: float, abort_asked=None
+    ) -> dict:
         """Open and run `program` to its end: the time from cycle start to the interpreter
-        idle again. Aborts it after `timeout_s`."""
+        idle again. Aborts it after `timeout_s`, or when `abort_asked()` says so."""
         c, s = self.command, self.stat
         self.drain_messages()
         c.mode(linuxcnc.MODE_AUTO)
@@ -99,10 +103,12 @@ class Session:
                 messages.append(f"did not start within {START_TIMEOUT_S:g} s")
                 ok = False
                 break
-            if now - started > timeout_s:
+            asked = abort_asked is not None and abort_asked()
+            if now - started > timeout_s or asked:
                 c.abort()
                 c.wait_complete()
-                messages.append(f"aborted after {timeout_s:g} s")
+                said = "by the runner" if asked else f"after {timeout_s:g} s"
+                messages.append(f"aborted {said} at {now - started:.2f} s")
                 ok = False
                 break
             time.sleep(POLL_S)
@@ -139,6 +145,14 @@ def main(argv: list[str]) -> int:
         send({"event": "failed", "message": str(exc)})
         return 1
     send({"event": "ready", "ready_s": time.monotonic() - started})
+
+    def abort_asked() -> bool:
+        """An abort from the runner while a program runs (nothing else is sent meanwhile)."""
+        if not select.select([conn], [], [], 0)[0]:
+            return False
+        line = inbox.readline()
+        return not line or json.loads(line).get("cmd") in ("abort", "quit")
+
     for line in inbox:  # until quit, or EOF: the runner went away
         request = json.loads(line)
         if request.get("cmd") == "quit":
@@ -146,7 +160,10 @@ def main(argv: list[str]) -> int:
         if request.get("cmd") == "run":
             send(
                 session.run(
-                    request["program"], request.get("feed_override"), request.get("timeout_s", 600)
+                    request["program"],
+                    request.get("feed_override"),
+                    request.get("timeout_s", 600),
+                    abort_asked,
                 )
             )
     return 0

@@ -1,0 +1,451 @@
+"""`make hil-linuxcnc`: the bench's G-code programs on a real LinuxCNC, each with a fixed 100 %
+override and with the agent adapting the feed (`edge-agent run`, control on, over the adapter),
+one run at a time on one LinuxCNC; a table and a plot per program (reports/hil-linuxcnc/).
+
+Each program's load comes from its [stock] scenario's cutting plant (scenarios/, same name),
+driven by LinuxCNC's positions on the servo clock (adapter.py). A breakage run: when the
+agent's feed hold has stopped the feed for HOLD_ENDS_RUN_S, the program is aborted (an
+operator would step in); the reaction time is from the plant's breakage onset to the servo
+cycle after the adapter set motion.adaptive-feed to 0, both on the servo clock.
+
+Never runs two LinuxCNCs or two agents at once; never writes to LinuxCNC but through the
+adapter. The figures come from the plant's trace, the adapter's status stream and the agent's
+own control_state events (its spool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from hil.linuxcnc import PROGRAMS_DIR, REPO_ROOT, SCENARIOS_DIR
+from hil.linuxcnc.adapter import LinuxCNCAdapter, PlantLoad
+from hil.linuxcnc.runner import LinuxCNC, ProgramRun
+from hil.plant import MOTION, RunResult
+from hil.scenario import Scenario, load_scenario
+
+FIXED = "fixed 100 %"
+AGENT = "adaptive (agent)"
+#: The programs `make hil-linuxcnc` runs, each with its scenario of the same name.
+PROGRAMS = ("pocket_depth_steps", "slot_hard_spot", "contour_air_moves", "slot_breakage")
+#: config/edge_sim.ini's servo period: reaction times are counted in these.
+SERVO_PERIOD_S = 0.001
+#: A feed stopped this long ends a run (as hil/bench.py's HOLD_ENDS_RUN_S): the program is
+#: aborted, as an operator would after a feed hold, and counts as unfinished.
+HOLD_ENDS_RUN_S = 2.0
+#: The agent polls before the program starts: it has learned nothing yet, but sees the machine.
+AGENT_READY_REQUESTS = 100
+AGENT_READY_TIMEOUT_S = 20.0
+AGENT_STOP_S = 15.0
+#: Any program's bound: well past the slowest it may run (50 % over 25 s, plus the run-up).
+RUN_TIMEOUT_S = 90.0
+CONTROL_STATES = ("air", "entry", "cutting", "hold")
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A breakage seen through the loop, on the servo clock (seconds from the run's start)."""
+
+    onset_s: float  # the plant's breakage onset
+    feed_stop_s: float | None  # the adapter set adaptive-feed to 0 (motion reads it next cycle)
+    stopped_s: float | None  # the first status with the commanded speed 0 after that (10 ms)
+
+    @property
+    def cycles(self) -> int | None:
+        """Servo cycles from the onset to the cycle in which motion.adaptive-feed is 0."""
+        if self.feed_stop_s is None:
+            return None
+        return math.floor((self.feed_stop_s - self.onset_s) / SERVO_PERIOD_S + 1e-6) + 1
+
+    @property
+    def to_standstill_cycles(self) -> int | None:
+        if self.stopped_s is None:
+            return None
+        return round((self.stopped_s - self.onset_s) / SERVO_PERIOD_S)
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One program run by one driver."""
+
+    program: str
+    driver: str
+    scenario: Scenario
+    done: ProgramRun  # LinuxCNC's: cycle time, ok (False: aborted, unfinished)
+    result: RunResult  # the plant's: peak load, time above the hard limit, breakage
+    trace: dict  # the plant's (hil.plant.TRACE_COLUMNS); override_pct: the feed in effect
+    states_s: dict[str, float]  # agent only: seconds in each control state during the run
+    events: list[dict]  # agent only: its control events during the run
+    reaction: Reaction | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.done.ok
+
+    @property
+    def held(self) -> str:
+        kinds = [e["event"] for e in self.events if e["event"] in ("breakage", "overload")]
+        return ", ".join(kinds)
+
+    def load_errors(self) -> tuple[float, float]:
+        """(peak, RMS) of the load read minus the target, % points, while cutting."""
+        target = self.scenario.control.target_load_pct
+        cut = [
+            load - target
+            for load, motion in zip(self.trace["load_pct"], self.trace["motion"], strict=True)
+            if motion == MOTION["cut"]
+        ]
+        if not cut:
+            return math.nan, math.nan
+        return max(cut), math.sqrt(sum(e * e for e in cut) / len(cut))
+
+
+def scenario_for(program: Path) -> Scenario:
+    return load_scenario(SCENARIOS_DIR / f"{program.stem}.toml")
+
+
+def agent_toml(port: int, workdir: Path) -> str:
+    """The demo configuration (edge_agent/defaults/demo.toml: control on, target 70 %) pointed
+    at the adapter, its spool in `workdir`, no upstream: every event stays in the spool."""
+    text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
+    spool = workdir / "spool.db"
+    for pattern, replacement in (
+        (r"\nport = 5020\n", f"\nport = {port}\n"),
+        (r'teach_file = "demo-teach.json"', f'teach_file = "{workdir / "teach.json"}"'),
+        (r'\[spool\]\npath = "demo-spool.db"', f'[spool]\npath = "{spool}"'),
+        (
+            r'\[upstream\]\nkind = "file"\nfile_path = "demo-telemetry.msgpack"',
+            '[upstream]\nkind = "none"',
+        ),
+    ):
+        text, n = re.subn(pattern, replacement, text)
+        if n != 1:
+            raise RuntimeError(f"demo.toml changed: {pattern!r} not found")
+    return text
+
+
+def spool_events(path: Path) -> list[dict]:
+    """The agent's events in its spool: {"t": wall s, "event": kind, "detail": {...}}."""
+    from edge_agent.telemetry.decode import decode_payload
+    from edge_agent.telemetry.spool import Spool
+
+    spool = Spool(str(path), readonly=True)
+    tables: dict = {}
+    events = []
+    try:
+        for row in spool.frames():
+            decoded = decode_payload(row.body, tables)
+            if decoded["kind"] == "event":
+                events.append(
+                    {
+                        "t": decoded["t"] / 1e6,
+                        "event": decoded["event"],
+                        "detail": decoded["detail"],
+                    }
+                )
+    finally:
+        spool.close()
+    return events
+
+
+def state_times(events: list[dict], start: float, end: float) -> dict[str, float]:
+    """Seconds in each control state between wall times `start` and `end`."""
+    changes = sorted((e["t"], e["detail"]["to"]) for e in events if e["event"] == "control_state")
+    state = "starting"
+    for t, to in changes:
+        if t <= start:
+            state = to
+    times: dict[str, float] = {}
+    at = start
+    for t, to in changes:
+        if start < t < end:
+            times[state] = times.get(state, 0.0) + t - at
+            at, state = t, to
+    times[state] = times.get(state, 0.0) + end - at
+    return times
+
+
+async def run_program(
+    cnc: LinuxCNC, program: Path, *, agent: bool, workdir: Path, log=lambda text: None
+) -> BenchRun:
+    """One run of `program` on the running `cnc`, through a fresh adapter; with the agent
+    (`edge-agent run` on the demo configuration) or without (the adapter's 100 %)."""
+    scenario = scenario_for(program)
+    workdir.mkdir(parents=True, exist_ok=True)
+    adapter = LinuxCNCAdapter(PlantLoad(scenario, record=True), env=cnc.env)
+    port = await adapter.start()
+    child = None
+    loop = asyncio.get_running_loop()
+    try:
+        if agent:
+            config = workdir / "agent.toml"
+            config.write_text(agent_toml(port, workdir))
+            agent_log = workdir / "agent.log"
+            with open(agent_log, "wb") as stderr:
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "edge_agent",
+                    "run",
+                    str(config),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=stderr,
+                    env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                )
+            deadline = time.monotonic() + AGENT_READY_TIMEOUT_S
+            while adapter.controller.requests_served < AGENT_READY_REQUESTS:
+                if child.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the agent did not start polling: {agent_log}")
+                await asyncio.sleep(0.1)
+        started = time.time()
+        running = loop.run_in_executor(
+            None, lambda: cnc.run(program, feed_override=1.0, timeout_s=RUN_TIMEOUT_S)
+        )
+        stopped_since = None
+        while not running.done():
+            await asyncio.sleep(0.05)
+            s = adapter.machine.status
+            if s["running"] and s["adaptive_feed"] * s["feed_override"] == 0.0:
+                stopped_since = stopped_since or time.monotonic()
+                if time.monotonic() - stopped_since >= HOLD_ENDS_RUN_S:
+                    cnc.abort()
+                    stopped_since = math.inf  # once
+            elif stopped_since is not math.inf:
+                stopped_since = None
+        done = await running
+        ended = time.time()
+        await asyncio.sleep(0.1)  # the adapter's next status lines see the end
+    finally:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(child.wait(), AGENT_STOP_S)
+        await adapter.stop()
+    machine = adapter.machine
+    result = dataclasses.replace(machine.plant.result, finished=done.ok)
+    events, states = [], {}
+    if agent:
+        events = [e for e in spool_events(workdir / "spool.db") if started <= e["t"] <= ended]
+        states = state_times(spool_events(workdir / "spool.db"), started, ended)
+    reaction = None
+    if result.broken_at_s is not None:
+        reaction = _reaction(
+            result.broken_at_s, machine.run_clocks_s[-1], machine.status_traces[-1]
+        )
+    run = BenchRun(
+        program.stem,
+        AGENT if agent else FIXED,
+        scenario,
+        done,
+        result,
+        machine.plant.trace,
+        states,
+        events,
+        reaction,
+    )
+    log(f"{run.program}, {run.driver}: {_cycle(run)} s{'' if done.ok else ' (unfinished)'}")
+    return run
+
+
+def _reaction(onset_s: float, clock0_s: float, statuses: list[tuple]) -> Reaction:
+    """From the breakage onset (plant time) to the adaptive-feed stop and to standstill."""
+    stops = [s[5] - clock0_s for s in statuses if s[5] is not None and s[5] - clock0_s >= onset_s]
+    feed_stop = min(stops) if stops else None
+    still = None
+    if feed_stop is not None:
+        still = next((s[0] for s in statuses if s[0] >= feed_stop and s[4] == 0.0), None)
+    return Reaction(onset_s, feed_stop, still)
+
+
+async def run_bench(
+    programs: list[Path], workdir: Path, *, drivers=(FIXED, AGENT), log=lambda text: None
+) -> list[BenchRun]:
+    """Every program with every driver, one at a time, on one LinuxCNC."""
+    loop = asyncio.get_running_loop()
+    cnc = LinuxCNC()
+    await loop.run_in_executor(None, cnc.start)
+    log(f"LinuxCNC ready in {cnc.ready_s:.2f} s")
+    runs = []
+    try:
+        for program in programs:
+            for driver in drivers:
+                where = workdir / f"{program.stem}-{'agent' if driver == AGENT else 'fixed'}"
+                runs.append(
+                    await run_program(cnc, program, agent=driver == AGENT, workdir=where, log=log)
+                )
+    finally:
+        await loop.run_in_executor(None, cnc.stop)
+    return runs
+
+
+# -- the report ------------------------------------------------------------------------------
+
+HEADER = (
+    "program",
+    "driver",
+    "cycle s",
+    "vs fixed",
+    "peak load %",
+    "peak err %",
+    "RMS err %",
+    "above limit s",
+    *(f"{state} s" for state in CONTROL_STATES),
+    "notes",
+)
+
+
+def _cycle(run: BenchRun) -> str:
+    return f"{run.done.cycle_s:.2f}" if run.finished else "-"
+
+
+def _row(run: BenchRun, fixed: BenchRun | None) -> tuple[str, ...]:
+    versus = ""
+    if fixed is not None and run is not fixed:
+        versus = (
+            f"{run.done.cycle_s / fixed.done.cycle_s - 1:+.1%}"
+            if run.finished and fixed.finished
+            else "-"
+        )
+    peak_err, rms_err = run.load_errors()
+    states = (
+        tuple(f"{run.states_s.get(s, 0.0):.2f}" for s in CONTROL_STATES)
+        if run.driver == AGENT
+        else ("-",) * len(CONTROL_STATES)
+    )
+    notes = []
+    if run.held:
+        notes.append(f"agent held the feed: {run.held}")
+    if not run.finished:
+        notes.append(f"unfinished, stopped at {run.done.cycle_s:.1f} s")
+    if run.result.broken_at_s is not None:
+        notes.append(f"tool broke at {run.result.broken_at_s:.2f} s")
+    if run.reaction is not None and run.reaction.cycles is not None:
+        notes.append(f"feed stop {run.reaction.cycles} servo cycles after the breakage")
+    return (
+        run.program,
+        run.driver,
+        _cycle(run),
+        versus,
+        f"{run.result.peak_load_pct:.1f}",
+        f"{peak_err:+.1f}",
+        f"{rms_err:.1f}",
+        f"{run.result.above_limit_s:.2f}",
+        *states,
+        ", ".join(notes),
+    )
+
+
+def table(runs: list[BenchRun]) -> str:
+    fixed = {r.program: r for r in runs if r.driver == FIXED}
+    body = [HEADER, *(_row(r, fixed.get(r.program)) for r in runs)]
+    widths = [max(len(row[i]) for row in body) for i in range(len(HEADER))]
+
+    def line(row):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(HEADER), rule, *(line(row) for row in body[1:])])
+
+
+def reactions(runs: list[BenchRun]) -> list[str]:
+    out = []
+    for run in runs:
+        r = run.reaction
+        if r is None or run.driver != AGENT:
+            continue
+        if r.cycles is None:
+            out.append(f"{run.program}: tool broke at {r.onset_s:.3f} s; the feed never stopped")
+            continue
+        still = (
+            f"; commanded speed 0 by {r.to_standstill_cycles} cycles (status every 10 ms)"
+            if r.to_standstill_cycles is not None
+            else ""
+        )
+        out.append(
+            f"{run.program}: breakage onset at {r.onset_s:.3f} s (servo clock), "
+            f"motion.adaptive-feed = 0 from {r.onset_s + r.cycles * SERVO_PERIOD_S:.3f} s: "
+            f"**{r.cycles} servo cycles** ({r.cycles * SERVO_PERIOD_S * 1000:.0f} ms){still}"
+        )
+    return out
+
+
+def write_report(runs: list[BenchRun], out: Path) -> Path:
+    """report.md, report.json and a PNG per program (hil/report.py's plot) into `out`."""
+    from hil.bench import Run
+    from hil.oracle import oracle
+    from hil.report import plot
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(runs)
+    lines = [
+        "# LinuxCNC in the loop",
+        "",
+        "Each program on LinuxCNC with a fixed 100 % override and with the agent (`edge-agent "
+        "run`, demo configuration, target 70 %, hard limit 110 %). Load errors: the load read "
+        "minus the target while cutting, % points; control states: the agent's control_state "
+        "events (its spool) during the run.",
+        "",
+        text,
+        "",
+        *(f"- {line}" for line in reactions(runs)),
+        "",
+    ]
+    by_program: dict[str, list[BenchRun]] = {}
+    for run in runs:
+        by_program.setdefault(run.program, []).append(run)
+    for program, group in by_program.items():
+        png = out / f"{program}.png"
+        ideal = oracle(group[0].scenario).cycle_time_s
+        plot(
+            [
+                Run(r.scenario, r.driver, r.result, ideal, r.trace, r.done.cycle_s, r.held)
+                for r in group
+            ],
+            png,
+        )
+        lines.append(f"![{program}]({png.name})")
+    records = [
+        {
+            "program": r.program,
+            "driver": r.driver,
+            "finished": r.finished,
+            "cycle_s": r.done.cycle_s,
+            "peak_load_pct": r.result.peak_load_pct,
+            "load_errors_pct": r.load_errors(),
+            "above_limit_s": r.result.above_limit_s,
+            "states_s": r.states_s,
+            "broken_at_s": r.result.broken_at_s,
+            "reaction_cycles": r.reaction.cycles if r.reaction else None,
+            "messages": list(r.done.messages),
+        }
+        for r in runs
+    ]
+    (out / "report.json").write_text(json.dumps(records, indent=1) + "\n")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(programs: list[str], out: Path) -> int:
+    paths = [Path(p) for p in programs] or [PROGRAMS_DIR / f"{name}.ngc" for name in PROGRAMS]
+    with tempfile.TemporaryDirectory(prefix="edge-hil-linuxcnc-") as workdir:
+        runs = asyncio.run(run_bench(paths, Path(workdir), log=lambda t: print(t, flush=True)))
+    path = write_report(runs, out)
+    print(table(runs))
+    for line in reactions(runs):
+        print(line)
+    print(f"\nreport: {path}")
+    expected = all(r.finished != bool(r.reaction and r.driver == AGENT) for r in runs)
+    return 0 if expected else 1
