@@ -155,7 +155,7 @@ def _demo(args) -> int:
 
     from .demo import run_demo
 
-    _setup_logging("warning")
+    logs.setup("warning")
     try:
         asyncio.run(
             run_demo(
@@ -288,7 +288,7 @@ def _collect_run(path: str) -> int:
     from .config import load_collector_config
 
     config = load_collector_config(path)
-    _setup_logging("info")
+    logs.setup("info")
 
     async def serve() -> None:
         service = CollectorService(config)
@@ -301,10 +301,6 @@ def _collect_run(path: str) -> int:
 
     asyncio.run(serve())
     return 0
-
-
-def _setup_logging(level: str) -> None:
-    logs.setup(level)
 
 
 if __name__ == "__main__":

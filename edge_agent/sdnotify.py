@@ -26,7 +26,6 @@ class Notifier:
         self.watchdog_s = _watchdog_s(env)
         self.sent = 0
         self.failed = 0
-        self._failed = False
         self._socket: socket.socket | None = None
         if self.address is not None:
             # Non-blocking: a listener that stops reading fills its queue, and a blocking
@@ -50,9 +49,8 @@ class Notifier:
             self.sent += 1
         except OSError as exc:
             self.failed += 1
-            if not self._failed:
+            if self.failed == 1:
                 log.warning("systemd notify socket %r: %s", self.address, exc.strerror or exc)
-                self._failed = True
 
     def ready(self, status: str) -> None:
         self.send(READY=1, STATUS=status)

@@ -34,7 +34,8 @@ class Scrape:
         return default
 
     def total(self, name: str, exclude: Iterable[str] = (), **labels: str) -> float:
-        """The sum over a counter's label values (`exclude` by the first label's value)."""
+        """The sum of a counter over its label values, leaving out samples that carry any
+        of the values in `exclude`."""
         return sum(
             value
             for sample_labels, value in self._samples.get(name, [])
