@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 
 import pytest
@@ -388,6 +387,7 @@ def test_the_agent_adapts_the_feed_of_linuxcnc_over_the_adapter(cnc, tmp_path):
     """`edge-agent run` with the demo configuration, control on, pointed at the adapter: the
     program's light cuts go faster than at 100 %, the hard band's load is held down."""
     from hil.linuxcnc.adapter import LinuxCNCAdapter, PlantLoad, load_source
+    from hil.linuxcnc.bench import start_agent
 
     async def scenario():
         scenario = load_source("scenario:face_two_passes").scenario
@@ -395,24 +395,9 @@ def test_the_agent_adapts_the_feed_of_linuxcnc_over_the_adapter(cnc, tmp_path):
         port = await adapter.start()
         config = tmp_path / "agent.toml"
         config.write_text(demo_toml(port, tmp_path / "spool.db"))
-        log = tmp_path / "agent.log"
-        agent = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edge_agent",
-            "run",
-            str(config),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=open(log, "wb"),  # noqa: SIM115 (the child holds it)
-            env=dict(os.environ),
-        )
+        agent = await start_agent(config, tmp_path / "agent.log", adapter)  # it polls
         loop = asyncio.get_running_loop()
         try:
-            deadline = time.monotonic() + 20
-            while adapter.controller.requests_served < 100:  # the agent polls
-                assert agent.returncode is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                await asyncio.sleep(0.1)
             run = loop.run_in_executor(None, cnc.run, PROGRAM)
             overrides = []
             while not run.done():

@@ -177,6 +177,33 @@ def state_times(events: list[dict], start: float, end: float) -> dict[str, float
     return times
 
 
+async def start_agent(
+    config: Path, log: Path, adapter: LinuxCNCAdapter
+) -> asyncio.subprocess.Process:
+    """`edge-agent run CONFIG` as its own process (stderr to `log`), returned once the
+    adapter has served it AGENT_READY_REQUESTS requests; the caller stops it (SIGTERM)."""
+    with open(log, "wb") as stderr:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "run",
+            str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+    deadline = time.monotonic() + AGENT_READY_TIMEOUT_S
+    while adapter.controller.requests_served < AGENT_READY_REQUESTS:
+        if child.returncode is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+            raise RuntimeError(f"the agent did not start polling: {log.read_text()[-2000:]}")
+        await asyncio.sleep(0.1)
+    return child
+
+
 async def run_program(
     cnc: LinuxCNC, program: Path, *, agent: bool, workdir: Path, log=lambda text: None
 ) -> BenchRun:
@@ -192,23 +219,7 @@ async def run_program(
         if agent:
             config = workdir / "agent.toml"
             config.write_text(agent_toml(port, workdir))
-            agent_log = workdir / "agent.log"
-            with open(agent_log, "wb") as stderr:
-                child = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "edge_agent",
-                    "run",
-                    str(config),
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=stderr,
-                    env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-                )
-            deadline = time.monotonic() + AGENT_READY_TIMEOUT_S
-            while adapter.controller.requests_served < AGENT_READY_REQUESTS:
-                if child.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the agent did not start polling: {agent_log}")
-                await asyncio.sleep(0.1)
+            child = await start_agent(config, workdir / "agent.log", adapter)
         started = time.time()
         running = loop.run_in_executor(
             None, lambda: cnc.run(program, feed_override=1.0, timeout_s=RUN_TIMEOUT_S)
