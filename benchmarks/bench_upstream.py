@@ -40,7 +40,7 @@ def standard_load_frames(count: int) -> tuple[bytes, list]:
     channels = standard_load.CHANNELS
     makers = [
         lambda seq, s=series: wire.data(BOOT, seq, channels, s)
-        for series in standard_load.seconds(count)
+        for series in standard_load.seconds(standard_load.samples(count))
     ]
     return wire.birth(BOOT, 1, 0, "bench", bytes(8), channels), makers
 

@@ -15,20 +15,31 @@ CHANNELS = [wire.Channel(i, f"tag{i}", "", 0.01, "sampled", 100_000, 0) for i in
 CHANNELS.append(wire.Channel(200, "bridge", "", 0.001, "sampled", 1_000, 1))
 
 
-def seconds(count: int, seed: int = 1) -> Iterator[dict[int, wire.Series]]:
-    """`count` seconds of samples, each pushed through a frame builder (as the agent does)
-    and handed out as the series of one data frame."""
-    builder = FrameBuilder(CHANNELS, {}, max_points=1_000_000)
+def samples(count: int, seed: int = 1) -> list[list[tuple[str, Sample]]]:
+    """`count` seconds of raw samples, as (channel name, sample) in arrival order, made up
+    front so that timing what the agent does with them leaves out making them."""
     rng = random.Random(seed)
     level = [rng.uniform(0, 100) for _ in range(200)]
+    out = []
     for second in range(count):
+        batch = []
         for tick in range(10):
             stamp = (second * 10 + tick) * 100_000_000
             for i in range(200):
                 level[i] += rng.gauss(0, 0.05)
-                builder.add(f"tag{i}", Sample(f"tag{i}", stamp, level[i]), stamp)
+                batch.append((f"tag{i}", Sample(f"tag{i}", stamp, level[i])))
         for k in range(1000):
             stamp = second * 1_000_000_000 + k * 1_000_000
-            value = math.sin(k / 50) + rng.gauss(0, 0.01)
-            builder.add("bridge", Sample("bridge", stamp, value), stamp)
+            batch.append(("bridge", Sample("bridge", stamp, math.sin(k / 50) + rng.gauss(0, 0.01))))
+        out.append(batch)
+    return out
+
+
+def seconds(batches: list[list[tuple[str, Sample]]]) -> Iterator[dict[int, wire.Series]]:
+    """Each second's samples pushed through a frame builder (as the agent does) and handed
+    out as the series of one data frame."""
+    builder = FrameBuilder(CHANNELS, {}, max_points=1_000_000)
+    for batch in batches:
+        for name, sample in batch:
+            builder.add(name, sample, sample.stamp_ns)
         yield builder.take()

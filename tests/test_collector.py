@@ -3,6 +3,7 @@ stored in SQLite; bad input counted and logged one line each, never fatal."""
 
 import csv
 import io
+import json
 import logging
 import math
 import sqlite3
@@ -110,6 +111,9 @@ def test_a_birth_and_its_data_frames_are_stored_and_decoded_by_channel_and_unit(
     assert (counts["payloads"], counts["births"], counts["samples"]) == (3, 1, 14)
     assert store.machines() == [MACHINE]
     assert balanced(collector.counters)
+    (table,) = store._db.execute("SELECT channels FROM births").fetchone()
+    assert json.loads(table)[0] == ["spindle_load", "%", 0.1, "sampled", 100_000, 0, None]
+    assert store.channel_table(MACHINE, BOOT_A) == TABLE
 
 
 def test_a_sample_that_is_not_good_is_stored_with_its_quality_and_no_value(collector, store):
@@ -373,9 +377,9 @@ def test_csv_export_filters_by_time_and_leaves_values_that_are_not_good_empty(co
 
 
 def corrupt_values(payload):
-    """The same data frame with a values block that does not unpack."""
+    """The same data frame with a packed block that does not unpack."""
     body = msgpack.unpackb(payload)
-    body[7] = b"\x03\xff"
+    body[6] = b"\x03\xff"
     return msgpack.packb(body)
 
 

@@ -123,7 +123,7 @@ def test_a_stream_of_payloads_decodes_like_a_spool_and_csv_has_a_row_per_sample(
     ]
     assert err.getvalue().splitlines() == [
         "capture.bin: payload 3: unknown version 9 (this decoder reads v1)",
-        "capture.bin: payload 4: truncated at byte 181 of 183",
+        "capture.bin: payload 4: truncated at byte 147 of 149",
     ]
 
 

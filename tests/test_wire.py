@@ -64,9 +64,66 @@ def test_decimal_quanta_decode_to_the_decimal_a_person_reads():
 def test_golden_data_frame():
     payload = wire.data(BOOT, 42, CHANNELS, frame_series())
     assert payload.hex() == (
-        "980101c4080123456789abcdef2acf0006608b015f3000c3c40a01090580037122820e08c4120552"
-        "d4f75803805bc001770b32b8204f1c18"
+        "970101c4080123456789abcdef2acf0006608b015f3000c3c416a58436c4097d083ac054ffd600e0"
+        "166d7057b11e0702"
     )
+
+
+def test_golden_birth():
+    """The table's rows: quanta as exact decimals [m, e], kinds by number, refs only when set."""
+    payload = wire.birth(BOOT, 1, T0, "0.1.0", bytes(8), CHANNELS)
+    assert msgpack.unpackb(payload)[5]["ch"] == [
+        ["spindle_load", "%", [1, -1], 0, 20_000, 0],
+        ["spindle_speed", "rpm", [1, 0], 0, 20_000, 0],
+        ["tool_number", "", [1, 0], 1, 0, None],
+        ["x_position", "mm", [1, -3], 0, 100_000, 1],
+    ]
+    assert payload.hex() == (
+        "960100c4080123456789abcdef01cf0006608b015f300083a56167656e74a5302e312e30a3636667c4"
+        "080000000000000000a263689496ac7370696e646c655f6c6f6164a1259201ff00cd4e200096ad7370"
+        "696e646c655f7370656564a372706d92010000cd4e200096ab746f6f6c5f6e756d626572a092010001"
+        "00c096aa785f706f736974696f6ea26d6d9201fd00ce000186a001"
+    )
+
+
+@pytest.mark.parametrize(
+    ("quantum", "pair"),
+    [
+        (0.1, [1, -1]),
+        (0.001, [1, -3]),
+        (1e-05, [1, -5]),
+        (2.5, [25, -1]),
+        (0.25, [25, -2]),
+        (1.0, [1, 0]),
+        (10.0, [1, 1]),
+        (1e6, [1, 6]),
+        (0.3, [3, -1]),
+    ],
+)
+def test_a_quantum_travels_as_the_decimal_it_reads_as_and_comes_back_the_same_float(quantum, pair):
+    assert wire.decimal_quantum(quantum) == pair
+    assert wire.quantum_of(pair) == quantum
+
+
+@pytest.mark.parametrize(
+    ("quantum", "kind", "message"),
+    [
+        ([0, 1], 0, "quantum \\[0, 1\\] is not"),
+        ([-1, 0], 0, "is not \\[m, e\\]"),
+        ([1.5, 0], 0, "is not"),
+        (0.1, 0, "is not"),
+        ([1, 2, 3], 0, "is not"),
+        ([1, 400], 0, "is not"),
+        ([2**63, 300], 0, "out of range"),
+        ([1, -3], "sampled", "bad row"),
+        ([1, -3], 2, "bad row"),
+    ],
+)
+def test_a_bad_row_in_a_received_birth_is_one_wire_error(quantum, kind, message):
+    body = msgpack.unpackb(wire.birth(BOOT, 1, T0, "0.1.0", bytes(8), CHANNELS))
+    body[5]["ch"][0][2:4] = [quantum, kind]
+    with pytest.raises(WireError, match=message):
+        wire.channels_of(wire.decode(msgpack.packb(body)))
 
 
 def test_birth_event_and_death_decode():
@@ -99,7 +156,7 @@ def test_later_elements_and_unknown_keys_are_ignored_for_forward_compatibility()
     body = msgpack.unpackb(wire.death(BOOT, 7))
     assert wire.decode(msgpack.packb([*body, "a v1.1 field"])) == wire.decode(wire.death(BOOT, 7))
     data = msgpack.unpackb(wire.data(BOOT, 1, CHANNELS, frame_series(), historical=True))
-    data[8]["new"] = 1
+    data[7]["new"] = 1
     frame = wire.decode(msgpack.packb(data))
     assert frame["h"] is True and wire.samples(frame, CHANNELS)
 
@@ -119,17 +176,18 @@ def changed(body, **fields):
         (lambda b: changed(b, v=2), "unknown version 2"),
         (lambda b: changed(b, k=7), "unknown kind 7"),
         (lambda b: {"v": 1}, "not an array"),
-        (lambda b: b[:6], "data: 4 fields, needs 6"),
+        (lambda b: b[:6], "data: 4 fields, needs 5"),
         (lambda b: changed(b, p=b"\xff"), "presence bitmap names a channel"),
         (lambda b: changed(b, p=b"\x0f\x00"), "presence bitmap of 2 bytes"),
-        (lambda b: changed(b, p=b"\x07"), "data: packed values"),
-        (lambda b: changed(b, x=b[7][:-1]), "data: packed values"),
-        (lambda b: changed(b, g=b"\x01"), "data: packed values"),
+        (lambda b: changed(b, p=b"\x07"), "data: packed block"),
+        (lambda b: changed(b, x=b[6][:-1]), "data: packed block: truncated"),
+        (lambda b: changed(b, x=b[6] + b"\x00"), "data: packed block: trailing bits"),
+        (lambda b: changed(b, x=b"\x01"), "data: packed block"),
         (lambda b: [*b, {"q": [0, 9, 1]}], "bad quality entry"),
         (lambda b: [*b, {"q": [0, 1]}], "triples"),
         (lambda b: [*b, [1]], "its ext must be a map"),
-        (lambda b: changed(b, t="now"), "t, p, g and x"),
-        (lambda b: changed(b, p=False), "t, p, g and x"),
+        (lambda b: changed(b, t="now"), "t, p and x"),
+        (lambda b: changed(b, p=False), "t, p and x"),
     ],
 )
 def test_a_malformed_data_frame_is_one_wire_error(mutate, message):
@@ -245,7 +303,7 @@ def test_a_bad_channel_table_is_refused(change, message):
 def test_regular_stamps_cost_a_few_bits_off_their_nominal_grid():
     stamps = regular(T0 + 7_000, 20_000, 50)
     frame = wire.decode(wire.data(BOOT, 1, CHANNELS, {0: Series(stamps, (1.0,) * 50)}))
-    assert len(frame["g"]) <= 3
+    assert len(frame["x"]) <= 3  # the count, a constant-zero stamp series, a constant value
     assert wire.samples(frame, CHANNELS)["spindle_load"].stamps_us == stamps
 
 

@@ -403,7 +403,7 @@ class SqliteStore:
         row = self._db.execute(
             "SELECT channels FROM births WHERE machine = ? AND boot = ?", (machine, boot)
         ).fetchone()
-        return None if row is None else wire.channels_of({"ch": json.loads(row[0])})
+        return None if row is None else _table_from_json(row[0])
 
     def add_birth(self, birth: Birth) -> None:
         self._db.execute(
@@ -411,7 +411,7 @@ class SqliteStore:
             " firmware, channels, last_received_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 *birth[:8],
-                json.dumps([c.row() for c in birth.channels], separators=(",", ":")),
+                _table_json(birth.channels),
                 birth.received_ns,
             ),
         )
@@ -718,3 +718,15 @@ def _subtract(
         if first <= last:
             out.append((first, last))
     return out
+
+
+def _table_json(channels: list[wire.Channel]) -> str:
+    """The channel table as people query it: one [name, unit, quantum, kind, period_us,
+    group, ref] row per alias, the quantum a number and the kind its name (the wire's row is
+    terser: docs/wire-format.md)."""
+    rows = [[c.name, c.unit, c.quantum, c.kind, c.period_us, c.group, c.ref] for c in channels]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def _table_from_json(text: str) -> list[wire.Channel]:
+    return [wire.Channel(alias, *row) for alias, row in enumerate(json.loads(text))]

@@ -2,7 +2,7 @@
 
 Sans-IO: channel tables, samples and bytes in, bytes and decoded frames out; no clock, no
 socket. Every payload is a plain msgpack array any decoder can read (optional fields in a
-trailing map); a data frame's stamps and values travel as packed blocks
+trailing map); a data frame's stamps and values travel as one packed block
 (`edge_agent.kernels.valuepack`). Decoding is strict and every failure is one `WireError` line.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 import array
 import math
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 import msgpack
 
-from ..kernels.valuepack import MAX_ABS, PackError, pack, unpack
+from ..kernels.valuepack import COUNTED, MAX_ABS, PackError, pack, unpack
 
 VERSION = 1
 #: Kinds by their number on the wire; every payload is an array [v, kind, boot, ...].
@@ -22,11 +23,15 @@ KINDS = ("birth", "data", "event", "death")
 #: Positions after [v, kind]: what a decoder of v1 reads; further elements are ignored.
 FIELDS = {
     "birth": ("b", "s", "t", "info"),  # info: map of agent, cfg, ch, fw (unknown keys ignored)
-    "data": ("b", "s", "t", "p", "g", "x", "ext"),  # ext (optional): map of h, q
+    "data": ("b", "s", "t", "p", "x", "ext"),  # ext (optional): map of h, q
     "event": ("b", "s", "t", "e", "d"),
     "death": ("b", "bs"),
 }
-REQUIRED = {"birth": 4, "data": 6, "event": 5, "death": 2}
+REQUIRED = {"birth": 4, "data": 5, "event": 5, "death": 2}
+#: Channel kinds by their number in the birth's table.
+CHANNEL_KINDS = ("sampled", "on_change")
+#: A quantum travels as [m, e], exactly m x 10^e; e within this bound.
+MAX_QUANTUM_EXPONENT = 300
 #: Nesting a decoder accepts: frames nest 3 levels; event details a few more.
 MAX_DEPTH = 16
 #: Values a data frame may carry in all (a decoder refuses more before allocating).
@@ -52,7 +57,39 @@ class Channel:
     ref: int | None = None  # a channel this one is sent as the difference from (same quantum)
 
     def row(self) -> list:
-        return [self.name, self.unit, self.quantum, self.kind, self.period_us, self.group, self.ref]
+        """The birth's row: the quantum as an exact decimal [m, e], the kind by its number,
+        the ref only when there is one."""
+        row = [
+            self.name,
+            self.unit,
+            decimal_quantum(self.quantum),
+            CHANNEL_KINDS.index(self.kind),
+            self.period_us,
+            self.group,
+        ]
+        return row if self.ref is None else [*row, self.ref]
+
+
+def decimal_quantum(quantum: float) -> list[int]:
+    """[m, e] with m x 10^e the shortest decimal that reads back as `quantum` (0.001 is
+    [1, -3], 2.5 is [25, -1]): three bytes where a float takes nine, and exact."""
+    sign, digits, exponent = Decimal(repr(quantum)).normalize().as_tuple()
+    mantissa = int("".join(map(str, digits)))
+    return [-mantissa if sign else mantissa, exponent]
+
+
+def quantum_of(pair) -> float:
+    """The quantum [m, e] of a birth's row as a float; WireError when it is not one."""
+    try:
+        m, e = pair
+        if not (type(m) is int and type(e) is int and m > 0 and abs(e) <= MAX_QUANTUM_EXPONENT):
+            raise ValueError
+        quantum = float(Decimal(m).scaleb(e))
+    except (TypeError, ValueError, InvalidOperation, OverflowError):
+        raise WireError(f"birth: quantum {pair!r} is not [m, e] with m > 0") from None
+    if not (math.isfinite(quantum) and quantum > 0):
+        raise WireError(f"birth: quantum {pair!r} is out of range")
+    return quantum
 
 
 @dataclass(frozen=True)
@@ -92,6 +129,8 @@ def check_table(channels: list[Channel]) -> None:
         raise WireError("birth: aliases must be 0, 1, 2, ... in table order")
     periods: dict[int, int] = {}
     for c in channels:
+        if not (math.isfinite(c.quantum) and c.quantum > 0):
+            raise WireError(f"birth: channel {c.name}: the quantum must be a positive number")
         if c.group is not None and periods.setdefault(c.group, c.period_us) != c.period_us:
             raise WireError(f"birth: channel {c.name}: its time group has another period")
         if c.ref is None:
@@ -131,7 +170,9 @@ def data(
         elif groups[channel.group] != s.stamps_us:
             raise WireError(f"data: channel {channel.name}: stamps differ from its group's")
     periods = {c.group: c.period_us for c in channels if c.group is not None}
-    stamp_series = [_on_grid(groups[g], t0, periods[g]) for g in sorted(groups)] + stamp_series
+    group_order = sorted(groups)
+    stamp_series = [_on_grid(groups[g], t0, periods[g]) for g in group_order] + stamp_series
+    solo = [a for a in present if channels[a].group is None]
     quantized, exceptions = {}, []
     for alias in present:
         quantized[alias], flagged = _quantize_series(series[alias], channels[alias])
@@ -148,8 +189,7 @@ def data(
         seq,
         t0,
         True if len(present) == len(channels) else _bitmap(present, len(channels)),
-        _pack(stamp_series),
-        _pack(values),
+        _pack(stamp_series + values, _layout(channels, present, group_order, solo)),
     ]
     ext = {}
     if exceptions:
@@ -165,11 +205,11 @@ def as_historical(payload: bytes) -> bytes:
     """A stored data frame re-wrapped for replay: the same content, flagged `h` (historical).
     Anything but a data frame is returned as it is."""
     body = msgpack.unpackb(payload, raw=False)
-    if not (isinstance(body, list) and len(body) >= 8 and body[:2] == [VERSION, 1]):
+    if not (isinstance(body, list) and len(body) >= 7 and body[:2] == [VERSION, 1]):
         return payload
-    ext = dict(body[8]) if len(body) > 8 and isinstance(body[8], dict) else {}
+    ext = dict(body[7]) if len(body) > 7 and isinstance(body[7], dict) else {}
     ext["h"] = True
-    return msgpack.packb([*body[:8], ext, *body[9:]])
+    return msgpack.packb([*body[:7], ext, *body[8:]])
 
 
 def event(boot: bytes, seq: int, t_us: int, kind: str, detail: dict) -> bytes:
@@ -226,11 +266,25 @@ def _bitmap(present: list[int], n: int) -> bytes:
     return bytes(bits)
 
 
-def _pack(columns: list[list[int]]) -> bytes:
+def _layout(channels: list[Channel], present: list[int], groups: list[int], solo: list[int]):
+    """The block's series and which count each shares (`valuepack.pack`'s `share`): first a
+    stamp series per time group present and per on-change channel present, each with its
+    count; then the present channels' values, each as many as its stamp series."""
+    series_of = {("g", g): i for i, g in enumerate(groups)}
+    series_of.update({("c", a): len(groups) + i for i, a in enumerate(solo)})
+    share = [COUNTED] * (len(groups) + len(solo))
+    for alias in present:
+        group = channels[alias].group
+        share.append(series_of[("c", alias) if group is None else ("g", group)])
+    return array.array("i", share)
+
+
+def _pack(columns: list[list[int]], share: array.array) -> bytes:
     try:
         return pack(
             array.array("i", [len(c) for c in columns]),
             array.array("q", [v for c in columns for v in c]),
+            share,
         )
     except PackError as exc:
         raise WireError(f"data: {exc}") from None
@@ -289,19 +343,17 @@ def channels_of(birth_frame: dict) -> list[Channel]:
         ok = (
             isinstance(name, str)
             and isinstance(unit, str)
-            and isinstance(quantum, int | float)
-            and not isinstance(quantum, bool)
-            and math.isfinite(quantum)
-            and quantum > 0
-            and kind in ("sampled", "on_change")
-            and isinstance(period, int)
+            and type(kind) is int
+            and 0 <= kind < len(CHANNEL_KINDS)
+            and type(period) is int
             and period >= 0
-            and (group is None or isinstance(group, int))
-            and (ref is None or isinstance(ref, int))
+            and (group is None or type(group) is int)
+            and (ref is None or type(ref) is int)
         )
         if not ok:
             raise WireError(f"birth: channel {alias}: bad row {row!r}")
-        out.append(Channel(alias, name, unit, float(quantum), kind, period, group, ref))
+        kind_name = CHANNEL_KINDS[kind]
+        out.append(Channel(alias, name, unit, quantum_of(quantum), kind_name, period, group, ref))
     check_table(out)
     return out
 
@@ -310,47 +362,43 @@ def samples(frame: dict, channels: list[Channel]) -> dict[str, Series]:
     """A decoded data frame's samples by channel name, in real units."""
     if frame.get("k") != "data":
         raise WireError(f"not a data frame but {frame.get('k')!r}")
-    t0, bitmap, stamps, values = (frame.get(key) for key in ("t", "p", "g", "x"))
+    t0, bitmap, block = (frame.get(key) for key in ("t", "p", "x"))
     if not (
         isinstance(t0, int)
         and (bitmap is True or isinstance(bitmap, bytes))
-        and isinstance(stamps, bytes)
-        and isinstance(values, bytes)
+        and isinstance(block, bytes)
     ):
-        raise WireError("data: t, p, g and x must be an integer, true or a bin, and two bins")
+        raise WireError("data: t, p and x must be an integer, true or a bin, and a bin")
     present = list(range(len(channels))) if bitmap is True else _present(bitmap, len(channels))
     groups = sorted({channels[a].group for a in present if channels[a].group is not None})
     solo = [a for a in present if channels[a].group is None]
+    share = _layout(channels, present, groups, solo)
     try:
-        counts, offsets = unpack(stamps, len(groups) + len(solo), MAX_FRAME_VALUES)
-        vcounts, quantized = unpack(values, len(present), MAX_FRAME_VALUES)
+        counts, numbers = unpack(block, share, MAX_FRAME_VALUES)
     except PackError as exc:
         raise WireError(f"data: {exc}") from None
     periods = [
         channels[next(a for a in present if channels[a].group == g)].period_us for g in groups
     ] + [0] * len(solo)
     series_stamps, start = [], 0
-    for count, period in zip(counts, periods, strict=True):
-        offsets_of = offsets[start : start + count]
+    for count, period in zip(counts, periods, strict=False):
+        offsets_of = numbers[start : start + count]
         series_stamps.append(tuple(t0 + o + i * period for i, o in enumerate(offsets_of)))
         start += count
     by_group = dict(zip(groups, series_stamps, strict=False))
     solo_stamps = dict(zip(solo, series_stamps[len(groups) :], strict=False))
+    vcounts = counts[len(periods) :]
     exceptions = _exceptions(
         frame.get("q", []), {a: c for a, c in zip(present, vcounts, strict=True)}
     )
-    columns, start = {}, 0
+    columns = {}
     for alias, count in zip(present, vcounts, strict=True):
-        columns[alias] = list(quantized[start : start + count])
+        columns[alias] = list(numbers[start : start + count])
         start += count
     out = {}
     for alias in present:
         channel, column = channels[alias], columns[alias]
         stamps_us = by_group[channel.group] if channel.group is not None else solo_stamps[alias]
-        if len(stamps_us) != len(column):
-            raise WireError(
-                f"data: channel {channel.name}: {len(column)} values, {len(stamps_us)} stamps"
-            )
         ref = _reference(channel, columns)
         if ref is not None:
             column = [v + r for v, r in zip(column, ref, strict=True)]
