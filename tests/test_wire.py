@@ -292,6 +292,9 @@ def test_without_its_ref_in_the_frame_a_channel_travels_whole():
         ({0: {"ref": 1}}, "ref must name another channel"),
         ({1: {"period_us": 50_000}}, "its time group has another period"),
         ({1: {"alias": 5}}, "aliases must be 0, 1, 2"),
+        ({2: {"quantum": 0.0}}, "feed: the quantum must be a positive number"),
+        ({2: {"quantum": math.inf}}, "the quantum must be"),
+        ({2: {"quantum": 1e-310}}, "the quantum must be"),
     ],
 )
 def test_a_bad_channel_table_is_refused(change, message):

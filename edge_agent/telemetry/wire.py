@@ -129,8 +129,11 @@ def check_table(channels: list[Channel]) -> None:
         raise WireError("birth: aliases must be 0, 1, 2, ... in table order")
     periods: dict[int, int] = {}
     for c in channels:
-        if not (math.isfinite(c.quantum) and c.quantum > 0):
-            raise WireError(f"birth: channel {c.name}: the quantum must be a positive number")
+        ok = math.isfinite(c.quantum) and c.quantum > 0
+        if not (ok and abs(decimal_quantum(c.quantum)[1]) <= MAX_QUANTUM_EXPONENT):
+            raise WireError(
+                f"birth: channel {c.name}: the quantum must be a positive number, 1e-300..1e300"
+            )
         if c.group is not None and periods.setdefault(c.group, c.period_us) != c.period_us:
             raise WireError(f"birth: channel {c.name}: its time group has another period")
         if c.ref is None:
