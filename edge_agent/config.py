@@ -898,6 +898,11 @@ class _Validator(TomlChecker):
         for key in ("quantum", "deadband", "deadband_pct"):
             if keys[key] < 0:
                 raise self.fail((*path, key), f"must not be negative, got {keys[key]}")
+        if keys["quantum"] and not 1e-300 <= keys["quantum"] <= 1e300:  # what a birth can carry
+            raise self.fail(
+                (*path, "quantum"),
+                f"must be 0 (the default) or 1e-300..1e300, got {keys['quantum']}",
+            )
         if keys["ref"] and (keys["ref"] not in tag_names or keys["ref"] == path[-1]):
             raise self.fail((*path, "ref"), f"must name another tag, got {keys['ref']!r}")
         return keys

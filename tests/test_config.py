@@ -255,6 +255,9 @@ def test_demo_config_mirrors_the_simulated_controller_map():
     ("section", "message"),
     [
         ("quantum = -0.1", "channels.spindle_load.quantum: must not be negative"),
+        ("quantum = inf", "channels.spindle_load.quantum: must be a finite number"),
+        ("quantum = 1e-310", "channels.spindle_load.quantum: must be 0 (the default) or 1e-300"),
+        ("quantum = 1e301", "channels.spindle_load.quantum: must be 0 (the default) or 1e-300"),
         ('report = "sometimes"', "channels.spindle_load.report: must be one of sampled, on_change"),
         ("heartbeat_s = 0", "channels.spindle_load.heartbeat_s: must be greater than 0"),
         ('ref = "nothing"', "channels.spindle_load.ref: must name another tag, got 'nothing'"),
