@@ -258,10 +258,10 @@ cdef int _order(const void* a, const void* b) noexcept nogil:
 
 
 cdef int64_t _median(const int64_t* q, int64_t* scratch, Py_ssize_t n) noexcept nogil:
-    """sorted(q)[n // 2]. For the short series of a 1-s frame, the value whose rank (how
-    many come before it in sorted order, ties by position) is n // 2: compares without
-    branches, where a sort mispredicts about every other one. qsort beyond."""
-    cdef Py_ssize_t i, j, rank
+    """sorted(q)[n // 2]. For the short series of a 1-s frame, the first value with at most
+    n // 2 values below it and more than n // 2 at or below it: compares without branches,
+    where a sort mispredicts about every other one. qsort beyond."""
+    cdef Py_ssize_t i, j, below, at_most
     cdef int64_t v
     if n > 16:
         memcpy(scratch, q, n * sizeof(int64_t))
@@ -269,12 +269,13 @@ cdef int64_t _median(const int64_t* q, int64_t* scratch, Py_ssize_t n) noexcept 
         return scratch[n // 2]
     for i in range(n):
         v = q[i]
-        rank = 0
+        below = at_most = 0
         for j in range(n):
-            rank += (q[j] < v) | ((q[j] == v) & (j < i))
-        if rank == n // 2:
+            below += q[j] < v
+            at_most += q[j] <= v
+        if below <= n // 2 < at_most:  # v holds position n // 2 of the sorted values
             return v
-    return q[0]  # not reached: some value has every rank
+    return q[0]  # not reached: some value holds every position
 
 
 cdef inline bint _level_worth_trying(const int64_t* q, Py_ssize_t n, uint64_t zd_total) noexcept nogil:
