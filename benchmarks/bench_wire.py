@@ -74,8 +74,9 @@ def _ours(names, frame) -> bytes:
 
 def _published(names, quanta, all_frames) -> tuple[int, float]:
     """Every byte our agent would publish for the recordings: a birth per recording (each is a
-    fresh boot, whose channel table is sent again) and a data frame per second, envelopes
-    included; and the encode time of the data frames from real values, ns per point."""
+    fresh boot, whose channel table is sent again), a data frame per second and the text
+    columns' events, envelopes included; and the encode time of the data frames from real
+    values, ns per point."""
     refs = tomllib.loads((HERE / "wire_quanta.toml").read_text())["ref"]
     channels = [
         wire.Channel(i, n, "", quanta[n], "sampled", PERIOD_US, 0, _alias(refs.get(n), names))
@@ -87,6 +88,7 @@ def _published(names, quanta, all_frames) -> tuple[int, float]:
     ]
     recordings = len(list(RECORDINGS.glob("experiment_*.csv")))
     total = recordings * len(wire.birth(BOOT, SEQ0, T0_US, "0.1.0", bytes(8), channels))
+    total += sum(len(event) for event in _text_events())
     started = time.perf_counter()
     for second, frame in enumerate(frames_real):
         start = T0_US + second * 10 * PERIOD_US
@@ -94,6 +96,24 @@ def _published(names, quanta, all_frames) -> tuple[int, float]:
         series = {a: wire.Series(stamps, tuple(values)) for a, values in frame.items()}
         total += len(wire.data(BOOT, SEQ0 + second, channels, series))
     return total, time.perf_counter() - started
+
+
+def _text_events() -> list[bytes]:
+    """The text columns as the agent sends them: an event with their values at the start of
+    each recording, then one with the columns that changed, at the row they change."""
+    text = tomllib.loads((HERE / "wire_quanta.toml").read_text())["text"]
+    events, seq = [], SEQ0
+    for path in sorted(RECORDINGS.glob("experiment_*.csv")):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        last: dict[str, str] = {}
+        for i, row in enumerate(rows):
+            changed = {name: row[name] for name in text if last.get(name) != row[name]}
+            if changed:
+                events.append(wire.event(BOOT, seq, T0_US + i * PERIOD_US, "state", changed))
+                seq += 1
+                last.update(changed)
+    return events
 
 
 def _standard_load_cpu(count: int = 10) -> float:
@@ -168,7 +188,7 @@ def run():
             "% core",
         ),
         (
-            "size vs the 0.7 target: every published byte (births, envelopes, blocks)",
+            "size vs the 0.7 target: every published byte (births, events, envelopes, blocks)",
             "target",
             0.7,
             "wire v1 payloads",
