@@ -129,8 +129,8 @@ def put_code(w, zs, code, param):
 def put_series(w, q):
     """One series: its mode, first value (or base) and residuals."""
     if all(v == q[0] for v in q):
-        w.put(MODE_BITS[MODE_CONSTANT][0], 1)
-        w.put(MODE_BITS[MODE_CONSTANT][1], 1)
+        for bit in MODE_BITS[MODE_CONSTANT]:
+            w.put(bit, 1)
         w.num(zigzag(q[0]))
         return
     count = len(q)
