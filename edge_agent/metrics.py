@@ -40,10 +40,7 @@ class AgentCollector:
 
     def collect(self) -> Iterator[Metric]:
         service, agent = self.service, self.service.agent
-        reloads = _counter("reloads", "SIGHUP reloads by outcome", ["outcome"])
-        for outcome, count in service.reloads.items():
-            reloads.add_metric([outcome], count)
-        yield reloads
+        yield _by_label("reloads", "SIGHUP reloads by outcome", "outcome", service.reloads)
         if service.log_limit is not None:
             yield _counter(
                 "log_messages_suppressed",
@@ -104,10 +101,9 @@ class AgentCollector:
             for q in QUANTILES:
                 latency.add_metric([name, str(q)], stats.latency.percentile(q * 100))
         yield from (cycles, overruns, latency)
-        writes = _counter("controller_writes", "register writes by outcome", ["outcome"])
-        for outcome, count in dict(link.write_counters).items():
-            writes.add_metric([outcome], count)
-        yield writes
+        yield _by_label(
+            "controller_writes", "register writes by outcome", "outcome", link.write_counters
+        )
 
     def _control(self, agent) -> Iterator[Metric]:
         control = agent.control
@@ -143,16 +139,13 @@ class AgentCollector:
         )
         state.add_metric([control.controller.state.value], 1)
         yield state
-        events = _counter("control_events", "control events by kind", ["kind"])
-        for kind, count in dict(agent.control_events).items():
-            events.add_metric([kind], count)
-        yield events
-        actuator = _counter(
-            "actuator_events", "the actuator's writes, checks and refusals", ["kind"]
+        yield _by_label("control_events", "control events by kind", "kind", agent.control_events)
+        yield _by_label(
+            "actuator_events",
+            "the actuator's writes, checks and refusals",
+            "kind",
+            control.actuator.counters,
         )
-        for kind, count in dict(control.actuator.counters).items():
-            actuator.add_metric([kind], count)
-        yield actuator
 
     def _telemetry(self, agent) -> Iterator[Metric]:
         yield _counter(
@@ -202,30 +195,39 @@ class AgentCollector:
             "1 while the sensor bridge streams",
             agent.bridge.state == "streaming",
         )
-        events = _counter(
-            "bridge_events", "the sensor bridge's counts (CRC errors, frames lost, ...)", ["kind"]
+        yield _by_label(
+            "bridge_events",
+            "the sensor bridge's counts (CRC errors, frames lost, ...)",
+            "kind",
+            agent.bridge.stats(),
         )
-        for kind, count in agent.bridge.stats().items():
-            events.add_metric([kind], count)
-        yield events
 
     def _upstream(self, agent) -> Iterator[Metric]:
         publisher = agent.publisher
         if publisher is None:
             return
         yield _gauge("upstream_connected", "1 while the upstream link is up", publisher.connected)
-        events = _counter(
-            "upstream_events", "publishes, acknowledgements, refusals, reconnects", ["kind"]
+        yield _by_label(
+            "upstream_events",
+            "publishes, acknowledgements, refusals, reconnects",
+            "kind",
+            publisher.counters,
         )
-        for kind, count in dict(publisher.counters).items():
-            events.add_metric([kind], count)
-        yield events
 
 
 def _counter(name: str, text: str, labels: list[str] | None = None, value: float | None = None):
     family = CounterMetricFamily(f"{PREFIX}_{name}", text, labels=labels)
     if value is not None:
         family.add_metric([], value)
+    return family
+
+
+def _by_label(name: str, text: str, label: str, counts) -> CounterMetricFamily:
+    """A counter family with one sample per entry of `counts` (a mapping, copied first: the
+    agent's threads may add a key while the scrape reads it)."""
+    family = _counter(name, text, [label])
+    for key, count in dict(counts).items():
+        family.add_metric([key], count)
     return family
 
 
