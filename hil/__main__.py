@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from hil import host_port
 from hil.bench import Progress, run_adaptive_simulated, run_all_realtime, run_simulated
 from hil.controller import SimulatedController
 from hil.plant import CuttingPlant, demo_plant
@@ -25,19 +26,12 @@ from hil.scenario import ScenarioError, load_scenario, scenario_path, shipped_sc
 log = logging.getLogger("hil")
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:5020")
-    return host or "127.0.0.1", int(port)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hil", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the simulated controller")
     where = serve.add_mutually_exclusive_group()
-    where.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="default 127.0.0.1:5020")
+    where.add_argument("--tcp", type=host_port, metavar="HOST:PORT", help="default 127.0.0.1:5020")
     where.add_argument("--rtu", metavar="DEVICE", help="serial device, e.g. /dev/ttyUSB0")
     serve.add_argument("--baudrate", type=int, default=19200, help="RTU only (default 19200)")
     serve.add_argument("--parity", choices="NEO", default="N", help="RTU only (default N)")

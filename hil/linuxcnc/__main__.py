@@ -18,18 +18,12 @@ import signal
 import sys
 from pathlib import Path
 
+from hil import host_port
 from hil.linuxcnc import PROGRAMS_DIR
 from hil.linuxcnc.adapter import LinuxCNCAdapter, load_source
 from hil.linuxcnc.runner import LinuxCNC, LinuxCNCError
 
 log = logging.getLogger("hil.linuxcnc")
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:5020")
-    return host or "127.0.0.1", int(port)
 
 
 def _pct(text: str) -> float:
@@ -64,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--adaptive-feed", type=_pct, metavar="PCT", help="motion.adaptive-feed, 0 ... 100 %%"
     )
     run.add_argument("--repeat", type=int, default=1, help="run the programs this many times")
-    run.add_argument("--serve", type=_host_port, metavar="HOST:PORT", help="serve the adapter")
+    run.add_argument("--serve", type=host_port, metavar="HOST:PORT", help="serve the adapter")
     run.add_argument("--wait-s", type=float, default=0.0, help="--serve: wait before running")
     _adapter_options(run, "scenario:face_two_passes")
     measure = sub.add_parser(
@@ -77,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench.add_argument("programs", nargs="*", metavar="PROGRAM.ngc", help="default: bench.PROGRAMS")
     bench.add_argument("--out", type=Path, default=Path("reports/hil-linuxcnc"))
     adapter = sub.add_parser("adapter", help="serve a running LinuxCNC over Modbus TCP")
-    adapter.add_argument("--listen", type=_host_port, default=("127.0.0.1", 5020))
+    adapter.add_argument("--listen", type=host_port, default=("127.0.0.1", 5020))
     _adapter_options(adapter, "hal:edge-adapter.spindle-load")
     return parser.parse_args(argv)
 
