@@ -67,7 +67,7 @@ def report(config: AgentConfig) -> tuple[list[str], int]:
         else:
             lines += _agent_lines(scrape)
             status = RUNNING
-    lines.append(_spool_line(config.spool.path))
+    lines += _spool_lines(config.spool.path)
     return lines, status
 
 
@@ -141,13 +141,19 @@ def _ms(seconds: float | None) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
-def _spool_line(path: str) -> str:
+def _spool_lines(path: str) -> list[str]:
+    """What waits in the spool, and every file moved aside beside it (never silent)."""
     try:
         spool = Spool(path, readonly=True)
     except SpoolError as exc:
-        return f"spool: {exc}"
+        return [f"spool: {exc}"]
     try:
         stats = spool.stats()
-        return f"spool {path}: {stats['depth']} payloads waiting, last seq {spool.last_seq()}"
+        return [
+            f"spool {path}: {stats['depth']} payloads waiting, last seq {spool.last_seq()}",
+            *(f"  moved aside: {leftover.line}" for leftover in spool.leftovers()),
+        ]
+    except SpoolError as exc:
+        return [f"spool: {exc}"]
     finally:
         spool.close()
