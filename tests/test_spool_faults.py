@@ -449,3 +449,9 @@ def test_a_spool_moved_aside_after_damage_is_reported_at_every_start_and_by_stat
     )
     lines, _ = report(config)
     assert f"  moved aside: {line}" in lines
+
+
+def test_a_budget_the_file_system_cannot_hold_is_told(tmp_path):
+    note = Spool(tmp_path / "a.db", max_bytes=2**60).budget_note()
+    assert note.startswith(f"{tmp_path / 'a.db'}: [spool] max_bytes (") and "\n" not in note
+    assert Spool(tmp_path / "b.db", max_bytes=4096).budget_note() is None
