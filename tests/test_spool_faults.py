@@ -192,7 +192,7 @@ def test_a_spool_the_agent_may_not_write_is_refused_naming_owner_and_mode(tmp_pa
         assert moved_aside(path.parent) == [] and digest(path) == before
         message = str(refused.value)
         assert isinstance(refused.value, spooling.SpoolReadOnly)
-        owner = "root (uid 0)" if os.geteuid() == 0 else f"(uid {os.geteuid()})"
+        owner = "root:root (uid 0, gid 0)" if os.geteuid() == 0 else f"(uid {os.geteuid()}, "
         mode = "0644" if os.geteuid() == 0 else "0444"
         assert message.startswith(f"{path}: not writable by ")
         assert "spool.db is owned by " in message and owner in message

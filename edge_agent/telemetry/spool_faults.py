@@ -162,20 +162,18 @@ def _on_read_only_fs(path: Path) -> bool:
 def _owner_and_mode(path: Path) -> str:
     st = path.stat()
     return (
-        f"owned by {_user_name(st.st_uid)}:{_group_name(st.st_gid)}, "
-        f"mode {stat.S_IMODE(st.st_mode):04o}"
+        f"owned by {_name(pwd.getpwuid, st.st_uid)}:{_name(grp.getgrgid, st.st_gid)} "
+        f"(uid {st.st_uid}, gid {st.st_gid}), mode {stat.S_IMODE(st.st_mode):04o}"
     )
 
 
 def _user_name(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
+    return f"{_name(pwd.getpwuid, uid)} (uid {uid})"
 
 
-def _group_name(gid: int) -> str:
+def _name(lookup, number: int) -> str:
+    """A user's or group's name; its number where it has none (a container, a deleted user)."""
     try:
-        return grp.getgrgid(gid).gr_name
+        return lookup(number)[0]
     except KeyError:
-        return str(gid)
+        return str(number)
