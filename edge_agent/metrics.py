@@ -158,6 +158,28 @@ class AgentCollector:
             "points_stored", "samples packed into data frames", value=agent.points_stored
         )
         yield _gauge("last_seq", "the newest sequence number", agent.last_seq)
+        yield _gauge(
+            "spool_writable",
+            "1 while the spool takes payloads, 0 while they are held in memory (disk full, "
+            "locked, not writable)",
+            agent.spool_trouble is None,
+        )
+        yield _gauge(
+            "spool_held_payloads", "payloads held in memory for the spool", len(agent.held)
+        )
+        yield _by_label(
+            "spool_store_failures",
+            "stores the spool refused, by reason",
+            "reason",
+            agent.store_failures,
+        )
+        yield _by_label(
+            "never_stored",
+            "held payloads dropped from memory before the spool took them: data frames "
+            "(kind data), their samples (points), events",
+            "kind",
+            agent.held.dropped_total,
+        )
         spool = self._spool_stats(agent)
         if spool is None:
             return

@@ -18,7 +18,6 @@ import math
 import os
 import queue
 from collections import Counter
-from collections.abc import Callable
 from contextlib import suppress
 
 from . import __version__
@@ -38,7 +37,8 @@ from .tasks import cancel_and_wait
 from .telemetry import wire
 from .telemetry.batcher import FrameBuilder
 from .telemetry.channels import change_filters, channel_table
-from .telemetry.spool import AsyncSpool
+from .telemetry.held import Held, Unstored
+from .telemetry.spool import AsyncSpool, SpoolCorrupt, SpoolError
 from .upstream.file_link import FileLink
 from .upstream.mqtt_link import MqttLink, settings_from
 from .upstream.publisher import Publisher, Topics
@@ -51,6 +51,15 @@ TEACH_FILE_CHECK_S = 2.0
 #: firmware version: a board answers in milliseconds; an absent one delays the start this long
 #: (its identity then goes out in a later birth and a `bridge_identified` event).
 BRIDGE_IDENTIFY_WAIT_S = 2.0
+#: Payloads held in memory while the spool cannot take them (its disk full, a lock another
+#: process holds, a file the agent may not write): a quarter of the agent's 64 MB resident
+#: budget, and at the standard load's ~2.5 KB/s of payloads (docs/spool.md) about 1.8 hours
+#: of telemetry, time for someone to free the disk. Beyond it the oldest data frames go.
+HELD_MAX_BYTES = 16 * 2**20
+#: Retries of the held payloads: soon after a passing lock, then twice a minute at most (on a
+#: full disk each attempt writes into the log until the disk refuses).
+HELD_RETRY_MIN_S = 1.0
+HELD_RETRY_MAX_S = 30.0
 
 
 class Agent:
@@ -99,7 +108,18 @@ class Agent:
         self._full = asyncio.Event()
         # Data frames wait here for their commit: one transaction per commit interval writes
         # fewer pages than one per frame (SD-card wear; docs/spool.md).
-        self._unstored: list[tuple[str, Callable[[int], bytes]]] = []
+        self._unstored: list[Unstored] = []
+        self._storing = asyncio.Lock()  # one store at a time: numbers follow time
+        # While the spool cannot take payloads: why, since when, and what waits in memory.
+        self.spool_trouble: SpoolError | None = None
+        self._trouble_since_us = 0
+        self.held = Held(HELD_MAX_BYTES)
+        self.store_failures: Counter[str] = Counter()  # by reason (disk_full, locked, ...)
+        self._retrying: asyncio.Task | None = None
+        self._retry_ends = asyncio.Event()  # the stop: the retry ends after its attempt
+        # Set with the error when the spool turns out damaged while running: the agent stops
+        # (feed made safe) and the start that follows salvages it.
+        self.spool_damaged: asyncio.Future | None = None
         self._committed_ns = self.clock.monotonic_ns()
         self._commit_interval_ns = int(config.spool.commit_interval_s * 1e9)
         self.control: ControlLoop | None = None
@@ -188,6 +208,17 @@ class Agent:
             except TeachError as exc:
                 log.error("%s; keeping the records already loaded", exc)
 
+    def _save_taught(self, record) -> None:
+        """In a worker thread (the teach file is fsynced). A save that fails (a full disk, a
+        folder the agent may not write) is one line and counted, never a task's traceback:
+        the controller keeps using the record until the agent stops, and the record is in
+        the telemetry's `teach_in_learned` event."""
+        try:
+            self._teach.put(record)
+        except TeachError as exc:
+            self.control_events["teach_save_failed"] += 1
+            log.error("%s; tool %d's record is used until the agent stops", exc, record.tool)
+
     def _control_events(self, events: list[tuple[str, dict]]) -> None:
         """Events from the control thread, on the event loop: stored as telemetry; a teach-in
         record also goes to the teach file (in a worker thread: it fsyncs)."""
@@ -196,7 +227,7 @@ class Agent:
             if kind == "teach_in_learned":
                 record = detail["record"]
                 detail = dataclasses.asdict(record)
-                self._background(asyncio.to_thread(self._teach.put, record))
+                self._background(asyncio.to_thread(self._save_taught, record))
             log.log(
                 logging.WARNING if kind in ("overload", "breakage", "undercut") else logging.INFO,
                 "control: %s %s",
@@ -256,10 +287,12 @@ class Agent:
         if self.bridge is not None:
             bridge.append(asyncio.create_task(self.bridge.run(), name="bridge"))
             await self.bridge.wait_identified(BRIDGE_IDENTIFY_WAIT_S)
+        self.spool_damaged = asyncio.get_running_loop().create_future()
         try:
             await self.open_spool()
         except BaseException:
             await cancel_and_wait(bridge)
+            await self.spool.close()
             raise
         publishing = []
         if self.publisher is not None:
@@ -290,7 +323,8 @@ class Agent:
             self.polling = True
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait(
-                [stopped, link, *tasks, *publishing], return_when=asyncio.FIRST_COMPLETED
+                [stopped, link, self.spool_damaged, *tasks, *publishing],
+                return_when=asyncio.FIRST_COMPLETED,
             )
             stopped.cancel()
             for task in done:
@@ -303,9 +337,12 @@ class Agent:
             await self.flush()
             # Commits every frame still waiting.
             await self.store_event("agent_stop", {"reason": self.stop_reason})
+            await self._store_held_at_stop()
             await self._stop_publishing(publishing)
             await cancel_and_wait([link])
             await self.spool.close()
+            if self.spool_damaged.done():  # found while stopping: logged, not raised
+                self.spool_damaged.exception()
 
     async def _announce_up(self) -> None:
         """`up` is set once the spool, the control loop (when enabled) and the controller
@@ -322,8 +359,11 @@ class Agent:
         }
 
     async def open_spool(self) -> None:
-        """Open the spool (moving a corrupt one aside), then the boot's birth and start event
-        and, after a recovery, a `spool_corrupt` event saying what happened."""
+        """Open the spool (salvaging a damaged one), then the boot's birth and start event;
+        after a salvage a `spool_corrupt` event saying what was salvaged and lost, and for
+        every file moved aside and never salvaged a `spool_orphan` event, at every start.
+        A spool that cannot be written stops the start here (one line): a boot whose birth
+        is not stored would send frames nobody can decode."""
         spool = await self.spool.open()
         await self.store_birth()
         await self.store_event("agent_start", {"version": __version__})
@@ -332,7 +372,18 @@ class Agent:
             await self.store_event("bridge_identified", self.bridge.identity)
         if spool.recovered:
             log.error("%s", spool.recovered)
-            await self.store_event("spool_corrupt", {"detail": spool.recovered})
+            await self.store_event("spool_corrupt", {"detail": spool.recovered, **spool.recovery})
+        for leftover in await self.spool.leftovers():
+            if leftover.salvaged:
+                log.warning("spool: %s", leftover.line)
+            else:
+                log.error("spool: %s", leftover.line)
+                await self.store_event(
+                    "spool_orphan", {"file": leftover.file, "detail": leftover.line}
+                )
+        note = await self.spool.budget_note()
+        if note:
+            log.warning("%s", note)
 
     async def _stop_publishing(self, tasks: list[asyncio.Task]) -> None:
         """Give the upstream a bounded time for what is spooled, then the death message. A
@@ -368,8 +419,16 @@ class Agent:
         self._full.clear()
         if series:
             boot, table = self.boot, self.table
-            self._unstored.append(("data", lambda seq: wire.data(boot, seq, table, series)))
-            self.points_stored += points
+            stamps = [s.stamps_us for s in series.values() if s.stamps_us]
+            self._unstored.append(
+                Unstored(
+                    "data",
+                    lambda seq: wire.data(boot, seq, table, series),
+                    points,
+                    min(s[0] for s in stamps),
+                    max(s[-1] for s in stamps),
+                )
+            )
         due = self.clock.monotonic_ns() - self._committed_ns >= self._commit_interval_ns
         if self._unstored and due:
             await self._store([])
@@ -380,26 +439,42 @@ class Agent:
         config_hash = hashlib.sha256(repr(self.config).encode()).digest()[:8]
         identity = self.bridge.identity if self.bridge is not None else None
         firmware = self._birth_firmware = identity["firmware"] if identity else None
-        await self._store(
-            [
-                (
-                    "birth",
-                    lambda seq: wire.birth(
-                        boot, seq, t_us, __version__, config_hash, table, firmware
-                    ),
-                )
-            ]
-        )
+
+        def birth(seq: int) -> bytes:
+            return wire.birth(boot, seq, t_us, __version__, config_hash, table, firmware)
+
+        await self._store([Unstored("birth", birth, 0, t_us, t_us)])
 
     async def store_event(self, kind: str, detail: dict) -> None:
-        boot, t_us = self.boot, self.clock.stamp_ns() // 1000
-        await self._store([("event", lambda seq: wire.event(boot, seq, t_us, kind, detail))])
+        await self._store([self._event(kind, detail)])
 
-    async def _store(self, bodies: list[tuple[str, Callable[[int], bytes]]]) -> None:
+    def _event(self, kind: str, detail: dict) -> Unstored:
+        boot, t_us = self.boot, self.clock.stamp_ns() // 1000
+        return Unstored(
+            "event", lambda seq: wire.event(boot, seq, t_us, kind, detail), 0, t_us, t_us
+        )
+
+    async def _store(self, items: list[Unstored]) -> None:
         """Store payloads made from their sequence numbers (made in the spool's thread), after
-        the data frames waiting for their commit: one transaction, numbers in time order."""
-        bodies, self._unstored = self._unstored + bodies, []
-        self._committed_ns = self.clock.monotonic_ns()
+        the data frames waiting for their commit: one transaction, numbers in time order.
+        When the spool cannot take them (docs/spool.md) they are held in memory, in order,
+        for `store_held`; only at the start is that an error (it stops the agent)."""
+        async with self._storing:
+            items, self._unstored = self._unstored + items, []
+            self._committed_ns = self.clock.monotonic_ns()
+            if not items:
+                return
+            if self.spool_trouble is None:
+                try:
+                    await self._write(items)
+                    return
+                except SpoolError as exc:
+                    if not self._spool_open:
+                        raise
+                    self._spool_in_trouble(exc)
+            self._hold(items)
+
+    async def _write(self, items: list[Unstored]) -> None:
         sizes: list[int] = []
 
         def measured(make):
@@ -410,12 +485,133 @@ class Agent:
 
             return body
 
-        seqs = await self.spool.store([(kind, self.boot, measured(make)) for kind, make in bodies])
+        seqs = await self.spool.store([(i.kind, self.boot, measured(i.make)) for i in items])
         self.frames_stored += len(seqs)
         self.bytes_stored += sum(sizes)
+        self.points_stored += sum(i.points for i in items)
         self.last_seq = seqs[-1]
         if self.publisher is not None:
             self.publisher.notify()
+
+    def _spool_in_trouble(self, error: SpoolError) -> None:
+        """The first store the spool refused: log it, hold payloads from now on, retry."""
+        self.store_failures[getattr(error, "reason", "error")] += 1
+        self.spool_trouble = error
+        self._trouble_since_us = self.clock.stamp_ns() // 1000
+        if isinstance(error, SpoolCorrupt):
+            log.error("spool: %s; stopping: the start that follows salvages it", error)
+        else:
+            log.error(
+                "spool: %s; control goes on, telemetry is held in memory (up to %s, then the "
+                "oldest data frames go) until the spool takes it again",
+                error,
+                _size(self.held.max_bytes),
+            )
+        if not self._retry_ends.is_set():  # (the stop tries once more itself)
+            self._retrying = asyncio.get_running_loop().create_task(
+                self._retry_held(), name="spool retry"
+            )
+        self._stop_if_damaged(error)
+
+    def _stop_if_damaged(self, error: SpoolError) -> None:
+        """Damage found while running: run() stops the agent with it (the feed made safe);
+        the start that follows salvages the file (systemd restarts the agent)."""
+        damaged = self.spool_damaged
+        if isinstance(error, SpoolCorrupt) and damaged is not None and not damaged.done():
+            damaged.set_exception(error)
+
+    def _hold(self, items: list[Unstored]) -> None:
+        """Make the payloads now (packed, they take a byte or so a sample) and hold them. On
+        the event loop, with no await: a stop cannot cancel it halfway and lose them (a
+        commit interval's frames pack in milliseconds)."""
+        dropped = sum(self.held.dropped.counts.values())
+        for item in items:
+            self.held.hold(item, item.make(0))
+        if not dropped and self.held.dropped:
+            log.warning(
+                "spool: %s held in memory: dropping the oldest data frames (counted, and told "
+                "in a spool_outage event once the spool takes payloads again)",
+                _size(self.held.max_bytes),
+            )
+
+    async def _retry_held(self) -> None:
+        """Until the spool takes the held payloads, or the stop. Never cancelled: an attempt
+        cancelled while the spool's thread stores would leave them held and stored both."""
+        backoff = Backoff(HELD_RETRY_MIN_S, HELD_RETRY_MAX_S)
+        while self.spool_trouble is not None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_ends.wait(), backoff.next_delay())
+            if self._retry_ends.is_set():
+                return
+            await self.store_held()
+
+    async def store_held(self) -> bool:
+        """One attempt to store what is held (and what waits for its commit), in order, then
+        a `spool_outage` event saying what happened meanwhile; whether the spool took them."""
+        async with self._storing:
+            trouble = self.spool_trouble
+            if trouble is None:
+                return True
+            waiting, self._unstored = self._unstored, []
+            items = self.held.items() + waiting
+            detail = self._outage_detail(trouble, len(items))
+            try:
+                await self._write([*items, self._event("spool_outage", detail)])
+            except SpoolError as exc:
+                self.store_failures[getattr(exc, "reason", "error")] += 1
+                if type(exc) is not type(trouble):  # a new kind of trouble: said once
+                    log.error("spool: %s; telemetry still held in memory", exc)
+                    self.spool_trouble = exc
+                    self._stop_if_damaged(exc)
+                self._hold(waiting)
+                return False
+            self._committed_ns = self.clock.monotonic_ns()
+            self.held.clear()
+            self.spool_trouble = None
+            log.warning(
+                "spool takes payloads again after %.0f s (%s): %d payloads stored late; "
+                "%d data frames (%d points) and %d events dropped",
+                (detail["to_us"] - detail["from_us"]) / 1e6,
+                detail["reason"],
+                detail["stored_late"],
+                detail["dropped_frames"],
+                detail["dropped_points"],
+                detail["dropped_events"],
+            )
+            return True
+
+    def _outage_detail(self, trouble: SpoolError, held: int) -> dict:
+        """What the plant learns of the outage: the frames dropped were never numbered, so no
+        number is missing; their span of time has no samples, and this event says why."""
+        dropped = self.held.dropped
+        detail = {
+            "reason": getattr(trouble, "reason", "error"),
+            "error": str(trouble),
+            "from_us": self._trouble_since_us,
+            "to_us": self.clock.stamp_ns() // 1000,
+            "stored_late": held,
+            "dropped_frames": dropped.counts["data"],
+            "dropped_points": dropped.counts["points"],
+            "dropped_events": dropped.counts["event"] + dropped.counts["birth"],
+        }
+        if dropped:
+            detail |= {"dropped_from_us": dropped.first_us, "dropped_to_us": dropped.last_us}
+        return detail
+
+    async def _store_held_at_stop(self) -> None:
+        """The stop's last try; what the spool still refuses is lost with the process."""
+        self._retry_ends.set()
+        if self._retrying is not None:
+            await asyncio.wait([self._retrying])
+        if self.spool_trouble is not None and not await self.store_held():
+            dropped = self.held.dropped
+            log.error(
+                "stopping with %d payloads the spool did not take (%s): lost, with %d data "
+                "frames dropped before them",
+                len(self.held) + len(self._unstored),
+                self.spool_trouble,
+                dropped.counts["data"],
+            )
 
     async def _flush_periodically(self) -> None:
         interval = self.config.telemetry.frame_interval_s
@@ -449,6 +645,17 @@ class Agent:
             f"spool {spool['depth']} payloads"
             + (f" (oldest {oldest_s:.0f} s)" if spool["depth"] else "")
         )
+        if self.spool_trouble is not None:
+            line += (
+                f", spool NOT TAKING PAYLOADS ({getattr(self.spool_trouble, 'reason', 'error')}):"
+                f" {len(self.held)} held in memory"
+            )
+        lost = self.held.dropped_total
+        if lost:
+            line += (
+                f", {lost['data']} frames ({lost['points']} points) and "
+                f"{lost['event'] + lost['birth']} events never stored"
+            )
         if self.bridge is not None:
             b = self.bridge.stats()
             line += (
@@ -465,6 +672,10 @@ class Agent:
                 f"{up['disconnects'] + up['connect_failures']} connection failures"
             )
         return line
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
 
 
 def _filter(chain: FilterChain, sample: Sample) -> Sample | None:

@@ -67,7 +67,7 @@ def report(config: AgentConfig) -> tuple[list[str], int]:
         else:
             lines += _agent_lines(scrape)
             status = RUNNING
-    lines.append(_spool_line(config.spool.path))
+    lines += _spool_lines(config.spool.path)
     return lines, status
 
 
@@ -128,6 +128,18 @@ def _agent_lines(s: Scrape) -> list[str]:
             f"(oldest {s.get('edge_agent_spool_oldest_age_seconds', 0):.0f} s), "
             f"{s.total('edge_agent_spool_dropped_total'):.0f} dropped by the disk budget"
         )
+        if s.get("edge_agent_spool_writable", 1) == 0:
+            lines.append(
+                f"  spool       NOT TAKING PAYLOADS: "
+                f"{s.get('edge_agent_spool_held_payloads', 0):.0f} held in memory; see journalctl"
+            )
+        lost = s.total("edge_agent_never_stored_total", exclude=["points"])
+        if lost:
+            lines.append(
+                f"  spool       {lost:.0f} payloads never stored "
+                f"({s.get('edge_agent_never_stored_total', 0, kind='points'):.0f} points): "
+                "dropped from memory while the spool could not take them"
+            )
     rss = s.get("process_resident_memory_bytes")
     cpu = s.get("process_cpu_seconds_total")
     if rss is not None and cpu is not None:
@@ -141,13 +153,19 @@ def _ms(seconds: float | None) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
-def _spool_line(path: str) -> str:
+def _spool_lines(path: str) -> list[str]:
+    """What waits in the spool, and every file moved aside beside it (never silent)."""
     try:
         spool = Spool(path, readonly=True)
     except SpoolError as exc:
-        return f"spool: {exc}"
+        return [f"spool: {exc}"]
     try:
         stats = spool.stats()
-        return f"spool {path}: {stats['depth']} payloads waiting, last seq {spool.last_seq()}"
+        return [
+            f"spool {path}: {stats['depth']} payloads waiting, last seq {spool.last_seq()}",
+            *(f"  moved aside: {leftover.line}" for leftover in spool.leftovers()),
+        ]
+    except SpoolError as exc:
+        return [f"spool: {exc}"]
     finally:
         spool.close()

@@ -141,7 +141,7 @@ def test_a_garbage_file_is_moved_aside_and_a_fresh_spool_starts(tmp_path):
     assert spool.store(items()) == [1]
     aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 1 and aside[0].read_bytes() == b"this is not sqlite" * 100
-    assert spool.recovered.startswith(f"{path}: corrupt (")
+    assert spool.recovered.startswith(f"{path}: damaged: file is not a database")
     assert "moved to s.db.corrupt-" in spool.recovered and "\n" not in spool.recovered
     assert spool.counters["corrupt_recovered"] == 1
 

@@ -5,25 +5,72 @@ acknowledged it, or when the disk budget or the age limit drops it (with a gap e
 WAL journal, `synchronous=FULL`: a payload `store` returned for survives a crash or power
 loss (docs/spool.md says what SQLite promises). The next number is the newest payload's plus
 one, or the counter row's if higher; deleting payloads raises the counter first. So a number
-is never reused or skipped, and a store writes no page but its payload's (SD-card wear). A
-file that fails its integrity check at start is moved aside (kept for inspection) and a fresh
-spool starts. `AsyncSpool` runs all of it in one worker thread: the event loop never waits on
-the disk.
+is never reused or skipped, and a store writes no page but its payload's (SD-card wear).
+`AsyncSpool` runs all of it in one worker thread: the event loop never waits on the disk.
+
+Errors are classified (`classify`). An operational one (a lock another process holds, a file
+or folder this user may not write, a full disk, an I/O error) is a `SpoolUnavailable`: one
+line, the file left exactly as it is, the caller retries later or refuses to start. Only
+damage (SQLite finds the file corrupt or not a database, or `PRAGMA quick_check` fails at
+start) moves a file aside: what still reads of it goes into the fresh spool with its numbers,
+the numbers continue past the highest seen, and the file moved aside is reported at every
+start until someone deletes it (`salvage.py` does the reading; docs/spool.md).
+Never deletes a payload that was not acknowledged or dropped by the budget with a gap event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+from .salvage import (
+    COMPANIONS,
+    Salvage,
+    highest_number,
+    holds_nothing,
+    moved_aside,
+    numbers_in,
+    read_damaged,
+)
+from .spool_faults import (
+    SpoolCorrupt,
+    SpoolError,
+    SpoolFull,
+    SpoolIOError,
+    SpoolLocked,
+    SpoolReadOnly,
+    SpoolUnavailable,
+    classify,
+    free_bytes,
+)
+
+__all__ = [
+    "AsyncSpool",
+    "Leftover",
+    "Spool",
+    "SpoolCorrupt",
+    "SpoolError",
+    "SpoolFull",
+    "SpoolIOError",
+    "SpoolLocked",
+    "SpoolReadOnly",
+    "SpoolUnavailable",
+    "Stored",
+]
 
 SCHEMA_VERSION = 2
 
+# `salvaged` came after version 2 without a new version: an older agent never reads it and
+# its own schema script leaves it alone, so both can open the file.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
     seq INTEGER PRIMARY KEY,
@@ -43,7 +90,15 @@ CREATE TABLE IF NOT EXISTS counter (
     next_seq INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counter (id, next_seq) VALUES (1, 1);
+CREATE TABLE IF NOT EXISTS salvaged (
+    file TEXT PRIMARY KEY,
+    at_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    salvaged INTEGER NOT NULL,
+    lost INTEGER NOT NULL
+);
 """
+_TABLES = {"frames", "births", "counter", "salvaged"}
 
 #: A payload, or a function that makes it from its sequence number (payloads that carry it).
 Body = bytes | Callable[[int], bytes]
@@ -59,9 +114,20 @@ _NEXT_SEQ = (
 #: Rows per DELETE statement (SQLite's default limit on bound parameters is 32766).
 _CHUNK = 500
 
+#: How long a statement waits for another connection's write lock (SQLite's busy timeout)
+#: before it is a `SpoolLocked`: far longer than any transaction of the agent's own (a store
+#: of one commit interval's frames takes milliseconds, a budget drop of thousands of rows
+#: well under a second on a Pi), short enough that a start refuses promptly (systemd starts
+#: it again) and that frames held up by someone's sqlite3 session are soon held in memory.
+BUSY_TIMEOUT_S = 5.0
 
-class SpoolError(Exception):
-    """The spool's file cannot be used: one line naming the path and why."""
+
+class Leftover(NamedTuple):
+    """A file moved aside beside the spool, and the line that reports it."""
+
+    file: str  # its name, beside the spool
+    salvaged: bool  # False: moved aside without salvage (an older agent): its payloads unsent
+    line: str
 
 
 @dataclass(frozen=True)
@@ -80,7 +146,9 @@ class Spool:
 
     `max_bytes` bounds the payload bytes kept (SQLite's pages add a few percent on disk),
     `max_age_s` their age; when either is exceeded on a store, the oldest payloads go and a
-    gap event made by `gap_event` records how many, in the same transaction."""
+    gap event made by `gap_event` records how many, in the same transaction. Every method
+    raises only `SpoolError`s: `SpoolUnavailable` (retry later), `SpoolCorrupt`, or a plain
+    `SpoolError` (a file that is not a spool, a newer schema)."""
 
     def __init__(
         self,
@@ -90,96 +158,312 @@ class Spool:
         now_ns: Callable[[], int] = time.time_ns,
         gap_event: GapEvent | None = None,
         readonly: bool = False,
+        busy_timeout_s: float | None = None,
     ):
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.max_age_ns = None if max_age_s is None else int(max_age_s * 1e9)
         self._now_ns = now_ns
         self._gap_event = gap_event
-        #: One line when a corrupt file was moved aside at start (the agent sends an event).
+        # Read at call time, so that a test may shorten the module's bound.
+        self.busy_timeout_s = BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
+        #: One line when the start found damage and salvaged the file (the agent logs it
+        #: and sends a `spool_corrupt` event with `recovery` as its detail).
         self.recovered: str | None = None
+        self.recovery: dict | None = None
         self.counters: Counter[str] = Counter()
         if readonly:
             self._db = self._open_readonly()
         else:
+            self._finish_interrupted_recovery()
             try:
                 self._db = self._open()
-            except sqlite3.DatabaseError as exc:
-                self._db = self._start_afresh(str(exc))
-        self._bytes = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM frames"
-        ).fetchone()[0]
+            except SpoolCorrupt as damage:
+                self._db = self._recover(damage)
+        with self._errors():
+            self._bytes = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM frames"
+            ).fetchone()[0]
 
     # -- opening ------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's and the OS's errors out as one-line `SpoolError`s."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.OperationalError) as exc:
-            raise SpoolError(f"{self.path}: cannot open: {getattr(exc, 'strerror', exc)}") from None
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise classify(self.path, exc, self.busy_timeout_s) from None
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        with self._errors():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_s
+            )
 
     def _open(self) -> sqlite3.Connection:
-        db = self._connect()
+        """The file as a spool, its schema made or brought up to date. Damage comes out as
+        `SpoolCorrupt`, anything else as its own `SpoolError`: never a reason to move it."""
+        db = self._connect(self.path)
         try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise SpoolError(
-                    f"{self.path}: spool schema version {version} is newer than "
-                    f"this agent's ({SCHEMA_VERSION}); upgrade the agent"
-                )
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"integrity check: {check}")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            # Debian builds SQLite with secure_delete on: every acknowledged payload would be
-            # overwritten with zeros, a second write of everything (telemetry is no secret on
-            # the device that measured it).
-            db.execute("PRAGMA secure_delete=OFF")
-            if version == 1:  # the first sink's schema: frames had no boot column
-                db.execute("ALTER TABLE frames ADD COLUMN boot BLOB")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            with self._errors():
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise SpoolError(
+                        f"{self.path}: spool schema version {version} is newer than "
+                        f"this agent's ({SCHEMA_VERSION}); upgrade the agent"
+                    )
+                check = db.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise SpoolCorrupt(f"{self.path}: integrity check failed: {check}")
+                self._refuse_foreign(db, version)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                # Debian builds SQLite with secure_delete on: every acknowledged payload would
+                # be overwritten with zeros, a second write of everything (telemetry is no
+                # secret on the device that measured it).
+                db.execute("PRAGMA secure_delete=OFF")
+                if version == 1:  # the first sink's schema: frames had no boot column
+                    db.execute("ALTER TABLE frames ADD COLUMN boot BLOB")
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._continue_numbers(db)
         except BaseException:
             db.close()
             raise
         return db
 
-    def _start_afresh(self, reason: str) -> sqlite3.Connection:
-        """Move a corrupt file aside (with its WAL) and open a fresh one. The sequence counter
-        carries over when the old file still yields it, so numbers are not reused."""
-        next_seq = _salvage_next_seq(self.path)
+    def _refuse_foreign(self, db: sqlite3.Connection, version: int) -> None:
+        """A database of something else (the collector's, say) is not made into a spool."""
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version == 0 and tables - _TABLES:
+            raise SpoolError(
+                f"{self.path}: not an edge-agent spool (it has tables "
+                f"{', '.join(sorted(tables - _TABLES))}); point [spool] path elsewhere"
+            )
+
+    def _continue_numbers(self, db: sqlite3.Connection) -> None:
+        """A spool that never handed out a number starts past the highest number of any file
+        moved aside beside it, so that what those hold could still be sent one day."""
+        fresh = db.execute(
+            "SELECT next_seq = 1 AND NOT EXISTS (SELECT 1 FROM frames) FROM counter"
+        ).fetchone()[0]
+        if not fresh:
+            return
+        highest = max((highest_number(p) for p in moved_aside(self.path)), default=0)
+        if highest:
+            db.execute("UPDATE counter SET next_seq = ? WHERE id = 1", (highest + 1,))
+
+    # -- damage ---------------------------------------------------------------------------
+
+    def _recover(self, damage: SpoolCorrupt) -> sqlite3.Connection:
+        """Salvage a damaged file: what still reads goes into a new file (`<name>.salvage`),
+        with a gap event per range of numbers that did not read; then the damaged file (with
+        its -wal and -shm) is renamed `<name>.corrupt-<UTC time>` and the new one takes its
+        place. A crash at any point leaves either the damaged file in place (salvaged again
+        at the next start) or the salvaged one ready to take its place (see
+        `_finish_interrupted_recovery`). A file cut short while being created is replaced."""
+        reason = str(damage).removeprefix(f"{self.path}: ")
+        if holds_nothing(self.path):
+            size = self.path.stat().st_size
+            with self._errors():
+                for old in _with_companions(self.path):
+                    old.unlink(missing_ok=True)
+            db = self._open()
+            self.recovered = (
+                f"{self.path}: {size} bytes, cut short while it was being created ({reason}): "
+                "it held no payload and was replaced by a fresh spool"
+            )
+            self.recovery = {"file": None, "reason": reason, "salvaged": 0, "lost": 0}
+            self.counters["cut_short_replaced"] += 1
+            return db
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 0
+        while any(p.exists() for p in _with_companions(aside)):  # damaged twice in a second
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        salvage = Path(f"{self.path}.salvage")
         try:
-            for suffix in ("", "-wal", "-shm"):
-                old = Path(f"{self.path}{suffix}")
-                if old.exists():
-                    old.rename(f"{aside}{suffix}")
-        except OSError as exc:
-            raise SpoolError(
-                f"{self.path}: corrupt ({reason}) and cannot be moved aside: {exc.strerror}"
+            found = self._write_salvage(salvage, aside.name, reason)
+        except SpoolError as exc:
+            for partial in _with_companions(salvage):
+                with suppress(OSError):
+                    partial.unlink()
+            raise type(exc)(
+                f"{self.path}: {reason}, and cannot be salvaged: "
+                f"{str(exc).removeprefix(f'{self.path}: ')}"
             ) from None
+        with self._errors():
+            for old, new in zip(_with_companions(self.path), _with_companions(aside), strict=True):
+                if old.exists():  # the companions first: a crash then leaves the file alone
+                    old.rename(new)
+            os.replace(salvage, self.path)
+            _fsync_directory(self.path.parent)
         db = self._open()
-        if next_seq is not None:
-            db.execute("UPDATE counter SET next_seq = ? WHERE id = 1", (next_seq,))
-        carried = "numbers continue" if next_seq else "sequence numbers restart at 1"
+        salvaged = found.salvaged
+        self.recovery = {
+            "file": aside.name,
+            "reason": reason,
+            "salvaged": salvaged,
+            "lost": found.lost_count,
+            "lost_seqs": [list(r) for r in found.lost],
+            "next_seq": self._next_seq_of(db),
+        }
+        numbers = (
+            f"numbers continue from {self.recovery['next_seq']}"
+            if self.recovery["next_seq"] > 1
+            else "nothing of it read: sequence numbers restart at 1"
+        )
         self.recovered = (
-            f"{self.path}: corrupt ({reason}); moved to {aside.name}, a fresh spool started "
-            f"({carried})"
+            f"{self.path}: {reason}; moved to {aside.name}: {salvaged} payloads salvaged, "
+            f"{_lost_words(found)}; {numbers}"
         )
         self.counters["corrupt_recovered"] += 1
         return db
+
+    def _write_salvage(self, path: Path, aside: str, reason: str) -> Salvage:
+        """The fresh spool with everything that reads of the damaged one, built beside it in
+        one transaction (rollback journal, so that it is a single file once closed)."""
+        with self._errors():
+            for stale in _with_companions(path):
+                stale.unlink(missing_ok=True)
+        db = self._connect(path)
+        try:
+            with self._errors():
+                db.execute("PRAGMA journal_mode=DELETE")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                db.execute("BEGIN IMMEDIATE")
+
+                def keep(rows: list[tuple]) -> None:
+                    db.executemany(
+                        "INSERT INTO frames (seq, stored_ns, type, body, boot) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        rows,
+                    )
+
+                found = read_damaged(self.path, self.busy_timeout_s, keep)
+                db.executemany(
+                    "INSERT INTO births (boot, seq, body) VALUES (?, ?, ?)",
+                    [(boot, seq, body) for boot, (seq, body) in found.births.items()],
+                )
+                next_seq, now = found.next_seq, self._now_ns()
+                for first, last in found.lost if self._gap_event is not None else ():
+                    detail = {
+                        "first_seq": first,
+                        "last_seq": last,
+                        "count": last - first + 1,  # at most: some may have been acknowledged
+                        "reason": "corrupt",
+                    }
+                    db.execute(
+                        "INSERT INTO frames (seq, stored_ns, type, body, boot) "
+                        "VALUES (?, ?, 'event', ?, NULL)",
+                        (next_seq, now, self._gap_event(next_seq, detail)),
+                    )
+                    next_seq += 1
+                db.execute("UPDATE counter SET next_seq = ? WHERE id = 1", (next_seq,))
+                db.execute(
+                    "INSERT INTO salvaged (file, at_ns, reason, salvaged, lost) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (aside, now, reason, found.salvaged, found.lost_count),
+                )
+                db.execute("COMMIT")
+        finally:
+            db.close()
+        return found
+
+    def _finish_interrupted_recovery(self) -> None:
+        """A salvaged file whose damaged original is already moved aside takes its place; a
+        salvaged file beside the damaged original is unfinished and goes (it is made again)."""
+        salvage = Path(f"{self.path}.salvage")
+        if not salvage.exists():
+            return
+        with self._errors():
+            if self.path.exists():
+                for partial in _with_companions(salvage):
+                    partial.unlink(missing_ok=True)
+            else:
+                os.replace(salvage, self.path)
+                _fsync_directory(self.path.parent)
+
+    def _next_seq_of(self, db: sqlite3.Connection) -> int:
+        with self._errors():
+            return db.execute(_NEXT_SEQ).fetchone()[0]
+
+    def leftovers(self) -> list[Leftover]:
+        """One line per file moved aside beside the spool: when and why, what was salvaged of
+        it, or, for one never salvaged (moved by an older agent), the numbers it holds unsent.
+        The agent logs them at every start; `edge-agent status` shows them."""
+        with self._errors():
+            known = (
+                {
+                    row[0]: row[1:]
+                    for row in self._db.execute(
+                        "SELECT file, at_ns, reason, salvaged, lost FROM salvaged"
+                    )
+                }
+                if self._has_table("salvaged")
+                else {}
+            )
+        lines = []
+        for path in moved_aside(self.path):
+            if path.name in known:
+                at_ns, reason, salvaged, lost = known[path.name]
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at_ns / 1e9))
+                line = (
+                    f"{path}: damaged spool moved aside {when} ({reason}): {salvaged} "
+                    f"payloads salvaged, at most {lost} lost; kept for inspection, delete "
+                    "it when done"
+                )
+                lines.append(Leftover(path.name, True, line))
+                continue
+            numbers = numbers_in(path)
+            held = (
+                f"payloads numbered {numbers[0]}..{numbers[1]} in it were never sent"
+                if numbers
+                else "no payload in it reads"
+            )
+            line = (
+                f"{path}: a spool moved aside and never salvaged: {held}; "
+                f"`edge-agent decode {path}` shows them"
+            )
+            lines.append(Leftover(path.name, False, line))
+        return lines
+
+    def _has_table(self, name: str) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+            ).fetchone()
+            is not None
+        )
+
+    def budget_note(self) -> str | None:
+        """A warning when `max_bytes` is more than the file system can hold: a long outage
+        then fills the disk before the budget drops anything."""
+        free = free_bytes(self.path)
+        if self.max_bytes is None or free is None or self.max_bytes <= self._bytes + free:
+            return None
+        return (
+            f"{self.path}: [spool] max_bytes ({self.max_bytes / 2**20:.0f} MiB) is more than "
+            f"its file system holds ({(self._bytes + free) / 2**20:.0f} MiB with the spool): "
+            "a long outage fills the disk before the budget drops the oldest payloads"
+        )
 
     def _open_readonly(self) -> sqlite3.Connection:
         if not self.path.is_file():
             raise SpoolError(f"{self.path}: no such spool file")
         try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.busy_timeout_s)
             version = db.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise SpoolError(f"{self.path}: not a usable spool database: {exc}") from None
+        except sqlite3.Error as exc:
+            error = classify(self.path, exc, self.busy_timeout_s)
+            if isinstance(error, SpoolCorrupt):
+                raise SpoolCorrupt(f"{self.path}: not a usable spool database: {exc}") from None
+            raise error from None
         if version not in (1, SCHEMA_VERSION):
             db.close()
             raise SpoolError(f"{self.path}: not an edge-agent spool (schema version {version})")
@@ -193,9 +477,7 @@ class Spool:
         transaction that allocates the number. The budget is enforced in the same one."""
         if not items:
             return []
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             first = self._next_seq()
             seqs = list(range(first, first + len(items)))
             now = self._now_ns()
@@ -234,14 +516,24 @@ class Spool:
                     seqs.append(next_seq)
                     next_seq += 1
                 self.counters[f"dropped_{reason}"] += len(victims)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
-                db.execute("ROLLBACK")
-            raise
         self._bytes += added - dropped_bytes
         self.counters["stored"] += len(items)
         return seqs
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed, or rolled back on any error."""
+        db = self._db
+        with self._errors():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back already (disk full, I/O)
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
 
     def _next_seq(self) -> int:
         return self._db.execute(_NEXT_SEQ).fetchone()[0]
@@ -289,9 +581,7 @@ class Spool:
         """Delete acknowledged payloads (one transaction); how many were still here."""
         if not seqs:
             return 0
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.execute("UPDATE counter SET next_seq = ? WHERE id = 1", (self._next_seq(),))
             sizes = []
             for start in range(0, len(seqs), _CHUNK):
@@ -302,11 +592,6 @@ class Spool:
                     chunk,
                 ).fetchall()
             self._prune_births()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         self._bytes -= sum(size for (size,) in sizes)
         self.counters["acked"] += len(sizes)
         return len(sizes)
@@ -325,14 +610,15 @@ class Spool:
 
     def pending(self, after_seq: int = 0, limit: int = 1000) -> list[Stored]:
         """Payloads still to be acknowledged, oldest first, after `after_seq`."""
-        return [
-            Stored(*row)
-            for row in self._db.execute(
-                "SELECT seq, stored_ns, type, boot, body FROM frames WHERE seq > ? "
-                "ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            )
-        ]
+        with self._errors():
+            return [
+                Stored(*row)
+                for row in self._db.execute(
+                    "SELECT seq, stored_ns, type, boot, body FROM frames WHERE seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (after_seq, limit),
+                )
+            ]
 
     def frames(self, after_seq: int = 0, limit: int = 1000) -> Iterator[Stored]:
         """Every stored payload in sequence order, read `limit` at a time."""
@@ -345,26 +631,35 @@ class Spool:
 
     def birth_of(self, boot: bytes) -> Stored | None:
         """The stored birth of a boot (kept while that boot has payloads here)."""
-        row = self._db.execute("SELECT seq, body FROM births WHERE boot = ?", (boot,)).fetchone()
+        with self._errors():
+            row = self._db.execute(
+                "SELECT seq, body FROM births WHERE boot = ?", (boot,)
+            ).fetchone()
         return None if row is None else Stored(row[0], 0, "birth", boot, row[1])
 
     def last_seq(self) -> int:
         """The newest number allocated (0 before the first)."""
-        return self._next_seq() - 1
+        with self._errors():
+            return self._next_seq() - 1
 
     def stats(self) -> dict[str, int]:
         """Depth (payloads), payload bytes and the oldest payload's store time (0 if empty)."""
-        depth, oldest = self._db.execute(
-            "SELECT COUNT(*), COALESCE(MIN(stored_ns), 0) FROM frames"
-        ).fetchone()
+        with self._errors():
+            depth, oldest = self._db.execute(
+                "SELECT COUNT(*), COALESCE(MIN(stored_ns), 0) FROM frames"
+            ).fetchone()
         return {"depth": depth, "bytes": self._bytes, "oldest_stored_ns": oldest}
 
     def pragma(self, name: str):
-        """A PRAGMA's value as this connection runs with it (tests, `edge-agent status`)."""
-        return self._db.execute(f"PRAGMA {name}").fetchone()[0]
+        """A PRAGMA's value as this connection runs with it (tests, `edge-agent status`); with
+        `name=value`, sets it (tests: `max_page_count` makes a full disk in this process)."""
+        with self._errors():
+            row = self._db.execute(f"PRAGMA {name}").fetchone()
+        return None if row is None else row[0]
 
     def close(self) -> None:
-        self._db.close()
+        with self._errors():
+            self._db.close()
 
 
 def _by_reason(by_age: list, by_bytes: list) -> list[tuple[str, list[tuple[int, int]]]]:
@@ -372,16 +667,28 @@ def _by_reason(by_age: list, by_bytes: list) -> list[tuple[str, list[tuple[int, 
     return [(reason, rows) for reason, rows in reasons if rows]
 
 
-def _salvage_next_seq(path: Path) -> int | None:
-    """The counter of a damaged spool, when it can still be read."""
+def _with_companions(path: Path) -> list[Path]:
+    """A database file and the files SQLite keeps beside it, companions first."""
+    return [Path(f"{path}{suffix}") for suffix in COMPANIONS] + [path]
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make renames in `directory` durable (a no-op where directories cannot be opened)."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return db.execute(_NEXT_SEQ).fetchone()[0]
-        finally:
-            db.close()
-    except (sqlite3.Error, TypeError):
-        return None
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lost_words(found: Salvage) -> str:
+    if not found.lost:
+        return "none lost"
+    ranges = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in found.lost)
+    return f"at most {found.lost_count} lost (numbers {ranges})"
 
 
 class AsyncSpool:
@@ -415,6 +722,12 @@ class AsyncSpool:
 
     async def stats(self) -> dict[str, int]:
         return await self._run(self._open_spool().stats)
+
+    async def leftovers(self) -> list[Leftover]:
+        return await self._run(self._open_spool().leftovers)
+
+    async def budget_note(self) -> str | None:
+        return await self._run(self._open_spool().budget_note)
 
     async def close(self) -> None:
         if self.spool is not None:

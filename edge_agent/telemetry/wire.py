@@ -213,6 +213,14 @@ def as_historical(payload: bytes) -> bytes:
     return msgpack.packb([*body[:7], ext, *body[8:]])
 
 
+def with_seq(payload: bytes, seq: int) -> bytes:
+    """A birth, data frame or event made with another sequence number (the agent makes a
+    payload it has to hold in memory before the spool numbers it), otherwise the same."""
+    body = msgpack.unpackb(payload, raw=False)
+    body[3] = seq  # [v, kind, boot, seq, ...] for all three
+    return msgpack.packb(body)
+
+
 def event(boot: bytes, seq: int, t_us: int, kind: str, detail: dict) -> bytes:
     return msgpack.packb([VERSION, 2, boot, seq, t_us, kind, detail])
 
