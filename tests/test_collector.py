@@ -337,6 +337,7 @@ def test_prune_deletes_older_rows_and_returns_their_counts(collector, store):
         "gaps": 0,
         "deaths": 1,
         "rejects": 1,
+        "conflicts": 0,
     }
     assert {s.seq for s in store.samples()} == {4, 5}
     assert store.counts()["births"] == 1
@@ -460,7 +461,7 @@ def test_the_database_is_wal_with_its_schema_version(store):
     assert isinstance(store, Store)
     db = store._db
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_a_reopened_store_keeps_what_it_stored(tmp_path):
