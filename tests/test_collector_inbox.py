@@ -10,6 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.collector import service as service_module
+from edge_agent.collector.ingest import Collector
 from edge_agent.collector.service import CollectorService
 from edge_agent.collector.store import SqliteStore
 from edge_agent.config import parse_collector_config
@@ -159,3 +160,22 @@ def test_an_oversized_payload_that_arrives_is_refused_at_the_door_and_not_redeli
     # Acknowledged: the broker does not keep it for the collector's next session.
     again = asyncio.run(run(lambda service: asyncio.sleep(1.0)))
     assert again.counters["oversized"] == 0 and again.collector.counters["received"] == 0
+
+
+def test_a_topic_that_is_not_utf8_is_rejected_not_fatal(tmp_path):
+    service = idle_service(tmp_path)
+    bad = mqtt.MQTTMessage(1, b"edge/plant/\xff/data")
+    bad.payload, bad.qos = data(2), 1
+
+    async def run():
+        service.store = SqliteStore(tmp_path / "c.db")
+        service.collector = Collector(service.store)
+        try:
+            await service._store([(bad, 0)])
+        finally:
+            service._executor.shutdown()
+        return service.collector.counters
+
+    counters = asyncio.run(run())
+    assert counters["bad"] == 1
+    assert service.store.rejects()[0].error == "topic is a bytes, not a string"

@@ -113,7 +113,7 @@ class CollectorService:
             self.counters["oversized"] += 1
             log.warning(
                 "collector: %.200r: a payload of %d bytes, over the %d maximum; refused",
-                message.topic,
+                _topic_of(message),
                 size,
                 MAX_PAYLOAD,
             )
@@ -168,7 +168,7 @@ class CollectorService:
             await self._arrived.wait()
 
     async def _store(self, batch: list[tuple[mqtt.MQTTMessage, int]]) -> None:
-        messages = [(m.topic, m.payload, received_ns) for m, received_ns in batch]
+        messages = [(_topic_of(m), m.payload, received_ns) for m, received_ns in batch]
         try:
             await self._in_store_thread(self.collector.ingest_many, messages)
         except StoreError as exc:
@@ -194,3 +194,12 @@ class CollectorService:
 
     async def _in_store_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _topic_of(message: mqtt.MQTTMessage) -> str | bytes:
+    """The topic as text, or its bytes when they are not UTF-8 (which a broker should refuse):
+    the collector then rejects the message instead of failing on it."""
+    try:
+        return message.topic
+    except UnicodeDecodeError:
+        return message._topic
