@@ -492,6 +492,24 @@ def test_a_newer_schema_is_refused(tmp_path):
         SqliteStore(tmp_path / "c.db")
 
 
+def test_a_schema_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    from edge_agent.collector import store as store_module
+
+    db = sqlite3.connect(tmp_path / "c.db")
+    db.executescript(store_module._SCHEMA)  # version 1: no conflicts, no rejects.size
+    db.execute("INSERT INTO rejects VALUES (1, 't', NULL, 'old', x'c1')")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema version 1 is older .* `edge-agent collect run`"):
+        SqliteStore(tmp_path / "c.db", readonly=True)
+    store = SqliteStore(tmp_path / "c.db")
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert [(r.error, r.body, r.size) for r in store.rejects()] == [("old", b"\xc1", None)]
+    assert store.conflicts() == [] and store.counts()["conflicts"] == 0
+    store.close()
+    SqliteStore(tmp_path / "c.db", readonly=True).close()
+
+
 # -- any order, any duplication -----------------------------------------------------------
 
 #: Two boots of one agent: births, events, a gap, data (one replayed historical), a death.
