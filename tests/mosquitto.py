@@ -212,7 +212,7 @@ class Broker:
     identities matter: a machine's is "<site>/<machine>" (a user in `users`, or a client
     certificate's CN with `identity_from_certificate`), the collector's `COLLECTOR_USER`.
     `identity_from_certificate` makes the TLS listener take the CN as the username (and
-    require a certificate); `extra_conf` lines are appended to the global settings.
+    require a certificate).
     """
 
     def __init__(
@@ -223,7 +223,6 @@ class Broker:
         require_certificate: bool = False,
         acl: bool = False,
         identity_from_certificate: bool = False,
-        extra_conf: tuple[str, ...] = (),
         binary: str | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
@@ -238,7 +237,6 @@ class Broker:
         self.require_certificate = require_certificate or identity_from_certificate
         self.acl = acl
         self.identity_from_certificate = identity_from_certificate
-        self.extra_conf = tuple(extra_conf)
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.host = HOST
@@ -278,7 +276,6 @@ class Broker:
             "log_timestamp_format %H:%M:%S",
             # 2.0 refuses anonymous clients unless told otherwise.
             f"allow_anonymous {'false' if self.users or self.acl else 'true'}",
-            *self.extra_conf,
         ]
         if self.users:
             lines.append(f"password_file {self._write_password_file()}")
