@@ -275,6 +275,7 @@ def _collect(args) -> int:
                 f"{machine}: {counts['payloads']} payloads, {counts['samples']} samples, "
                 f"{counts['events']} events, {counts['gaps']} gaps ({counts['dropped']} frames "
                 f"dropped by the agent), {counts['deaths']} deaths, "
+                f"{counts['conflicts']} conflicts, "
                 f"{sum(last - first + 1 for first, last in missing)} numbers missing"
                 + (f" {missing[:5]}" if missing else "")
             )

@@ -18,7 +18,9 @@ from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
+from . import names
 from .registers import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Order, Table, Tag, ValueType
+from .telemetry.wire import MAX_FRAME_POINTS
 from .tomlcheck import KeyPath, TomlChecker, kind_name
 
 
@@ -622,12 +624,10 @@ class _Validator(TomlChecker):
     def machine(self, data: dict) -> MachineConfig:
         cfg = self.section(data, "machine", MachineConfig, required=True)
         for key in ("site", "machine_id"):
-            # Both end up in MQTT topic levels: no separators or wildcards.
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", getattr(cfg, key)):
-                raise self.fail(
-                    ("machine", key),
-                    f"must be 1-64 of letters, digits, '_', '.', '-', got {getattr(cfg, key)!r}",
-                )
+            # Both end up in MQTT topic levels and the broker identity (edge_agent/names.py).
+            value = getattr(cfg, key)
+            if not names.is_name(value):
+                raise self.fail(("machine", key), f"must be {names.RULE}, got {value!r}")
         return cfg
 
     def controller(self, data: dict) -> ControllerConfig:
@@ -772,7 +772,8 @@ class _Validator(TomlChecker):
         )
         path = ("telemetry",)
         interval = self.positive(raw, path, "frame_interval_s", 1.0)
-        max_points = self.int_in(raw, path, "max_points_per_frame", 100, 1_000_000, 20_000)
+        # At most what the collector takes in a frame (wire.MAX_FRAME_POINTS has the reason).
+        max_points = self.int_in(raw, path, "max_points_per_frame", 100, MAX_FRAME_POINTS, 20_000)
         include = self.value(raw, path, "include", list, [])
         for i, name in enumerate(include):
             if name not in tag_names:

@@ -7,7 +7,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.mosquitto import PKI, Broker, require_mosquitto
+from tests.mosquitto import IDENTITIES, PKI, Broker, require_mosquitto
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -42,3 +42,10 @@ def make_broker(pki):
 def broker(make_broker) -> Broker:
     """A running broker with the default options: anonymous, TLS without client certificates."""
     return make_broker()
+
+
+@pytest.fixture
+def acl_broker(make_broker) -> Broker:
+    """A running broker with the ACL the deployment ships and `IDENTITIES` as its users: a
+    machine publishes only under its own topics, the collector reads them all."""
+    return make_broker(users=IDENTITIES, acl=True)

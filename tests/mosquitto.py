@@ -17,6 +17,18 @@ from pathlib import Path
 from tests.tools import missing
 
 HOST = "127.0.0.1"
+#: The broker ACL the deployment ships (docs/broker.md): what `Broker(acl=True)` runs with.
+SHIPPED_ACL = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "edge-agent.acl"
+#: The collector's identity in the shipped ACL; a machine's is "<site>/<machine>".
+COLLECTOR_USER = "edge-collector"
+#: Identities (user: password) of an ACL broker in the tests: the machines the tests publish
+#: as (tests/upstream_helpers.py's TOPICS, the demo's machine) and the collector.
+IDENTITIES = {
+    "plant/m1": "m1-secret",
+    "plant/m2": "m2-secret",
+    "demo-shop/sim-mill-01": "demo-secret",
+    COLLECTOR_USER: "collector-secret",
+}
 INSTALL_HINT = "install it with `sudo apt-get install mosquitto` or `make test-deps`"
 
 # A broker on a small machine is up in well under a second; 10 s absorbs a loaded CI runner.
@@ -124,6 +136,16 @@ class PKI:
             other_client_key=d / "other-client.key",
         )
 
+    def client_for(self, identity: str) -> tuple[Path, Path]:
+        """A client certificate (and its key) from the CA whose CN is `identity` (such as
+        "plant/m1": a '/' in it is escaped for openssl), made on first use."""
+        name = "id-" + identity.replace("/", "+")
+        crt, key = self.directory / f"{name}.crt", self.directory / f"{name}.key"
+        if not crt.exists():
+            subject = "/CN=" + identity.replace("\\", "\\\\").replace("/", "\\/")
+            _issue(self.directory, name, subject, issuer="ca", usage="clientAuth")
+        return crt, key
+
 
 def _issue(
     d: Path,
@@ -185,6 +207,12 @@ class Broker:
     Run as root, mosquitto drops to the user `mosquitto` before it reads the password file
     and certificates, so the broker's files live in a directory of their own under the system
     temp dir (0755, files 0644: test secrets only), not under pytest's 0700 tmp_path.
+
+    `acl=True` runs it with the ACL the deployment ships (`SHIPPED_ACL`, docs/broker.md), so
+    identities matter: a machine's is "<site>/<machine>" (a user in `users`, or a client
+    certificate's CN with `identity_from_certificate`), the collector's `COLLECTOR_USER`.
+    `identity_from_certificate` makes the TLS listener take the CN as the username (and
+    require a certificate).
     """
 
     def __init__(
@@ -193,18 +221,22 @@ class Broker:
         *,
         users: dict[str, str] | None = None,
         require_certificate: bool = False,
+        acl: bool = False,
+        identity_from_certificate: bool = False,
         binary: str | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
-        if require_certificate and pki is None:
-            raise BrokerError("require_certificate needs a pki for the TLS listener")
+        if (require_certificate or identity_from_certificate) and pki is None:
+            raise BrokerError("client certificates need a pki for the TLS listener")
         self.binary = binary or find_mosquitto()
         if self.binary is None:
             raise BrokerError(f"mosquitto is not installed; {INSTALL_HINT}")
         self.pki = pki
         self.users = dict(users or {})
-        self.require_certificate = require_certificate
+        self.require_certificate = require_certificate or identity_from_certificate
+        self.acl = acl
+        self.identity_from_certificate = identity_from_certificate
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.host = HOST
@@ -243,10 +275,13 @@ class Broker:
             "log_dest stderr",
             "log_timestamp_format %H:%M:%S",
             # 2.0 refuses anonymous clients unless told otherwise.
-            f"allow_anonymous {'false' if self.users else 'true'}",
+            f"allow_anonymous {'false' if self.users or self.acl else 'true'}",
         ]
         if self.users:
             lines.append(f"password_file {self._write_password_file()}")
+        if self.acl:
+            acl_file = self._readable(Path(shutil.copy(SHIPPED_ACL, self.directory / "acl")))
+            lines.append(f"acl_file {acl_file}")
         lines += ["", f"listener {self.port} {self.host}"]
         if self.pki is not None:
             copies = {
@@ -265,6 +300,8 @@ class Broker:
                 f"keyfile {copies['server.key']}",
                 f"require_certificate {'true' if self.require_certificate else 'false'}",
             ]
+            if self.identity_from_certificate:
+                lines.append("use_identity_as_username true")
         self.conf_path.write_text("\n".join(lines) + "\n")
         self._readable(self.conf_path)
 

@@ -337,6 +337,7 @@ def test_prune_deletes_older_rows_and_returns_their_counts(collector, store):
         "gaps": 0,
         "deaths": 1,
         "rejects": 1,
+        "conflicts": 0,
     }
     assert {s.seq for s in store.samples()} == {4, 5}
     assert store.counts()["births"] == 1
@@ -460,7 +461,7 @@ def test_the_database_is_wal_with_its_schema_version(store):
     assert isinstance(store, Store)
     db = store._db
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_a_reopened_store_keeps_what_it_stored(tmp_path):
@@ -489,6 +490,24 @@ def test_a_newer_schema_is_refused(tmp_path):
     db.close()
     with pytest.raises(StoreError, match="schema version 9 is newer"):
         SqliteStore(tmp_path / "c.db")
+
+
+def test_a_schema_1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    from edge_agent.collector import store as store_module
+
+    db = sqlite3.connect(tmp_path / "c.db")
+    db.executescript(store_module._SCHEMA)  # version 1: no conflicts, no rejects.size
+    db.execute("INSERT INTO rejects VALUES (1, 't', NULL, 'old', x'c1')")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema version 1 is older .* `edge-agent collect run`"):
+        SqliteStore(tmp_path / "c.db", readonly=True)
+    store = SqliteStore(tmp_path / "c.db")
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert [(r.error, r.body, r.size) for r in store.rejects()] == [("old", b"\xc1", None)]
+    assert store.conflicts() == [] and store.counts()["conflicts"] == 0
+    store.close()
+    SqliteStore(tmp_path / "c.db", readonly=True).close()
 
 
 # -- any order, any duplication -----------------------------------------------------------

@@ -186,8 +186,27 @@ def test_a_huge_declared_count_is_refused_not_allocated():
     huge = writer.tobytes()
     with pytest.raises(kernel.PackError, match="bad count"):
         kunpack(huge, [C])
-    with pytest.raises(kernel.PackError, match="bad count"):
+    with pytest.raises(kernel.PackError, match="claims 10 values"):
         kunpack(kpack([10], [0] * 10), [C], max_values=5)
+
+
+@pytest.mark.parametrize("unpack", [kunpack, oracle.unpack], ids=["kernel", "oracle"])
+def test_a_count_claims_the_values_of_every_series_sharing_it_before_any_is_decoded(unpack):
+    """One count of 8192 shared by 128 series claims 1,048,576 values: refused at that
+    count, though what follows it is not even a valid series."""
+    writer = oracle.BitWriter()
+    writer.num(8192)  # the count, then no series at all
+    share = [C] + [0] * 127
+    refused = (kernel.PackError, oracle.PackError)
+    with pytest.raises(refused, match="claims 1048576 values or more, over 400000"):
+        unpack(writer.tobytes(), array.array("i", share), 400_000)
+    packed = kpack([3] * 4, [1, 2, 3] * 4, [C, 0, 0, 0])
+    assert list(map(list, unpack(packed, array.array("i", [C, 0, 0, 0]), 12))) == [
+        [3] * 4,
+        [1, 2, 3] * 4,
+    ]
+    with pytest.raises(refused, match="claims 12 values or more, over 11"):
+        unpack(packed, array.array("i", [C, 0, 0, 0]), 11)
 
 
 def recording_frames(limit_files=3):

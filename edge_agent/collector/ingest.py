@@ -5,26 +5,32 @@ Parses the topic, decodes the payload (`edge_agent.telemetry.wire`), de-duplicat
 before it until it does), and hands the store births, samples, events, gaps and deaths. Never
 opens a socket or reads a clock: the MQTT side passes the time it received each message. Bad
 input never raises: it gets one log line naming the topic and what is wrong, is counted and is
-kept in the store's rejects, and the rest of its batch is stored.
+kept in the store's rejects, and the rest of its batch is stored. What is stored is never
+replaced: a later payload that disagrees with it is a conflict, recorded beside it. Every size
+is bounded before it is paid for (`wire.MAX_PAYLOAD_BYTES`, `wire.MAX_FRAME_VALUES`,
+`wire.MAX_CHANNELS`) and every check is linear in the payload.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from typing import NamedTuple
 
 import msgpack
 
+from .. import names
 from ..telemetry import wire
 from ..telemetry.wire import WireError
 from .store import (
     PENDING_BIRTH,
+    REJECT_BODY_BYTES,
     STORED,
     UNDECODABLE,
     Birth,
+    Conflict,
     Death,
     Event,
     Gap,
@@ -38,17 +44,17 @@ logger = logging.getLogger(__name__)
 
 #: The agent's default `[upstream] topic_prefix`.
 DEFAULT_PREFIX = "edge"
-#: A site or machine id as the agent's config admits it into a topic level (config.py).
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 BOOT_BYTES = 8
 #: Sequence numbers and stamps are SQLite (and most databases') 64-bit integers.
 _INT64_MAX = (1 << 63) - 1
-#: Decoded channel tables kept in memory. Data frames need one live boot per machine, and a
-#: miss costs one indexed read; a 200-channel table is some 40 kB of objects, so 256 of them
-#: stay near 10 MB.
-TABLE_CACHE = 256
-#: How much of a bad value an error line quotes.
+#: Channels of the decoded tables kept in memory (a channel is some 200 bytes of objects: 13
+#: MB). Data frames need one live boot per machine, and a miss costs one indexed read: 256
+#: machines of 200 channels stay cached, and a birth of wire.MAX_CHANNELS cannot evict more
+#: than its share. The newest table always stays.
+TABLE_CACHE_CHANNELS = 65_536
+#: How much of a bad value an error line quotes, and the longest error line kept.
 _QUOTE = 60
+_ERROR_CHARS = 400
 
 #: One message as the MQTT side hands it over: topic, payload, time received (ns since epoch).
 Message = tuple[str, bytes, int]
@@ -79,6 +85,7 @@ class Collector:
         self.prefix = prefix.strip("/")
         self.counters: Counter[str] = Counter()
         self._tables: OrderedDict[tuple[str, bytes], list[wire.Channel]] = OrderedDict()
+        self._cached_channels = 0
 
     def ingest(self, topic: str, payload: bytes, received_ns: int) -> Counter[str]:
         """One message; what it added to `counters`."""
@@ -117,6 +124,7 @@ class Collector:
                         self._ingest_one(topic, payload, received_ns, counts)
         except BaseException:
             self._tables.clear()  # births of the batch were not stored
+            self._cached_channels = 0
             raise
         self.counters.update(counts)
         return counts
@@ -130,6 +138,7 @@ class Collector:
                 raise WireError(f"payload is a {type(payload).__name__}, not bytes")
             payload = bytes(payload)
             machine, kind = self._parse_topic(topic)
+            wire.check_size(payload, kind)
             frame = wire.decode(payload)
             if frame["k"] != kind:
                 raise WireError(f"a {frame['k']} payload on a {kind} topic")
@@ -153,10 +162,8 @@ class Collector:
             raise WireError(f"topic is not {self._topic('<site>/<machine>', '<kind>')}")
         site, machine, kind = levels
         for what, level in (("site", site), ("machine", machine)):
-            if not _NAME.fullmatch(level):
-                raise WireError(
-                    f"topic level {what} {_quote(level)} is not 1-64 letters, digits, '_', '.', '-'"
-                )
+            if not names.is_name(level):
+                raise WireError(f"topic level {what} {_quote(level)} is not {names.RULE}")
         if kind not in wire.KINDS:
             raise WireError(
                 f"topic level kind {_quote(kind)} is not one of {', '.join(wire.KINDS)}"
@@ -168,27 +175,31 @@ class Collector:
     def _birth(self, m: _Received, counts: Counter) -> None:
         frame = m.frame
         channels = wire.channels_of(frame)
-        names = [c.name for c in channels]
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            raise WireError(f"birth: more than one channel named {', '.join(twice)}")
+        twice = [n for n, k in Counter(c.name for c in channels).items() if k > 1]
+        if twice:
+            raise WireError(f"birth: more than one channel named {_quote(', '.join(twice))}")
         boot, seq = frame["b"], frame["s"]
-        if not self._is_new(m, counts):
-            self.store.birth_seen(m.machine, boot, m.received_ns)
+        copy = self._copy_of_stored(m, counts)
+        if copy is not None:
+            if copy:  # the same birth again: the agent reconnected
+                self.store.birth_seen(m.machine, boot, m.received_ns)
             return
         self._add_payload(m, counts)
         known = self._table(m.machine, boot)
         if known is not None:
-            self.store.birth_seen(m.machine, boot, m.received_ns)
-            if known != channels:
-                counts["birth_conflicts"] += 1
-                logger.warning(
-                    "%s: birth seq %d of boot %s has another channel table than the boot's "
-                    "first birth; data keeps decoding with the first",
-                    _shown(m.topic),
-                    seq,
-                    boot.hex(),
-                )
+            if known == channels:
+                self.store.birth_seen(m.machine, boot, m.received_ns)
+                return
+            counts["birth_conflicts"] += 1
+            first = self.store.birth_seq(m.machine, boot)
+            self._conflict(m, self.store.payload_body(m.machine, boot, first), "channel_table")
+            logger.warning(
+                "%s: birth seq %d of boot %s has another channel table than the boot's "
+                "first birth; data keeps decoding with the first",
+                _shown(m.topic),
+                seq,
+                boot.hex(),
+            )
             return
         agent, config_hash, firmware = (frame.get(key) for key in ("agent", "cfg", "fw"))
         self.store.add_birth(
@@ -209,7 +220,7 @@ class Collector:
 
     def _data(self, m: _Received, counts: Counter) -> None:
         frame = m.frame
-        if not self._is_new(m, counts):
+        if self._copy_of_stored(m, counts) is not None:
             return
         table = self._table(m.machine, frame["b"])
         if table is None:
@@ -225,7 +236,7 @@ class Collector:
         kind, detail = frame["e"], frame["d"]
         if not (isinstance(kind, str) and isinstance(detail, dict)):
             raise WireError("event: its kind must be a string and its detail a map")
-        if not self._is_new(m, counts):
+        if self._copy_of_stored(m, counts) is not None:
             return
         boot, seq, t_us = frame["b"], frame["s"], frame["t"]
         self._add_payload(m, counts)
@@ -253,25 +264,42 @@ class Collector:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _is_new(self, m: _Received, counts: Counter) -> bool:
-        """Whether no payload of this (machine, boot, seq) is stored yet; another copy of the
-        same content (its historical flag aside) is a duplicate, anything else a conflict."""
+    def _copy_of_stored(self, m: _Received, counts: Counter) -> bool | None:
+        """None when no payload of this (machine, boot, seq) is stored yet; True for another
+        copy of the same content (its historical flag aside: a duplicate); False for other
+        content (a conflict: recorded, the first kept, nothing of the second stored)."""
         frame = m.frame
         stored = self.store.payload_body(m.machine, frame["b"], frame["s"])
         if stored is None:
-            return True
+            return None
         if stored == m.payload or _content(wire.decode(stored)) == _content(frame):
             counts["duplicates"] += 1
-        else:
-            counts["conflicts"] += 1
-            logger.warning(
-                "%s: %s seq %d of boot %s is already stored with other content; kept the first",
-                _shown(m.topic),
-                frame["k"],
-                frame["s"],
-                frame["b"].hex(),
-            )
+            return True
+        counts["conflicts"] += 1
+        self._conflict(m, stored, "content")
+        logger.warning(
+            "%s: %s seq %d of boot %s is already stored with other content; kept the first",
+            _shown(m.topic),
+            frame["k"],
+            frame["s"],
+            frame["b"].hex(),
+        )
         return False
+
+    def _conflict(self, m: _Received, stored: bytes, what: str) -> None:
+        frame = m.frame
+        self.store.add_conflict(
+            Conflict(
+                m.machine,
+                frame["b"],
+                frame["s"],
+                frame["k"],
+                m.received_ns,
+                hashlib.sha256(stored).digest(),
+                hashlib.sha256(m.payload).digest(),
+                what,
+            )
+        )
 
     def _add_payload(self, m: _Received, counts: Counter, status: str = STORED) -> None:
         frame = m.frame
@@ -330,10 +358,12 @@ class Collector:
         return table
 
     def _remember(self, machine: str, boot: bytes, table: list[wire.Channel]) -> None:
+        old = self._tables.pop((machine, boot), None)
+        self._cached_channels += len(table) - (len(old) if old is not None else 0)
         self._tables[(machine, boot)] = table
-        self._tables.move_to_end((machine, boot))
-        while len(self._tables) > TABLE_CACHE:
-            self._tables.popitem(last=False)
+        while self._cached_channels > TABLE_CACHE_CHANNELS and len(self._tables) > 1:
+            _, evicted = self._tables.popitem(last=False)
+            self._cached_channels -= len(evicted)
 
     def _reject(
         self,
@@ -348,7 +378,9 @@ class Collector:
         logger.warning("%s: %s", _shown(topic), error)
         counts["bad"] += 1
         body = bytes(payload) if isinstance(payload, bytes | bytearray | memoryview) else b""
-        self.store.add_reject(Reject(received_ns, _text(topic), machine, error, body))
+        self.store.add_reject(
+            Reject(received_ns, _shown(topic), machine, error, body[:REJECT_BODY_BYTES], len(body))
+        )
 
     def _topic(self, machine: str, kind: str) -> str:
         return f"{self.prefix}/{machine}/{kind}" if self.prefix else f"{machine}/{kind}"
@@ -415,7 +447,9 @@ def _quote(value) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.splitlines())
+    """An error as one line of at most _ERROR_CHARS (it may quote what a client sent)."""
+    line = " ".join(text.splitlines())
+    return line if len(line) <= _ERROR_CHARS else line[: _ERROR_CHARS - 3] + "..."
 
 
 def _text(topic) -> str:

@@ -5,11 +5,19 @@ on a session the broker keeps while the collector is away (`session_expiry_s`): 
 that crashes or stops gets what it had not stored delivered again, never lost. The store runs
 in one worker thread; a storage failure (disk full) acknowledges nothing and reconnects after
 a backoff, so the broker keeps the messages meanwhile. Retention prunes once an hour.
+
+What waits to be stored (the inbox) is bounded in messages and bytes. At the bound a QoS 1
+message is not taken and not acknowledged, so the broker keeps it, and once the inbox is
+stored the collector reconnects for the broker to deliver it again; a QoS 0 message (its
+sender accepted losing it) is dropped and counted. A message larger than any payload the
+collector stores is refused at the door (acknowledged, counted, one line): the broker is asked
+not to send such packets at all (MQTT 5 maximum packet size).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -20,6 +28,7 @@ import paho.mqtt.client as mqtt
 
 from ..backoff import Backoff
 from ..config import CollectorConfig
+from ..telemetry.wire import MAX_PAYLOAD_BYTES
 from ..upstream import UpstreamError
 from ..upstream.mqtt_link import REFUSED, MqttLink, settings_from
 from ..upstream.reconnect import stay_connected
@@ -28,8 +37,19 @@ from .store import SqliteStore, StoreError
 
 log = logging.getLogger(__name__)
 
-#: Messages stored per transaction at most.
+#: Messages stored per transaction at most, and their bytes (a batch is decoded in memory at
+#: once: 16 MiB is two of the largest data frames, some 200 MB of decoded rows at the worst).
 BATCH_MAX = 500
+BATCH_BYTES = 16 << 20
+#: The inbox: what arrived and waits for the store. It fills only when messages come faster
+#: than they are stored (some 10,000 a second here); 10,000 messages are seconds of a plant's
+#: traffic, 64 MiB eight of the largest payloads.
+INBOX_MESSAGES = 10_000
+INBOX_BYTES = 64 << 20
+#: The largest payload stored (wire.MAX_PAYLOAD_BYTES), and what the broker may send at most:
+#: that, a topic of up to 64 KiB and the PUBLISH header.
+MAX_PAYLOAD = max(MAX_PAYLOAD_BYTES.values())
+MAX_PACKET_BYTES = MAX_PAYLOAD + (64 << 10) + 16
 PRUNE_EVERY_S = 3600.0
 
 
@@ -47,17 +67,23 @@ class CollectorService:
     def __init__(self, cfg: CollectorConfig):
         self.cfg = cfg
         self.topic = subscription(cfg)
-        self.settings = settings_from(
-            cfg.broker,
-            f"edge-collector-{socket.gethostname()}"
-            + (f"-{cfg.collector.share_group}" if cfg.collector.share_group else ""),
-            cfg.collector.session_expiry_s,
+        self.settings = dataclasses.replace(
+            settings_from(
+                cfg.broker,
+                f"edge-collector-{socket.gethostname()}"
+                + (f"-{cfg.collector.share_group}" if cfg.collector.share_group else ""),
+                cfg.collector.session_expiry_s,
+            ),
+            max_packet_bytes=MAX_PACKET_BYTES,
         )
         self.backoff = Backoff(cfg.broker.reconnect_min_s, cfg.broker.reconnect_max_s)
         self.counters: Counter[str] = Counter()
         self.last_error = ""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector")
         self._inbox: list[tuple[mqtt.MQTTMessage, int]] = []
+        self._inbox_bytes = 0
+        self._left_with_broker = 0  # QoS 1 messages not taken since the last connect
+        self._link: MqttLink | None = None
         self._arrived = asyncio.Event()
         self._pruned_at = 0.0
         self.store: SqliteStore | None = None
@@ -77,11 +103,44 @@ class CollectorService:
 
     async def _make_link(self) -> MqttLink:
         self._inbox.clear()  # unacknowledged: the broker delivers them again
-        return MqttLink(self.settings, on_message=self._received, wake=self._arrived)
+        self._inbox_bytes = self._left_with_broker = 0
+        self._link = MqttLink(self.settings, on_message=self._received, wake=self._arrived)
+        return self._link
 
     def _received(self, message: mqtt.MQTTMessage) -> None:
+        size = len(message.payload)
+        if size > MAX_PAYLOAD:
+            self.counters["oversized"] += 1
+            log.warning(
+                "collector: %.200r: a payload of %d bytes, over the %d maximum; refused",
+                _topic_of(message),
+                size,
+                MAX_PAYLOAD,
+            )
+            self._link.ack(message)  # refused for good: the broker need not keep it
+            return
+        if len(self._inbox) >= INBOX_MESSAGES or self._inbox_bytes + size > INBOX_BYTES:
+            if message.qos == 0:
+                self.counters["inbox_dropped"] += 1
+            else:  # not acknowledged: the broker keeps it and delivers it after a reconnect
+                self.counters["inbox_deferred"] += 1
+                self._left_with_broker += 1
+            return
         self._inbox.append((message, time.time_ns()))
+        self._inbox_bytes += size
         self._arrived.set()
+
+    def _take_batch(self) -> list[tuple[mqtt.MQTTMessage, int]]:
+        """The oldest messages of the inbox, up to BATCH_MAX and BATCH_BYTES (one at least)."""
+        n, size = 0, 0
+        while n < min(len(self._inbox), BATCH_MAX):
+            size += len(self._inbox[n][0].payload)
+            if n and size > BATCH_BYTES:
+                break
+            n += 1
+        batch, self._inbox = self._inbox[:n], self._inbox[n:]
+        self._inbox_bytes -= sum(len(m.payload) for m, _ in batch)
+        return batch
 
     async def _session(self, link: MqttLink) -> None:
         codes = await link.subscribe([self.topic])
@@ -93,10 +152,15 @@ class CollectorService:
         while True:
             self._arrived.clear()
             while self._inbox:
-                batch, self._inbox = self._inbox[:BATCH_MAX], self._inbox[BATCH_MAX:]
+                batch = self._take_batch()
                 await self._store(batch)
                 for message, _ in batch:
                     link.ack(message)
+            if self._left_with_broker:
+                raise UpstreamError(
+                    f"the inbox was full: reconnecting for the {self._left_with_broker}"
+                    " messages left with the broker"
+                )
             await self._prune_if_due()
             if link.closed.done():
                 link.closed.result()
@@ -104,7 +168,7 @@ class CollectorService:
             await self._arrived.wait()
 
     async def _store(self, batch: list[tuple[mqtt.MQTTMessage, int]]) -> None:
-        messages = [(m.topic, m.payload, received_ns) for m, received_ns in batch]
+        messages = [(_topic_of(m), m.payload, received_ns) for m, received_ns in batch]
         try:
             await self._in_store_thread(self.collector.ingest_many, messages)
         except StoreError as exc:
@@ -130,3 +194,12 @@ class CollectorService:
 
     async def _in_store_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _topic_of(message: mqtt.MQTTMessage) -> str | bytes:
+    """The topic as text, or its bytes when they are not UTF-8 (which a broker should refuse):
+    the collector then rejects the message instead of failing on it."""
+    try:
+        return message.topic
+    except UnicodeDecodeError:
+        return message._topic

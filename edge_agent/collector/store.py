@@ -20,7 +20,7 @@ from typing import NamedTuple, Protocol, TextIO, runtime_checkable
 from ..telemetry import wire
 from ..telemetry.decode import _json_safe
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: `PRAGMA application_id` of a collector database ("EAcl"). An agent's spool is an SQLite file
 #: with user_version 1 too: the id tells the two apart, so neither gets the other's tables.
 APPLICATION_ID = 0x4541636C
@@ -30,6 +30,14 @@ APPLICATION_ID = 0x4541636C
 STORED, PENDING_BIRTH, UNDECODABLE = "stored", "pending_birth", "undecodable"
 
 CSV_HEADER = ("machine", "channel", "unit", "t_us", "value", "quality")
+
+#: Bytes of a refused payload kept in `rejects`: its envelope (version, kind, boot, seq, t)
+#: and the start of what is wrong, for whoever investigates; `size` says how long it was.
+REJECT_BODY_BYTES = 4096
+#: Rows of `rejects` and of `conflicts` kept, the newest: a client sending garbage without
+#: end fills at most some 45 MB of rejects (10,000 x 4.5 kB) and 2 MB of conflicts.
+REJECTS_KEPT = 10_000
+CONFLICTS_KEPT = 10_000
 
 
 class StoreError(Exception):
@@ -113,7 +121,22 @@ class Reject(NamedTuple):
     topic: str
     machine: str | None  # when the topic named one
     error: str
-    body: bytes
+    body: bytes  # its first REJECT_BODY_BYTES
+    size: int | None = None  # the payload's length in bytes (None: rows of schema 1)
+
+
+class Conflict(NamedTuple):
+    """A payload under a stored (machine, boot, seq) with other content, or a further birth
+    of a boot with another channel table: the first stays, this records the second."""
+
+    machine: str
+    boot: bytes
+    seq: int
+    kind: str  # the second payload's kind
+    received_ns: int
+    stored_sha256: bytes  # of the payload kept
+    received_sha256: bytes  # of the payload not stored
+    what: str  # "content" (same seq, other bytes) or "channel_table" (same boot)
 
 
 @runtime_checkable
@@ -137,6 +160,8 @@ class Store(Protocol):
 
     def channel_table(self, machine: str, boot: bytes) -> list[wire.Channel] | None: ...
 
+    def birth_seq(self, machine: str, boot: bytes) -> int | None: ...
+
     def add_birth(self, birth: Birth) -> None: ...
 
     def birth_seen(self, machine: str, boot: bytes, received_ns: int) -> None: ...
@@ -152,6 +177,8 @@ class Store(Protocol):
     def add_death(self, death: Death) -> bool: ...
 
     def add_reject(self, reject: Reject) -> None: ...
+
+    def add_conflict(self, conflict: Conflict) -> None: ...
 
     def machines(self) -> list[str]: ...
 
@@ -172,6 +199,8 @@ class Store(Protocol):
     def deaths(self, machine: str | None = None) -> list[Death]: ...
 
     def rejects(self, machine: str | None = None) -> list[Reject]: ...
+
+    def conflicts(self, machine: str | None = None) -> list[Conflict]: ...
 
     def missing_seqs(
         self, machine: str, unreported_only: bool = False
@@ -280,7 +309,26 @@ CREATE TABLE rejects (
 );
 CREATE INDEX rejects_by_time ON rejects (received_ns);
 PRAGMA application_id = {APPLICATION_ID};
-PRAGMA user_version = {SCHEMA_VERSION};
+PRAGMA user_version = 1;
+COMMIT;
+"""
+
+#: Schema 1 -> 2: the length of a rejected payload (its body is now a prefix), and conflicts.
+_UPGRADE_TO_2 = """
+BEGIN;
+ALTER TABLE rejects ADD COLUMN size INTEGER;
+CREATE TABLE conflicts (
+    machine TEXT NOT NULL,
+    boot BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    received_ns INTEGER NOT NULL,
+    stored_sha256 BLOB NOT NULL,
+    received_sha256 BLOB NOT NULL,
+    what TEXT NOT NULL
+);
+CREATE INDEX conflicts_by_time ON conflicts (received_ns);
+PRAGMA user_version = 2;
 COMMIT;
 """
 
@@ -326,8 +374,13 @@ class SqliteStore:
                     f"{self.path}: collector schema version {version} is newer than this "
                     f"collector's ({SCHEMA_VERSION}); upgrade the collector"
                 )
-            if version < SCHEMA_VERSION:
+            if version < 1:
                 raise StoreError(f"{self.path}: unknown collector schema version {version}")
+            if readonly and version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: collector schema version {version} is older than this "
+                    f"collector's ({SCHEMA_VERSION}); `edge-agent collect run` upgrades it"
+                )
         if readonly:
             if empty:
                 raise StoreError(f"{self.path}: not a collector database (empty)")
@@ -336,6 +389,9 @@ class SqliteStore:
         db.execute("PRAGMA synchronous=FULL")
         if empty:
             db.executescript(_SCHEMA)
+            version = 1
+        if version == 1:
+            db.executescript(_UPGRADE_TO_2)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -404,6 +460,13 @@ class SqliteStore:
             "SELECT channels FROM births WHERE machine = ? AND boot = ?", (machine, boot)
         ).fetchone()
         return None if row is None else _table_from_json(row[0])
+
+    def birth_seq(self, machine: str, boot: bytes) -> int | None:
+        """The seq of the boot's first birth (whose table its data decodes with)."""
+        row = self._db.execute(
+            "SELECT seq FROM births WHERE machine = ? AND boot = ?", (machine, boot)
+        ).fetchone()
+        return None if row is None else row[0]
 
     def add_birth(self, birth: Birth) -> None:
         self._db.execute(
@@ -489,9 +552,30 @@ class SqliteStore:
         return True
 
     def add_reject(self, reject: Reject) -> None:
+        """Keep a refused message: its first REJECT_BODY_BYTES, and only the newest
+        REJECTS_KEPT rows."""
+        size = len(reject.body) if reject.size is None else reject.size
         self._db.execute(
-            "INSERT INTO rejects (received_ns, topic, machine, error, body) VALUES (?, ?, ?, ?, ?)",
-            reject,
+            "INSERT INTO rejects (received_ns, topic, machine, error, body, size)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (*reject[:4], reject.body[:REJECT_BODY_BYTES], size),
+        )
+        self._keep_newest("rejects", REJECTS_KEPT)
+
+    def add_conflict(self, conflict: Conflict) -> None:
+        """Record a conflict (the stored payload is never touched); the newest CONFLICTS_KEPT."""
+        self._db.execute(
+            "INSERT INTO conflicts (machine, boot, seq, kind, received_ns, stored_sha256,"
+            " received_sha256, what) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            conflict,
+        )
+        self._keep_newest("conflicts", CONFLICTS_KEPT)
+
+    def _keep_newest(self, table: str, rows: int) -> None:
+        """Delete all but the newest `rows` rows of a table. Its rowids only grow (a new row
+        gets the largest plus one), so this is a range delete, one or no row each time."""
+        self._db.execute(
+            f"DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?", (rows,)
         )
 
     # -- reading -------------------------------------------------------------------------
@@ -560,11 +644,20 @@ class SqliteStore:
     def rejects(self, machine: str | None = None) -> list[Reject]:
         where, args = _filters(machine=machine)
         rows = self._db.execute(
-            f"SELECT received_ns, topic, machine, error, body FROM rejects{where}"
+            f"SELECT received_ns, topic, machine, error, body, size FROM rejects{where}"
             " ORDER BY received_ns, rowid",
             args,
         )
         return [Reject(*row) for row in rows]
+
+    def conflicts(self, machine: str | None = None) -> list[Conflict]:
+        where, args = _filters(machine=machine)
+        rows = self._db.execute(
+            "SELECT machine, boot, seq, kind, received_ns, stored_sha256, received_sha256, what"
+            f" FROM conflicts{where} ORDER BY received_ns, rowid",
+            args,
+        )
+        return [Conflict(*row) for row in rows]
 
     def missing_seqs(self, machine: str, unreported_only: bool = False) -> list[tuple[int, int]]:
         """Holes in a machine's sequence numbers between the lowest and the highest stored
@@ -590,12 +683,15 @@ class SqliteStore:
 
     def counts(self, machine: str | None = None) -> dict[str, int]:
         """Rows stored, by table (of one machine, or of all); `dropped` sums the frames the
-        agents reported lost in gaps."""
+        agents reported lost in gaps (in Python: a sum of 64-bit counts may not fit 64 bits,
+        and SQLite's SUM() raises on that)."""
         where, args = _filters(machine=machine)
         db = self._db
 
         def one(sql: str, extra: tuple = ()) -> int:
             return db.execute(sql, (*extra, *args)).fetchone()[0] or 0
+
+        dropped = sum(count for (count,) in db.execute(f"SELECT count FROM gaps{where}", args))
 
         status_where = " WHERE status = ?" + (" AND machine = ?" if machine is not None else "")
         return {
@@ -606,11 +702,12 @@ class SqliteStore:
             ),
             "events": one(f"SELECT COUNT(*) FROM events{where}"),
             "gaps": one(f"SELECT COUNT(*) FROM gaps{where}"),
-            "dropped": one(f"SELECT SUM(count) FROM gaps{where}"),
+            "dropped": dropped,
             "deaths": one(f"SELECT COUNT(*) FROM deaths{where}"),
             "pending_birth": one(f"SELECT COUNT(*) FROM payloads{status_where}", (PENDING_BIRTH,)),
             "undecodable": one(f"SELECT COUNT(*) FROM payloads{status_where}", (UNDECODABLE,)),
             "rejects": one(f"SELECT COUNT(*) FROM rejects{where}"),
+            "conflicts": one(f"SELECT COUNT(*) FROM conflicts{where}"),
         }
 
     def export_csv(
@@ -628,7 +725,7 @@ class SqliteStore:
 
     def prune(self, older_than_us: int) -> dict[str, int]:
         """Delete what is older than `older_than_us` (µs since the epoch): samples, payloads,
-        events and gaps by their stamps, deaths and rejects by when they arrived. Births
+        events and gaps by their stamps, deaths, rejects and conflicts by when they arrived. Births
         stay (a row per agent start): a boot's late or replayed data still needs its table.
         Rows deleted, by table."""
         cutoff_ns = older_than_us * 1000
@@ -642,7 +739,7 @@ class SqliteStore:
             for table in ("payloads", "events", "gaps"):
                 sql = f"DELETE FROM {table} WHERE t_us < ?"
                 deleted[table] = db.execute(sql, (older_than_us,)).rowcount
-            for table in ("deaths", "rejects"):
+            for table in ("deaths", "rejects", "conflicts"):
                 sql = f"DELETE FROM {table} WHERE received_ns < ?"
                 deleted[table] = db.execute(sql, (cutoff_ns,)).rowcount
             db.execute(
@@ -656,7 +753,7 @@ class SqliteStore:
         self._db.close()
 
 
-_PRUNED = ("samples", "payloads", "events", "gaps", "deaths", "rejects")
+_PRUNED = ("samples", "payloads", "events", "gaps", "deaths", "rejects", "conflicts")
 
 
 def write_csv(out: TextIO, samples: Iterable[Sample]) -> int:

@@ -625,11 +625,17 @@ _SERIES_ERRORS = {
 @cython.wraparound(False)
 def unpack(const uint8_t[:] data not None, const int[:] share not None, Py_ssize_t max_values=1 << 20):
     """The block -> (counts array('i'), values array('q')); PackError on malformed input.
-    `share` is the frame's layout, as given to pack."""
-    cdef Py_ssize_t nch = share.shape[0], i, count, total = 0
+    `share` is the frame's layout, as given to pack. A written count claims its values and
+    those of every series sharing it: a block claiming more than `max_values` in all is
+    refused when the count that takes it over is read, before any of it is decoded."""
+    cdef Py_ssize_t nch = share.shape[0], i, count, total = 0, claimed = 0
     _check_share(share)
     counts = array.array("i", bytes(4 * nch))
     cdef int[:] cview = counts
+    sharing = array.array("i", bytes(4 * nch))  # series per written count, its own included
+    cdef int[:] per_count = sharing
+    for i in range(nch):
+        per_count[i if share[i] == _COUNTED else share[i]] += 1
     cdef Reader r
     r.buf, r.nbits, r.pos = &data[0] if data.shape[0] else NULL, 8 * data.shape[0], 0
     cdef uint64_t declared = 0, pad
@@ -647,6 +653,12 @@ def unpack(const uint8_t[:] data not None, const int[:] share not None, Py_ssize
                 if status:
                     raise PackError(_SERIES_ERRORS[status])
                 count = <Py_ssize_t>declared if declared <= <uint64_t>_MAX_COUNT else -1
+                if count >= 1:
+                    claimed += count * per_count[i]
+                    if claimed > max_values:
+                        raise PackError(
+                            f"packed block: claims {claimed} values or more, over {max_values}"
+                        )
             else:
                 count = cview[share[i]]
             if count < 1 or total + count > max_values:

@@ -35,8 +35,38 @@ CHANNEL_KINDS = ("sampled", "on_change")
 MAX_QUANTUM_EXPONENT = 330
 #: Nesting a decoder accepts: frames nest 3 levels; event details a few more.
 MAX_DEPTH = 16
-#: Values a data frame may carry in all (a decoder refuses more before allocating).
-MAX_FRAME_VALUES = 1 << 20
+
+# Decode-side limits: what a decoder takes at most, derived from the most an agent makes, so
+# that a hostile payload costs bounded memory and time and a real one is never refused
+# (docs/wire-format.md, "Decoder limits"; tests/test_collector_limits.py holds the agent's largest
+# payloads to them).
+
+#: Points (samples) an agent puts in one data frame at most: the upper bound of its
+#: `[telemetry] max_points_per_frame` (config.py takes it from here). Five times the
+#: default of 20,000, which already holds a second of the design's load (200 tags at 10 Hz,
+#: the bridge's 4 channels at 5 kHz).
+MAX_FRAME_POINTS = 100_000
+#: Numbers a data frame's packed block may hold (stamps and values). A point is a value and
+#: at most one stamp (a time group's channels share theirs); twice the points again for what
+#: arrives between the frame filling up and its being taken. Refused from the counts, before
+#: a value is decoded: a frame of 77 bytes cannot make a million rows.
+MAX_FRAME_VALUES = 4 * MAX_FRAME_POINTS
+#: Channels a birth may declare: a channel per forwarded tag (two when it ships raw and
+#: filtered) and the bridge's (16 at most); 4096 is ten times the design's 200 tags twice.
+MAX_CHANNELS = 4096
+#: Payload bytes by kind, checked before a byte is unpacked.
+#: - birth: 4096 channels at 256 bytes a row (the agent's rows are some 100: a name of up to
+#:   73 characters, a short unit, the quantum, period, group and ref).
+#: - data: the block's numbers at 8 bytes at most (a 56-bit field and its code), and a
+#:   quality entry per point (7 bytes): 4.6 MB for the largest frame at the worst; 8 MiB.
+#: - event: the agent's largest is the bridge's identity (at most 1000 bytes of JSON, its
+#:   frame's payload limit) or a teach-in record (some 300); 64 KiB leaves room for new kinds.
+#: - death: 22 bytes ([v, kind, boot, birth seq]); 1 KiB for fields a later version adds.
+MAX_PAYLOAD_BYTES = {"birth": 1 << 20, "data": 8 << 20, "event": 64 << 10, "death": 1 << 10}
+_MAX_ANY_PAYLOAD = max(MAX_PAYLOAD_BYTES.values())
+#: Elements of one msgpack array: a data frame's quality list holds 3 per point that is not
+#: good, for up to twice MAX_FRAME_POINTS points (a link down for a whole frame).
+_MAX_ARRAY = 3 * 2 * MAX_FRAME_POINTS
 
 
 class WireError(ValueError):
@@ -302,18 +332,29 @@ def _pack(columns: list[list[int]], share: array.array) -> bytes:
 # -- decoding ---------------------------------------------------------------------------
 
 
+def check_size(payload: bytes, kind: str) -> None:
+    """WireError when a payload of `kind` (by its topic) is larger than `MAX_PAYLOAD_BYTES`
+    allows: checked before decoding, so an oversized payload costs nothing more."""
+    limit = MAX_PAYLOAD_BYTES[kind]
+    if len(payload) > limit:
+        raise WireError(f"{kind}: payload of {len(payload)} bytes, over the {limit} maximum")
+
+
 def decode(payload: bytes) -> dict:
     """Any v1 payload -> a map of its fields by name (`FIELDS`), "v" and "k" included; the
     birth's info and the data frame's ext are merged in. Elements past those v1 knows, and
-    unknown keys in the maps, are ignored (forward compatibility)."""
+    unknown keys in the maps, are ignored (forward compatibility). A payload larger than
+    the largest kind's limit is refused unread."""
+    if len(payload) > _MAX_ANY_PAYLOAD:
+        raise WireError(f"payload of {len(payload)} bytes, over the {_MAX_ANY_PAYLOAD} maximum")
     try:
         body = msgpack.unpackb(
             payload,
             raw=False,
             strict_map_key=True,
-            max_bin_len=1 << 24,
+            max_bin_len=MAX_PAYLOAD_BYTES["data"],
             max_str_len=1 << 16,
-            max_array_len=1 << 16,
+            max_array_len=_MAX_ARRAY,
             max_map_len=1 << 12,
         )
     except Exception as exc:  # msgpack raises several unrelated types for bad input
@@ -343,6 +384,8 @@ def channels_of(birth_frame: dict) -> list[Channel]:
     table = birth_frame.get("ch")
     if not isinstance(table, list):
         raise WireError("birth: ch must be an array")
+    if len(table) > MAX_CHANNELS:
+        raise WireError(f"birth: {len(table)} channels, over the {MAX_CHANNELS} maximum")
     out = []
     for alias, row in enumerate(table):
         if not (isinstance(row, list) and len(row) >= 6):
@@ -386,9 +429,11 @@ def samples(frame: dict, channels: list[Channel]) -> dict[str, Series]:
         counts, numbers = unpack(block, share, MAX_FRAME_VALUES)
     except PackError as exc:
         raise WireError(f"data: {exc}") from None
-    periods = [
-        channels[next(a for a in present if channels[a].group == g)].period_us for g in groups
-    ] + [0] * len(solo)
+    period_of: dict[int, int] = {}
+    for alias in present:
+        if channels[alias].group is not None:
+            period_of.setdefault(channels[alias].group, channels[alias].period_us)
+    periods = [period_of[g] for g in groups] + [0] * len(solo)
     series_stamps, start = [], 0
     for count, period in zip(counts, periods, strict=False):
         offsets_of = numbers[start : start + count]
@@ -452,14 +497,17 @@ def _exceptions(flat, counts: dict[int, int]) -> dict[int, tuple[tuple[int, int]
     return {alias: tuple(pairs) for alias, pairs in out.items()}
 
 
+#: What msgpack decodes a v1 payload's leaves to: checked in place, without a call each (a
+#: frame's quality list may hold 600,000 of them).
+_LEAVES = frozenset((type(None), bool, int, float, str, bytes))
+
+
 def _check_depth(value, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise WireError(f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_depth(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_depth(item, depth + 1)
-    elif not (value is None or isinstance(value, bool | int | float | str | bytes)):
+    if isinstance(value, dict | list):
+        for item in value.values() if isinstance(value, dict) else value:
+            if type(item) not in _LEAVES:
+                _check_depth(item, depth + 1)
+    elif type(value) not in _LEAVES:
         raise WireError(f"holds a {type(value).__name__}, which v1 payloads never contain")

@@ -50,6 +50,9 @@ class MqttSettings:
     # A subscriber's session outlives its connection (the broker keeps its messages while it
     # is away) for this long; 0: a clean session every time (the publisher: the spool keeps).
     session_expiry_s: int = 0
+    # MQTT 5: the largest packet this client takes; the broker drops larger ones for it
+    # rather than send them (the collector: no oversized payload reaches its memory). 0: any.
+    max_packet_bytes: int = 0
 
     @property
     def where(self) -> str:
@@ -205,9 +208,12 @@ class MqttLink:
         options = {}
         if s.protocol == mqtt.MQTTv5:
             options["clean_start"] = not s.session_expiry_s
+            properties = Properties(PacketTypes.CONNECT)
             if s.session_expiry_s:
-                properties = Properties(PacketTypes.CONNECT)
                 properties.SessionExpiryInterval = s.session_expiry_s
+            if s.max_packet_bytes:
+                properties.MaximumPacketSize = s.max_packet_bytes
+            if not properties.isEmpty():
                 options["properties"] = properties
         try:
             self._client.connect(s.host, s.port, keepalive=s.keepalive_s, **options)

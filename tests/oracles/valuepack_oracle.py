@@ -283,10 +283,17 @@ def get_series(r, count):
 def unpack(data, share, max_values=1 << 20):
     """The packed block -> (counts, values). Raises PackError on any malformed input."""
     check_share(share)
+    per_count = [0] * len(share)  # series per written count, its own included
+    for i, s in enumerate(share):
+        per_count[i if s == COUNTED else s] += 1
     r = BitReader(data)
-    counts, values = [], []
-    for s in share:
+    counts, values, claimed = [], [], 0
+    for i, s in enumerate(share):
         count = r.num() if s == COUNTED else counts[s]
+        if s == COUNTED and 1 <= count <= MAX_COUNT:
+            claimed += count * per_count[i]
+            if claimed > max_values:
+                raise PackError(f"packed block: claims {claimed} values or more, over {max_values}")
         if not 1 <= count <= MAX_COUNT or len(values) + count > max_values:
             raise PackError(f"packed block: a bad count {count}")
         counts.append(count)
