@@ -19,7 +19,7 @@ from typing import NamedTuple
 import msgpack
 
 from ..telemetry import wire
-from ..telemetry.wire import WireError
+from ..telemetry.wire import ChecksumError, WireError
 from .store import (
     PENDING_BIRTH,
     STORED,
@@ -47,6 +47,9 @@ _INT64_MAX = (1 << 63) - 1
 #: miss costs one indexed read; a 200-channel table is some 40 kB of objects, so 256 of them
 #: stay near 10 MB.
 TABLE_CACHE = 256
+#: Machines the collector warns about for sending unchecked (wire v1) payloads, once each; past
+#: this many, only the counter (every machine of a large plant fits, forged names do not grow it).
+UNCHECKED_WARNED = 4096
 #: How much of a bad value an error line quotes.
 _QUOTE = 60
 
@@ -71,14 +74,17 @@ class Collector:
     (rows), `historical` (replayed data frames stored), `pending_birth` (data frames stored to
     wait for their birth), `decoded_late` (those decoded when it came), `undecodable` (those
     that did not decode with it), `gaps`, `bad_gaps` (gap events whose detail is not usable:
-    the event is stored, no gap) and `birth_conflicts` (a further birth of a boot with another
-    channel table: the first is kept)."""
+    the event is stored, no gap), `birth_conflicts` (a further birth of a boot with another
+    channel table: the first is kept), `bad_checksum` (those of `bad` that failed their
+    checksum: damaged on the way) and `unchecked` (wire v1 payloads, which carry no checksum:
+    decoded unchecked, then counted as any other)."""
 
     def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX):
         self.store = store
         self.prefix = prefix.strip("/")
         self.counters: Counter[str] = Counter()
         self._tables: OrderedDict[tuple[str, bytes], list[wire.Channel]] = OrderedDict()
+        self._unchecked_machines: set[str] = set()
 
     def ingest(self, topic: str, payload: bytes, received_ns: int) -> Counter[str]:
         """One message; what it added to `counters`."""
@@ -131,13 +137,30 @@ class Collector:
             payload = bytes(payload)
             machine, kind = self._parse_topic(topic)
             frame = wire.decode(payload)
+            if frame["v"] == wire.UNCHECKED_VERSION:
+                self._unchecked(topic, machine, counts)
             if frame["k"] != kind:
                 raise WireError(f"a {frame['k']} payload on a {kind} topic")
             _check_envelope(frame)
             handle = getattr(self, f"_{kind}")
             handle(_Received(topic, machine, frame, payload, received_ns), counts)
         except WireError as exc:
+            if isinstance(exc, ChecksumError):
+                counts["bad_checksum"] += 1
             self._reject(topic, machine, payload, received_ns, str(exc), counts)
+
+    def _unchecked(self, topic: str, machine: str, counts: Counter) -> None:
+        """A wire v1 payload (an agent not yet upgraded, or its spool from before): counted,
+        and a warning the first time a machine sends one (bounded: a line per machine)."""
+        counts["unchecked"] += 1
+        if machine in self._unchecked_machines or len(self._unchecked_machines) >= UNCHECKED_WARNED:
+            return
+        self._unchecked_machines.add(machine)
+        logger.warning(
+            "%s: wire v1 payload, which has no checksum: read unchecked (counted `unchecked`;"
+            " this line once per machine)",
+            _shown(topic),
+        )
 
     def _parse_topic(self, topic: str) -> tuple[str, str]:
         """`<prefix>/<site>/<machine>/<kind>` -> ("site/machine", kind)."""
