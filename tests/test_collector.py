@@ -611,3 +611,40 @@ def test_v1_payloads_of_an_agent_not_yet_upgraded_are_stored_and_counted_uncheck
     assert line.startswith(f"{topic('birth')}: wire v1 payload, which has no checksum")
     collector.ingest(*msg("data", wire.as_historical(v1(data(2)))))
     assert collector.counters["duplicates"] == 1  # the replayed v1 copy: the same content
+
+
+DETAIL_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=6)
+    | st.binary(max_size=6)
+)
+DETAILS = st.dictionaries(
+    st.text(max_size=6) | st.binary(max_size=6),
+    st.recursive(
+        DETAIL_LEAVES,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.text(max_size=4) | st.binary(max_size=4), inner, max_size=3)
+        ),
+        max_leaves=30,
+    ),
+    max_size=5,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=100)
+@given(detail=DETAILS)
+def test_any_event_detail_is_stored_as_json_or_refused_never_an_internal_error(store, detail):
+    """The collector's JSON of an event's detail: bin keys and values, NaN, infinities, 64-bit
+    integers, nesting up to the wire's limit; bad input is `bad`, never a collector bug."""
+    collector = Collector(store)
+    seq = store.counts(MACHINE)["payloads"] + 1
+    counts = collector.ingest(*msg("event", wire.event(BOOT_A, seq, T0, "state", detail)))
+    assert counts["stored"] + counts["bad"] == 1
+    assert not [r for r in store.rejects() if r.error.startswith("internal error")]
+    if counts["stored"]:
+        (stored,) = [e for e in store.events(MACHINE) if e.seq == seq]
+        json.dumps(stored.detail, allow_nan=False)  # valid JSON: NaN and bytes made text

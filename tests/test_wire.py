@@ -522,3 +522,72 @@ def test_longer_damage_is_refused_or_decodes_to_exactly_the_original(payload, da
     except WireError:
         return
     assert damaged == payload and again == decoded(payload)
+
+
+# -- hostile envelopes: nesting, ext types, huge declared lengths ---------------------------
+
+MSGPACK_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8))
+)
+MSGPACK_VALUES = st.recursive(
+    MSGPACK_LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=4) | st.binary(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+def deeply_nested_event(depth):
+    """An event whose detail holds `depth` nested arrays, sealed: built by hand, as msgpack
+    itself refuses to pack past 512 levels."""
+    head = msgpack.packb([2, 2, BOOT, 1, T0, "x", 0, 0])[:-2]  # its array header counts 8
+    head += b"\x81\xa1d" + b"\x91" * depth + b"\x01" + b"\xce"
+    return head + zlib.crc32(head).to_bytes(4, "little")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 3),
+    st.lists(MSGPACK_VALUES, max_size=7),
+    st.sampled_from([wire.seal, lambda body: msgpack.packb([1, *body[1:]])]),
+)
+def test_any_envelope_behind_a_good_checksum_or_in_v1_is_a_frame_or_one_wire_error(
+    kind, fields, make
+):
+    """What a decoder reads after the checksum (or, in v1, without one): any msgpack values in
+    any field of any kind, ext types, floats, huge integers."""
+    payload = make([wire.VERSION, kind, *fields])
+    try:
+        frame = wire.decode(payload)
+        if frame["k"] == "data":
+            wire.samples(frame, CHANNELS)
+        elif frame["k"] == "birth":
+            wire.channels_of(frame)
+    except WireError as exc:
+        assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (deeply_nested_event(3000), "not msgpack: StackError"),
+        (deeply_nested_event(20), "nested deeper than 16"),
+        (b"\x93\x02\x02\xc6\xff\xff\xff\xff", "checksum mismatch"),  # a bin32 of 4 GB, cut
+        (b"\x93\x02\x02\xc9\xff\xff\xff\xff\x01", "checksum mismatch"),  # an ext32 of 4 GB
+        (b"\xdd\xff\xff\xff\xff", "exceeds max_array_len"),  # an array of 2^32 elements
+        (wire.seal([2, 3, BOOT, msgpack.ExtType(5, b"abc")]), "holds a ExtType"),
+        (wire.seal([2, 3, BOOT, msgpack.Timestamp(1, 0)]), "holds a Timestamp"),
+    ],
+    ids=["3000 deep", "20 deep", "bin32", "ext32", "array32", "ext", "timestamp"],
+)
+def test_deep_nesting_and_huge_declared_lengths_are_one_wire_error(payload, message):
+    with pytest.raises(WireError, match=message):
+        wire.decode(payload)
