@@ -221,7 +221,7 @@ def changed(body, **fields):
     [
         (lambda b: changed(b, v=3), "unknown version 3"),
         (lambda b: changed(b, k=7), "unknown kind 7"),
-        (lambda b: {"v": 1}, "not an array"),
+        (lambda b: b[:1], "payload is an array of 2, not \\[v, kind, ..., checksum\\]"),
         (lambda b: b[:6], "data: 4 fields, needs 5"),
         (lambda b: changed(b, p=b"\xff"), "presence bitmap names a channel"),
         (lambda b: changed(b, p=b"\x0f\x00"), "presence bitmap of 2 bytes"),

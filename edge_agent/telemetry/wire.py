@@ -361,7 +361,11 @@ def decode(payload: bytes) -> dict:
         error = f"not msgpack: {type(exc).__name__}: {exc}".rstrip(": ")
         raise (WireError(error) if checked else _mismatch(payload, error)) from None
     if not isinstance(body, list) or len(body) < 3:
-        error = f"payload is a {type(body).__name__}, not an array [v, kind, ..., checksum]"
+        error = (
+            f"payload is an array of {len(body)}, not [v, kind, ..., checksum]"
+            if isinstance(body, list)
+            else f"payload is a {type(body).__name__}, not an array [v, kind, ..., checksum]"
+        )
         raise WireError(error) if checked else _mismatch(payload, error)
     version, kind = body[0], body[1]
     if checked:
@@ -537,4 +541,4 @@ def _check_depth(value, depth: int) -> None:
         for item in value:
             _check_depth(item, depth + 1)
     elif not (value is None or isinstance(value, bool | int | float | str | bytes)):
-        raise WireError(f"holds a {type(value).__name__}, which v1 payloads never contain")
+        raise WireError(f"holds a {type(value).__name__}, which payloads never contain")
