@@ -13,9 +13,12 @@ import array
 import csv
 import gzip
 import json
+import random
 import time
 import tomllib
+from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 import standard_load
@@ -34,10 +37,15 @@ BOOT = bytes(8)
 # take on the wire in service (msgpack uint64 and uint32).
 T0_US = 1_795_000_000_000_000
 SEQ0 = 100_000
+#: Data frames damaged for the checksum's detection rates (every 60th: 2 a recording), and the
+#: random bursts and byte spans tried in all, per form.
+DAMAGED_EVERY = 60
+BURSTS = 24_000
 
 
-def frames() -> tuple[list[str], list[list[list[int]]]]:
-    """The column names and, per frame, the quantized columns (a list of ints each)."""
+def recordings() -> tuple[list[str], list[tuple[str, list[dict], list[list[list[int]]]]]]:
+    """The column names and, per recording, its name, its CSV rows and its frames (the
+    quantized columns of each, a list of ints each)."""
     quanta = tomllib.loads((HERE / "wire_quanta.toml").read_text())["quanta"]
     names = list(quanta)
     out = []
@@ -45,8 +53,11 @@ def frames() -> tuple[list[str], list[list[list[int]]]]:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         columns = [[round(float(r[n]) / quanta[n]) for r in rows] for n in names]
-        for start in range(0, len(rows), ROWS_PER_FRAME):
-            out.append([c[start : start + ROWS_PER_FRAME] for c in columns])
+        frames_of = [
+            [c[start : start + ROWS_PER_FRAME] for c in columns]
+            for start in range(0, len(rows), ROWS_PER_FRAME)
+        ]
+        out.append((path.stem, rows, frames_of))
     return names, out
 
 
@@ -72,47 +83,117 @@ def _ours(names, frame) -> bytes:
     return pack(*_block(frame))
 
 
-def _published(names, quanta, all_frames) -> tuple[int, float]:
-    """Every byte our agent would publish for the recordings: a birth per recording (each is a
-    fresh boot, whose channel table is sent again), a data frame per second and the text
-    columns' events, envelopes included; and the encode time of the data frames from real
-    values, ns per point."""
+class Published(NamedTuple):
+    """What our agent publishes for one recording."""
+
+    name: str
+    points: int
+    payloads: list[bytes]  # every one: the birth, the text columns' events, the data frames
+    frames: list[bytes]  # the data frames among them
+    encode_s: float  # building the data frames from real values
+
+
+def _channels(names, quanta) -> list[wire.Channel]:
     refs = tomllib.loads((HERE / "wire_quanta.toml").read_text())["ref"]
-    channels = [
+    return [
         wire.Channel(i, n, "", quanta[n], "sampled", PERIOD_US, 0, _alias(refs.get(n), names))
         for i, n in enumerate(names)
     ]
-    frames_real = [
-        {a: [q * quanta[names[a]] for q in column] for a, column in enumerate(frame)}
-        for frame in all_frames
-    ]
-    recordings = len(list(RECORDINGS.glob("experiment_*.csv")))
-    total = recordings * len(wire.birth(BOOT, SEQ0, T0_US, "0.1.0", bytes(8), channels))
-    total += sum(len(event) for event in _text_events())
-    started = time.perf_counter()
-    for second, frame in enumerate(frames_real):
-        start = T0_US + second * 10 * PERIOD_US
-        stamps = tuple(start + i * PERIOD_US for i in range(len(frame[0])))
-        series = {a: wire.Series(stamps, tuple(values)) for a, values in frame.items()}
-        total += len(wire.data(BOOT, SEQ0 + second, channels, series))
-    return total, time.perf_counter() - started
 
 
-def _text_events() -> list[bytes]:
-    """The text columns as the agent sends them: an event with their values at the start of
-    each recording, then one with the columns that changed, at the row they change."""
+def _published(names, quanta, recorded) -> list[Published]:
+    """Every payload our agent would publish for each recording: a birth (each recording is a
+    fresh boot, whose channel table is sent again), a data frame per second and the text
+    columns' events, envelopes and checksums included."""
+    channels = _channels(names, quanta)
+    birth = wire.birth(BOOT, SEQ0, T0_US, "0.1.0", bytes(8), channels)
+    out, seq, second = [], SEQ0, 0
+    for name, rows, frames_of in recorded:
+        events = _text_events(rows, seq)
+        seq += len(events)
+        frames = []
+        started = time.perf_counter()
+        for frame in frames_of:
+            start = T0_US + second * 10 * PERIOD_US
+            stamps = tuple(start + i * PERIOD_US for i in range(len(frame[0])))
+            series = {
+                a: wire.Series(stamps, tuple(q * quanta[names[a]] for q in column))
+                for a, column in enumerate(frame)
+            }
+            frames.append(wire.data(BOOT, SEQ0 + second, channels, series))
+            second += 1
+        encode_s = time.perf_counter() - started
+        points = sum(len(c) for frame in frames_of for c in frame)
+        out.append(Published(name, points, [birth, *events, *frames], frames, encode_s))
+    return out
+
+
+def _unchecked(payload: bytes) -> bytes:
+    """A payload as wire v1 wrote it, without the checksum (what the agent sent before)."""
+    return msgpack.packb([wire.UNCHECKED_VERSION, *msgpack.unpackb(payload)[1:-1]])
+
+
+def _damage(frames: list[bytes], channels: list[wire.Channel]) -> dict[str, Counter]:
+    """What a reader makes of damaged data frames, with the checksum and without (the same
+    frames as v1 wrote them): of every single-bit flip, of BURSTS random bursts of up to 32
+    bits (first and last bit flipped, each between at random; bits least significant first)
+    and of as many spans of 5-64 random bytes: `refused`, `same` (decodes to the original
+    samples: the damage missed every value) or `other` (decodes to other values)."""
+    rng = random.Random(16)
+    out = {}
+    for form, make in (("v1", _unchecked), ("v2", bytes)):
+        counts: dict[str, Counter] = {"flip": Counter(), "burst": Counter(), "bytes": Counter()}
+        for frame in map(make, frames):
+            original = wire.samples(wire.decode(frame), channels)
+            bits = len(frame) * 8
+            for kind, flips in (
+                ("flip", ([bit] for bit in range(bits))),
+                ("burst", (_burst(rng, bits) for _ in range(BURSTS // len(frames)))),
+            ):
+                for flipped in flips:
+                    damaged = bytearray(frame)
+                    for bit in flipped:
+                        damaged[bit // 8] ^= 1 << (bit % 8)
+                    counts[kind][_outcome(bytes(damaged), original, channels)] += 1
+            for _ in range(BURSTS // len(frames)):
+                at, junk = rng.randrange(len(frame)), rng.randbytes(rng.randint(5, 64))
+                damaged = (frame[:at] + junk + frame[at + len(junk) :])[: len(frame)]
+                counts["bytes"][_outcome(damaged, original, channels)] += 1
+        out[form] = counts
+    return out
+
+
+def _burst(rng: random.Random, bits: int) -> list[int]:
+    length = rng.randint(2, 32)
+    first = rng.randrange(bits - length + 1)
+    return (
+        [first]
+        + [first + i for i in range(1, length - 1) if rng.random() < 0.5]
+        + [first + length - 1]
+    )
+
+
+def _outcome(payload: bytes, original, channels) -> str:
+    try:
+        decoded = wire.samples(wire.decode(payload), channels)
+    except wire.WireError:
+        return "refused"
+    return "same" if decoded == original else "other"
+
+
+def _text_events(rows: list[dict], seq: int) -> list[bytes]:
+    """The text columns of a recording as the agent sends them: an event with their values at
+    its start, then one with the columns that changed, at the row they change."""
     text = tomllib.loads((HERE / "wire_quanta.toml").read_text())["text"]
-    events, seq = [], SEQ0
-    for path in sorted(RECORDINGS.glob("experiment_*.csv")):
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        last: dict[str, str] = {}
-        for i, row in enumerate(rows):
-            changed = {name: row[name] for name in text if last.get(name) != row[name]}
-            if changed:
-                events.append(wire.event(BOOT, seq, T0_US + i * PERIOD_US, "state", changed))
-                seq += 1
-                last.update(changed)
+    events: list[bytes] = []
+    last: dict[str, str] = {}
+    for i, row in enumerate(rows):
+        changed = {name: row[name] for name in text if last.get(name) != row[name]}
+        if changed:
+            events.append(
+                wire.event(BOOT, seq + len(events), T0_US + i * PERIOD_US, "state", changed)
+            )
+            last.update(changed)
     return events
 
 
@@ -145,7 +226,8 @@ def _measure(encode, names, inputs, all_frames) -> tuple[float, float]:
 
 
 def run():
-    names, all_frames = frames()
+    names, recorded = recordings()
+    all_frames = [frame for _, _, frames_of in recorded for frame in frames_of]
     zstd3 = zstandard.ZstdCompressor(level=3)
     zstd19 = zstandard.ZstdCompressor(level=19)
     codecs = {
@@ -161,7 +243,11 @@ def run():
     ours_bytes, ours_ns = _measure(_ours, names, all_frames, all_frames)
     points = sum(len(c) for frame in all_frames for c in frame)
     quanta = tomllib.loads((HERE / "wire_quanta.toml").read_text())["quanta"]
-    published, published_s = _published(names, quanta, all_frames)
+    by_recording = _published(names, quanta, recorded)
+    published = sum(len(p) for r in by_recording for p in r.payloads)
+    published_v1 = sum(len(_unchecked(p)) for r in by_recording for p in r.payloads)
+    published_s = sum(r.encode_s for r in by_recording)
+    payload_count = sum(len(r.payloads) for r in by_recording)
     what = f"12 recordings, {len(all_frames)} 1-s frames, {points} points"
     rows = []
     for name, encode in codecs.items():
@@ -191,9 +277,28 @@ def run():
             "size vs the 0.7 target: every published byte (births, events, envelopes, blocks)",
             "target",
             0.7,
-            "wire v1 payloads",
+            f"wire v{wire.VERSION} payloads",
             published / points,
             "B/point",
+        ),
+        (
+            f"the checksum's cost: every published byte, {payload_count} payloads",
+            "v1, no checksum",
+            published_v1 / points,
+            "v2, CRC-32",
+            published / points,
+            "B/point",
+        ),
+        *(
+            (
+                f"  {r.name}: every published byte, {r.points} points",
+                "v1, no checksum",
+                sum(len(_unchecked(p)) for p in r.payloads) / r.points,
+                "v2, CRC-32",
+                sum(len(p) for p in r.payloads) / r.points,
+                "B/point",
+            )
+            for r in by_recording
         ),
         (
             "size of the packed block alone (stamps and values, no refs)",
@@ -220,4 +325,24 @@ def run():
             "ns/point",
         ),
     ]
+    damaged = [f for r in by_recording for f in r.frames[::DAMAGED_EVERY]]
+    outcomes = _damage(damaged, _channels(names, quanta))
+    for kind, what in (
+        ("flip", "every single-bit flip"),
+        ("burst", "bursts of 2-32 bits"),
+        ("bytes", "5-64 random bytes"),
+    ):
+        tried = sum(outcomes["v2"][kind].values())
+        for outcome in ("refused", "other"):
+            rows.append(
+                (
+                    f"{what} in {len(damaged)} data frames ({tried}): {outcome}"
+                    + (" (decoded to other values)" if outcome == "other" else ""),
+                    "v1, no checksum",
+                    100 * outcomes["v1"][kind][outcome] / sum(outcomes["v1"][kind].values()),
+                    "v2, CRC-32",
+                    100 * outcomes["v2"][kind][outcome] / tried,
+                    "%",
+                )
+            )
     return rows

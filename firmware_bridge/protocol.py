@@ -97,6 +97,12 @@ MAX_RAW_SAMPLES = const(496)  # (MAX_PAYLOAD - RAW_HEADER_SIZE) // 2
 FEATURES_HEADER_SIZE = const(8)  # block index, samples per block, channel count, reserved
 FEATURE_SIZE = const(13)  # channel uint8 + mean, rms, peak float32
 MAX_FEATURE_CHANNELS = const(76)  # (MAX_PAYLOAD - FEATURES_HEADER_SIZE) // FEATURE_SIZE
+# Arrays and objects a JSON payload may nest: the deepest today is 2 ({"channels": [...]}),
+# so 8 leaves room for later fields. CPython's json recurses once a level (1000 '[' in 1000
+# bytes were a RecursionError), and so do repr and print of what it returns, on both sides.
+MAX_JSON_DEPTH = const(8)
+# How much of a bad value an error line quotes.
+_QUOTE = const(60)
 
 # CRC-32 of any data followed by its own CRC (4 bytes, little-endian) is this constant, so a
 # frame is checked in one pass over all of it, with no slice of it made.
@@ -414,11 +420,60 @@ def pack_json(value):
 
 def parse_json(payload, what="JSON payload"):
     """The value a JSON payload holds; ProtocolError (one line naming `what`) when it is not
-    UTF-8 JSON."""
+    UTF-8 JSON or nests deeper than MAX_JSON_DEPTH."""
+    if _nesting(payload) > MAX_JSON_DEPTH:
+        raise ProtocolError(
+            what
+            + " nests deeper than "
+            + str(MAX_JSON_DEPTH)
+            + " levels: "
+            + _shown(bytes(payload[:_QUOTE]))
+        )
     try:
         return json.loads(bytes(payload).decode("utf-8"))
     except (ValueError, UnicodeError):
         raise ProtocolError(what + " is not UTF-8 JSON: " + repr(bytes(payload[:40]))) from None
+
+
+def _nesting(payload):
+    """How deep arrays and objects nest in JSON text, strings skipped, counted on the bytes
+    (no UTF-8 sequence holds an ASCII byte) without parsing: stops past MAX_JSON_DEPTH."""
+    depth = 0
+    in_string = escaped = False
+    for byte in payload:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte == 0x5B or byte == 0x7B:  # [ {
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return depth
+        elif byte == 0x5D or byte == 0x7D:  # ] }
+            depth -= 1
+    return depth if depth > 0 else 0
+
+
+def printable(text):
+    """A string from the other side (a board id, a version, an ERROR's message) for a log or
+    error line: as it is, or quoted when it holds a control character (a newline, an escape),
+    so that the line stays one line."""
+    for char in text:  # MicroPython's str has no isprintable()
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return repr(text)
+    return text
+
+
+def _shown(value):
+    """repr(value) cut to _QUOTE characters: an error line quotes, it does not dump."""
+    text = repr(value)
+    return text if len(text) <= _QUOTE else text[: _QUOTE - 3] + "..."
 
 
 def pack_identity(firmware, board):
@@ -431,19 +486,19 @@ def check_identity(payload):
     ProtocolError (one line naming both versions) when the board speaks another version."""
     identity = parse_json(payload, "IDENTITY payload")
     if type(identity) is not dict:
-        raise ProtocolError("IDENTITY payload is not a JSON object: " + repr(identity))
+        raise ProtocolError("IDENTITY payload is not a JSON object: " + _shown(identity))
     version = identity.get("protocol")
     if type(version) is not int:
-        raise ProtocolError("IDENTITY payload has no integer 'protocol': " + repr(version))
+        raise ProtocolError("IDENTITY payload has no integer 'protocol': " + _shown(version))
     for key in ("board", "firmware"):
         if type(identity.get(key)) is not str:
             raise ProtocolError("IDENTITY payload has no string " + repr(key))
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
             "bridge board "
-            + identity["board"]
+            + printable(identity["board"])
             + " (firmware "
-            + identity["firmware"]
+            + printable(identity["firmware"])
             + ") speaks protocol version "
             + str(version)
             + ", this side speaks version "
@@ -462,7 +517,7 @@ def parse_error(payload):
     """(code, message) of an ERROR payload."""
     error = parse_json(payload, "ERROR payload")
     if type(error) is not dict or type(error.get("code")) is not str:
-        raise ProtocolError("ERROR payload has no string 'code': " + repr(error))
+        raise ProtocolError("ERROR payload has no string 'code': " + _shown(error))
     return error["code"], str(error.get("message", ""))
 
 

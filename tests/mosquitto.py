@@ -9,12 +9,11 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.tools import missing
+from tests.tools import closed_to_others, missing, shared_temp_dir
 
 HOST = "127.0.0.1"
 #: The broker ACL the deployment ships (docs/broker.md): what `Broker(acl=True)` runs with.
@@ -243,13 +242,12 @@ class Broker:
         ports = _free_ports(2)
         self.port: int = ports[0]
         self.tls_port: int | None = ports[1] if pki is not None else None
-        self.directory = Path(tempfile.mkdtemp(prefix="edge-agent-mosquitto-"))
-        self.directory.chmod(0o755)
-        closed = [p for p in self.directory.parents if not p.stat().st_mode & 0o001]
-        if os.geteuid() == 0 and closed:
+        self.directory = shared_temp_dir("edge-agent-mosquitto-")
+        closed = closed_to_others(self.directory)
+        if os.geteuid() == 0 and closed is not None:
             shutil.rmtree(self.directory)
             raise BrokerError(
-                f"{closed[0]} is not traversable by the user mosquitto drops to; "
+                f"{closed} is not traversable by the user mosquitto drops to; "
                 "point TMPDIR at a directory every user can enter (such as /tmp)"
             )
         self.conf_path = self.directory / "mosquitto.conf"

@@ -570,6 +570,75 @@ def test_bad_json_is_one_line_naming_what_it_is():
     )
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 1000,  # the issue's IDENTITY: a RecursionError, and the agent exited
+        b"[" * 400 + b"]" * 400,  # valid JSON, 400 deep: its repr in an error line recursed too
+        b'{"a":' * 9 + b"1" + b"}" * 9,
+    ],
+    ids=["1000 [", "400 deep", "9 objects deep"],
+)
+@pytest.mark.parametrize(
+    "parse",
+    [protocol.check_identity, protocol.parse_error, protocol.parse_json],
+    ids=["check_identity", "parse_error", "parse_json"],
+)
+def test_json_nested_deeper_than_the_limit_is_one_protocol_error(parse, payload):
+    with pytest.raises(ProtocolError, match="nests deeper than 8 levels") as raised:
+        parse(payload)
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 200
+
+
+def test_brackets_inside_strings_are_not_nesting():
+    text = {"board": '[[[[[[[[[[{{{{{{{{{\\"', "firmware": "]]]]", "protocol": 1}
+    assert protocol.check_identity(protocol.pack_json(text)) == text
+    deepest = {"a": [[[[[[[1]]]]]]]}  # 8 levels: the limit, taken
+    assert protocol.parse_json(protocol.pack_json(deepest)) == deepest
+
+
+def test_a_board_string_with_a_newline_keeps_an_error_one_line():
+    payload = protocol.pack_json({"board": "e661\nFAKE LOG LINE", "firmware": "1", "protocol": 2})
+    with pytest.raises(ProtocolError) as raised:
+        protocol.check_identity(payload)
+    assert "\n" not in str(raised.value)
+    assert str(raised.value).startswith("bridge board 'e661\\nFAKE LOG LINE' (firmware 1)")
+
+
+# Text that looks like JSON: brackets, braces, quotes, escapes, numbers, in any order.
+JSONISH = st.lists(
+    st.sampled_from(["[", "]", "{", "}", '"', "\\", ":", ",", "1", "-", "e9", "a", "true", " "])
+    | st.text(max_size=3),
+    max_size=400,
+).map(lambda parts: "".join(parts).encode("utf-8", "surrogatepass"))
+PAYLOAD_PARSERS = [
+    protocol.check_identity,
+    protocol.parse_error,
+    protocol.parse_json,
+    protocol.parse_ack,
+    protocol.parse_pong,
+    protocol.parse_raw,
+    protocol.parse_features,
+]
+
+
+@pytest.mark.parametrize("parse", PAYLOAD_PARSERS, ids=lambda f: f.__name__)
+@given(
+    payload=st.binary(max_size=protocol.MAX_PAYLOAD)
+    | JSONISH
+    | st.tuples(st.integers(0, protocol.MAX_PAYLOAD), st.sampled_from("[{")).map(
+        lambda n: (n[1] * n[0]).encode()
+    )
+)
+def test_any_payload_is_parsed_or_one_protocol_error_nothing_else(parse, payload):
+    """Every decoder of what the other side sends raises only its documented error. (The
+    1000-deep case fails old code in the test above: hypothesis raises the recursion limit.)"""
+    try:
+        parse(payload)
+    except ProtocolError as exc:
+        assert "\n" not in str(exc)
+
+
 # -- version negotiation ---------------------------------------------------------------------
 
 
@@ -664,7 +733,8 @@ def parsed_lines(p, payloads):
         "identity " + str(sorted(p.check_identity(payloads["identity"]).items())),
         "rates " + str(sorted(p.parse_json(payloads["set_rates"]).items())),
     ]
-    for bad in (p.pack_json({"board": "b", "firmware": "f", "protocol": 2}), b"{"):
+    deep = b"[" * 1000
+    for bad in (p.pack_json({"board": "b", "firmware": "f", "protocol": 2}), b"{", deep):
         try:
             p.check_identity(bad)
         except p.ProtocolError as error:
@@ -753,7 +823,7 @@ def test_micropython_makes_and_reads_the_same_bytes_as_cpython(tmp_path):
     expected = _expected_lines()
     assert lines[2:] == expected
     assert sum(line.startswith("frame ") for line in expected) == len(GOLDEN)
-    assert sum(line.startswith("parsed refused ") for line in expected) == 2
+    assert sum(line.startswith("parsed refused ") for line in expected) == 3
 
 
 def test_mpy_cross_compiles_the_protocol_and_micropython_runs_the_bytecode(tmp_path):

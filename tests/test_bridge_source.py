@@ -18,6 +18,8 @@ import time
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge_agent.config import BridgeChannel, BridgeConfig, ConfigError, parse_config
 from edge_agent.demo import demo_config
@@ -339,10 +341,20 @@ class FakeBoard:
     /dev/serial/by-id/ names follow a board to whatever ttyACM it gets: a pty's path cannot
     be chosen, and the agent's configuration names one stable path."""
 
-    def __init__(self, link, offset_us=WRAP - 1_500_000, drift_ppm=40.0, protocol_version=1):
+    def __init__(
+        self,
+        link,
+        offset_us=WRAP - 1_500_000,
+        drift_ppm=40.0,
+        protocol_version=1,
+        identity_payload=None,
+        ack_payload=None,
+    ):
         self.link = str(link)
         self.offset_us, self.rate = offset_us, 1 + drift_ppm * 1e-6
         self.protocol_version = protocol_version
+        self.identity_payload = identity_payload  # instead of its identity: a hostile board
+        self.ack_payload = ack_payload  # instead of each ACK's
         self.commands: list[int] = []
         self.plugs = 0
         self._garbage = bytearray()
@@ -406,10 +418,10 @@ class FakeBoard:
 
     def _command(self, frame, rx):
         self.commands.append(frame.ftype)
-        ack = protocol.pack_ack(frame.seq, frame.ftype)
+        ack = self.ack_payload or protocol.pack_ack(frame.seq, frame.ftype)
         if frame.ftype == protocol.IDENTIFY:
             identity = {"board": "e661fa4e", "firmware": "0.1.0", "protocol": self.protocol_version}
-            self._send(protocol.IDENTITY, protocol.pack_json(identity))
+            self._send(protocol.IDENTITY, self.identity_payload or protocol.pack_json(identity))
         elif frame.ftype == protocol.SET_RATES:
             rates = protocol.parse_json(frame.payload)
             self.rates = (rates["sample_hz"], rates["block_samples"])
@@ -579,6 +591,110 @@ def test_an_incompatible_board_gets_one_line_naming_both_versions_and_no_stream(
     assert len(errors) == 1, errors
     assert "protocol version 2" in errors[0] and "speaks version 1" in errors[0]
     assert "\n" not in errors[0]
+
+
+async def _hostile(tmp_path, **board_changes):
+    board = FakeBoard(tmp_path / "bridge", **board_changes)
+    board.plug()
+    async with source_on(board, fast_bridge(tmp_path / "bridge")) as (source, _):
+        task = asyncio.current_task()
+        await until(lambda: board.commands.count(protocol.IDENTIFY) >= 3, what="retries")
+        running = [t for t in asyncio.all_tasks() if t is not task and not t.done()]
+        state = source.state
+    board.unplug()
+    return source, state, running
+
+
+def test_an_identity_nested_1000_deep_is_refused_in_one_line_and_the_source_keeps_trying(
+    tmp_path, caplog
+):
+    """The issue's finding: check_identity raised RecursionError and the agent exited."""
+    caplog.set_level(logging.INFO, logger="edge_agent.sources.bridge")
+    source, state, running = asyncio.run(_hostile(tmp_path, identity_payload=b"[" * 1000))
+    assert running, "the source's task ended"
+    assert state.startswith("refused: IDENTITY payload nests deeper than 8 levels")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+
+
+def test_a_malformed_ack_is_a_counted_bad_payload_and_the_source_keeps_trying(tmp_path):
+    """A bad ACK reached the command loop, whose ProtocolError ended the source's task."""
+    source, state, running = asyncio.run(_hostile(tmp_path, ack_payload=b"\x01\x02"))
+    assert running, "the source's task ended"
+    assert state == "lost"  # no answer to STOP: reconnecting
+    assert source.stats()["bad_payloads"] >= 1
+    assert "ACK payload of 2 bytes, not 3" in source.core.last_error
+
+
+async def _buggy(tmp_path):
+    board = FakeBoard(tmp_path / "bridge")
+    board.plug()
+    async with source_on(board, fast_bridge(tmp_path / "bridge")) as (source, _):
+        task = asyncio.current_task()
+        await until(lambda: source.sessions >= 3, what="sessions retried")
+        running = [t for t in asyncio.all_tasks() if t is not task and not t.done()]
+    board.unplug()
+    return source, running
+
+
+def test_a_bug_in_a_session_is_logged_once_and_retried_slowly_never_the_end_of_the_source(
+    tmp_path, caplog, monkeypatch
+):
+    def broken(self, host_ns):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(BridgeCore, "identify", broken)
+    source, running = asyncio.run(_buggy(tmp_path))
+    assert running, "the source's task ended"
+    assert source.state == "failed" and source.stats()["internal_errors"] >= 3
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info, [r.getMessage() for r in errors]
+
+
+def test_an_overrun_claiming_more_samples_than_a_counter_holds_is_a_bad_payload():
+    """10**300 dropped samples, added to a counter, broke every metrics scrape after it."""
+    core = BridgeCore(bridge_config())
+    huge = {"code": "overrun", "message": "m", "dropped_samples": 10**300}
+    core.receive(protocol.encode(protocol.ERROR, 0, 0, protocol.pack_json(huge)), 1)
+    assert core.stats()["bad_payloads"] == 1
+    assert core.counters["samples_dropped_by_board"] == 0 and core.counters["overruns"] == 0
+    assert "dropped_samples" in core.last_error
+
+
+REPLY_PAYLOADS = st.binary(max_size=64) | st.builds(
+    lambda code, extra: protocol.pack_json({"code": code, "message": "m", **extra}),
+    st.sampled_from(["overrun", "busy", "bad_frame"]),
+    st.dictionaries(
+        st.sampled_from(["dropped_samples", "next_index"]),
+        st.integers(-(2**70), 2**70) | st.floats() | st.booleans() | st.text(max_size=3),
+    ),
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(sorted(protocol.TYPE_NAMES)) | st.integers(0, 255),
+            st.integers(0, 0xFFFF),
+            st.integers(0, WRAP - 1),
+            REPLY_PAYLOADS,
+        ),
+        max_size=20,
+    )
+)
+def test_any_frames_from_the_board_are_used_or_counted_never_raised(frames):
+    """The host's decoder of what the board sends: every frame is a sample, a reply the shell
+    can act on (an ACK it can read), or counted; nothing escapes."""
+    core = BridgeCore(bridge_config())
+    core.align.add(0, 0, 0, 0)
+    data = b"".join(
+        protocol.encode(ftype, seq, ticks, payload) for ftype, seq, ticks, payload in frames
+    )
+    _, replies = core.receive(data, 10**9)
+    for reply in replies:
+        if reply.ftype == protocol.ACK:
+            protocol.parse_ack(reply.payload)
+    assert all(isinstance(v, int) and v < WRAP * 1000 for v in core.stats().values())
 
 
 # -- the agent's pipeline ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import missing
+from tests.tools import closed_to_others, missing, shared_temp_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -400,18 +400,41 @@ def test_install_refuses_what_is_neither_a_wheel_nor_a_source_tree(tmp_path):
     assert not site.prefix.exists()
 
 
+@pytest.fixture
+def shared_dir():
+    directory = shared_temp_dir("edge-agent-install-")
+    yield directory
+    shutil.rmtree(directory)
+
+
+def as_nobody(script: Path, shared: Path) -> tuple[list[str], Path]:
+    """The command that runs `script` as the user nobody, and the directory to run it in.
+    Nobody cannot enter the checkout when it sits in a private directory (a home is 0750 on
+    recent Ubuntu), nor pytest's tmp_path: the script is run from a copy in `shared`."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to run the script as a normal user")
+    closed = closed_to_others(shared)
+    if closed is not None:
+        pytest.fail(
+            f"{closed} is closed to other users: point TMPDIR at a directory they can enter"
+        )
+    copy = shared / script.name
+    shutil.copy(script, copy)
+    copy.chmod(0o755)
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", str(copy)], shared
+
+
 @pytest.mark.parametrize("script", [INSTALL, UNINSTALL], ids=lambda p: p.name)
-def test_creating_the_user_needs_root(tmp_path, script):
+def test_creating_the_user_needs_root(tmp_path, shared_dir, script):
     site = Site(tmp_path, Packages(tmp_path / "none.whl", tmp_path))
     env = {**site.env, "CREATE_USER": "yes"}
-    command = [str(script)]
+    command, cwd = [str(script)], None
     if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("setpriv (util-linux) is needed to run the script as a normal user")
-        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+        command, cwd = as_nobody(script, shared_dir)
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
+    assert result.stderr.count("\n") == 1, result.stderr  # that line only, no shell complaint
     assert "must run as root" in result.stderr.strip().splitlines()[-1]
     assert not site.prefix.exists() and not site.etc.exists()
 

@@ -238,7 +238,7 @@ def test_drain_waits_for_everything_and_the_death_names_the_birth(tmp_path):
             assert await h.publisher.drain(5.0)
             assert await h.spooled() == []
             assert await h.publisher.send_death(1.0)
-            assert wire.decode(link.sent[-1][1]) == {"v": 1, "k": "death", "b": BOOT, "bs": 1}
+            assert wire.decode(link.sent[-1][1]) == {"v": 2, "k": "death", "b": BOOT, "bs": 1}
             assert wire.decode(link.death)["bs"] == 1  # the will registered at connect
 
     asyncio.run(main())

@@ -391,6 +391,66 @@ def test_save_then_load_round_trips_any_records_exactly(tmp_path, records):
         assert math.copysign(1, got.peak_load_pct) == math.copysign(1, records[tool].peak_load_pct)
 
 
+def test_a_tool_number_of_5000_digits_is_one_teach_error_not_a_value_error(tmp_path):
+    """int() of it raised ValueError (over Python's 4300 digits), out of load()."""
+    store = TeachStore(tmp_path / "teach.json")
+    write_doc(store.path, {"version": 1, "tools": {"9" * 5000: GOOD_RECORD}})
+    assert error_of(store).endswith("the key must be a tool number (0, 1, 2, ...)")
+
+
+def test_a_key_with_a_newline_is_quoted_in_one_line(tmp_path):
+    store = TeachStore(tmp_path / "teach.json")
+    write_doc(store.path, {"version": 1, "tools": {"5": {**GOOD_RECORD, "a\nb": 1}}})
+    assert error_of(
+        store
+    ) == f'{store.path}: tools.5."a\\nb": unknown key (allowed: cut_blocks,' + (
+        " idle_load_pct, learned_at, peak_load_pct, program, samples)"
+    )
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=20,
+)
+# A good record with any field, or the record itself, replaced by any JSON value.
+GOOD_RECORD = json.loads(to_json({5: record()}))["tools"]["5"]
+KEYS = st.sampled_from(["5", "05", "-1", "x", "١", "5\n", "a\nb", "\x1b[2J", "9" * 300])
+TEACH_DOCS = st.builds(
+    lambda version, key, field, value, extra: {
+        "version": version,
+        "tools": {key: value if field is None else {**GOOD_RECORD, field: value}},
+        **extra,
+    },
+    st.just(1) | JSON_VALUES,
+    KEYS,
+    st.sampled_from([None, *GOOD_RECORD]) | KEYS,
+    JSON_VALUES,
+    st.dictionaries(KEYS, st.just(0), max_size=1),
+)
+
+
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=300, deadline=None
+)
+@given(
+    text=TEACH_DOCS.map(json.dumps)
+    | st.binary(max_size=200).map(lambda b: b.decode("latin-1"))
+    | st.integers(0, 5000).map(lambda n: '{"version": 1, "tools": {"5": ' + "[" * n + "]" * n)
+)
+def test_any_teach_file_loads_or_is_one_teach_error(tmp_path, text):
+    """The teach file's decoder: whatever the file holds (an operator's edit, a disk's
+    damage), records or one TeachError line, nothing else."""
+    store = TeachStore(tmp_path / "teach.json")
+    (tmp_path / "teach.json").write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        records = store.load()
+    except TeachError as exc:
+        assert "\n" not in str(exc) and "\x1b" not in str(exc) and len(str(exc)) < 400
+    else:
+        assert all(isinstance(r, ToolRecord) for r in records.values())
+
+
 # -- noticing edits ------------------------------------------------------------------
 
 

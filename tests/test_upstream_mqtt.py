@@ -165,6 +165,6 @@ def test_the_death_is_the_last_will_when_the_connection_dies(broker, tmp_path):
             # The network dies under the agent: no DISCONNECT reaches the broker.
             bench.links[-1]._client.socket().shutdown(socket.SHUT_RDWR)
             await subscriber.wait_for(lambda s: s.decoded("death"))
-            assert subscriber.decoded("death") == [{"v": 1, "k": "death", "b": BOOT, "bs": 1}]
+            assert subscriber.decoded("death") == [{"v": 2, "k": "death", "b": BOOT, "bs": 1}]
 
     asyncio.run(main())

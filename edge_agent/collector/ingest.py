@@ -23,7 +23,7 @@ import msgpack
 
 from .. import names
 from ..telemetry import wire
-from ..telemetry.wire import WireError
+from ..telemetry.wire import ChecksumError, WireError
 from .store import (
     PENDING_BIRTH,
     REJECT_BODY_BYTES,
@@ -52,6 +52,9 @@ _INT64_MAX = (1 << 63) - 1
 #: machines of 200 channels stay cached, and a birth of wire.MAX_CHANNELS cannot evict more
 #: than its share. The newest table always stays.
 TABLE_CACHE_CHANNELS = 65_536
+#: Machines the collector warns about for sending unchecked (wire v1) payloads, once each; past
+#: this many, only the counter (every machine of a large plant fits, forged names do not grow it).
+UNCHECKED_WARNED = 4096
 #: How much of a bad value an error line quotes, and the longest error line kept.
 _QUOTE = 60
 _ERROR_CHARS = 400
@@ -77,8 +80,10 @@ class Collector:
     (rows), `historical` (replayed data frames stored), `pending_birth` (data frames stored to
     wait for their birth), `decoded_late` (those decoded when it came), `undecodable` (those
     that did not decode with it), `gaps`, `bad_gaps` (gap events whose detail is not usable:
-    the event is stored, no gap) and `birth_conflicts` (a further birth of a boot with another
-    channel table: the first is kept)."""
+    the event is stored, no gap), `birth_conflicts` (a further birth of a boot with another
+    channel table: the first is kept), `bad_checksum` (those of `bad` that failed their
+    checksum: damaged on the way) and `unchecked` (wire v1 payloads, which carry no checksum:
+    decoded unchecked, then counted as any other)."""
 
     def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX):
         self.store = store
@@ -86,6 +91,7 @@ class Collector:
         self.counters: Counter[str] = Counter()
         self._tables: OrderedDict[tuple[str, bytes], list[wire.Channel]] = OrderedDict()
         self._cached_channels = 0
+        self._unchecked_machines: set[str] = set()
 
     def ingest(self, topic: str, payload: bytes, received_ns: int) -> Counter[str]:
         """One message; what it added to `counters`."""
@@ -140,13 +146,30 @@ class Collector:
             machine, kind = self._parse_topic(topic)
             wire.check_size(payload, kind)
             frame = wire.decode(payload)
+            if frame["v"] == wire.UNCHECKED_VERSION:
+                self._unchecked(topic, machine, counts)
             if frame["k"] != kind:
                 raise WireError(f"a {frame['k']} payload on a {kind} topic")
             _check_envelope(frame)
             handle = getattr(self, f"_{kind}")
             handle(_Received(topic, machine, frame, payload, received_ns), counts)
         except WireError as exc:
+            if isinstance(exc, ChecksumError):
+                counts["bad_checksum"] += 1
             self._reject(topic, machine, payload, received_ns, str(exc), counts)
+
+    def _unchecked(self, topic: str, machine: str, counts: Counter) -> None:
+        """A wire v1 payload (an agent not yet upgraded, or its spool from before): counted,
+        and a warning the first time a machine sends one (bounded: a line per machine)."""
+        counts["unchecked"] += 1
+        if machine in self._unchecked_machines or len(self._unchecked_machines) >= UNCHECKED_WARNED:
+            return
+        self._unchecked_machines.add(machine)
+        logger.warning(
+            "%s: wire v1 payload, which has no checksum: read unchecked (counted `unchecked`;"
+            " this line once per machine)",
+            _shown(topic),
+        )
 
     def _parse_topic(self, topic: str) -> tuple[str, str]:
         """`<prefix>/<site>/<machine>/<kind>` -> ("site/machine", kind)."""

@@ -21,6 +21,11 @@ from typing import Any
 
 #: The teach file's format version; a file of another version is refused, not guessed at.
 TEACH_FILE_VERSION = 1
+#: Digits of a tool number: a controller reports it in at most a 32-bit register pair
+#: (4294967295). Longer is refused before int() (Python refuses over 4300 digits).
+TOOL_DIGITS = 10
+#: How much of a key or value from the file an error line quotes.
+_QUOTE = 60
 
 #: The target stays this far (load percentage points) above the idle load; see `target_pct`.
 IDLE_MARGIN_PCT = 5.0
@@ -258,11 +263,13 @@ class TeachStore:
         if not _is_int(version) or version != TEACH_FILE_VERSION:
             raise TeachError(
                 f"{self.path}: not a teach file of version {TEACH_FILE_VERSION} "
-                f"(version: {json.dumps(version)})"
+                f"(version: {_cut(json.dumps(version))})"
             )
         unknown = sorted(set(data) - {"version", "tools"})
         if unknown:
-            raise TeachError(f"{self.path}: {unknown[0]}: unknown key (allowed: tools, version)")
+            raise TeachError(
+                f"{self.path}: {_quoted(unknown[0])}: unknown key (allowed: tools, version)"
+            )
         tools = data.get("tools")
         if not isinstance(tools, dict):
             raise TeachError(f"{self.path}: tools: must be an object of tool number -> record")
@@ -270,15 +277,17 @@ class TeachStore:
 
     def _record(self, item: tuple[str, Any]) -> tuple[int, ToolRecord]:
         key, raw = item
-        where = f"{self.path}: tools.{key}"
-        if not (key.isascii() and key.isdigit() and str(int(key)) == key):
+        where = f"{self.path}: tools.{_quoted(key)}"
+        if not (
+            key.isascii() and key.isdigit() and len(key) <= TOOL_DIGITS and str(int(key)) == key
+        ):
             raise TeachError(f"{where}: the key must be a tool number (0, 1, 2, ...)")
         if not isinstance(raw, dict):
             raise TeachError(f"{where}: must be an object, got {_kind(raw)}")
         for name in raw:
             if name not in _FIELDS:
                 raise TeachError(
-                    f"{where}.{name}: unknown key (allowed: {', '.join(sorted(_FIELDS))})"
+                    f"{where}.{_quoted(name)}: unknown key (allowed: {', '.join(sorted(_FIELDS))})"
                 )
         values = {}
         for name, kind in _FIELDS.items():
@@ -302,7 +311,9 @@ class TeachStore:
                 raise TeachError(f"{where}.{name}: must be {_KIND_NAMES[kind]}, got {_kind(value)}")
             values[name] = value
         if values["samples"] < 1:
-            raise TeachError(f"{where}.samples: must be at least 1, got {values['samples']}")
+            raise TeachError(
+                f"{where}.samples: must be at least 1, got {_cut(str(values['samples']))}"
+            )
         return int(key), ToolRecord(tool=int(key), **values)
 
 
@@ -311,6 +322,16 @@ _KIND_NAMES = {int: "an integer", str: "a string"}
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _quoted(name: str) -> str:
+    """A key from the file for an error line: as it is when short and printable, else
+    JSON-quoted and cut, so that the line stays one line whatever the file holds."""
+    return name if name.isprintable() and len(name) <= _QUOTE else _cut(json.dumps(name))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _QUOTE else text[: _QUOTE - 3] + "..."
 
 
 def _kind(value: Any) -> str:

@@ -267,7 +267,10 @@ class BridgeCore:
                 elif frame.ftype == protocol.ERROR:
                     self._on_error(frame)
                     replies.append(frame)
-                elif frame.ftype in (protocol.IDENTITY, protocol.ACK):
+                elif frame.ftype == protocol.ACK:
+                    protocol.parse_ack(frame.payload)  # a bad one is dropped here, counted
+                    replies.append(frame)
+                elif frame.ftype == protocol.IDENTITY:
                     replies.append(frame)
                 else:
                     raise protocol.ProtocolError(f"unexpected frame type 0x{frame.ftype:02x}")
@@ -289,11 +292,14 @@ class BridgeCore:
     def _on_error(self, frame: protocol.Frame) -> None:
         code, message = protocol.parse_error(frame.payload)
         if code == "overrun":
+            dropped = protocol.parse_json(frame.payload).get("dropped_samples")
+            if dropped is not None and not (type(dropped) is int and 0 <= dropped < _WRAP):
+                # a counter the metrics export as a float: 10**300 would break every scrape
+                raise protocol.ProtocolError(
+                    f"overrun: dropped_samples {dropped!r:.40} is not a count 0..2**32 - 1"
+                )
             self.counters["overruns"] += 1
-            detail = protocol.parse_json(frame.payload)
-            dropped = detail.get("dropped_samples")
-            if isinstance(dropped, int) and dropped > 0:
-                self.counters["samples_dropped_by_board"] += dropped
+            self.counters["samples_dropped_by_board"] += dropped or 0
         else:
             self.counters["errors_from_board"] += 1
 
@@ -447,6 +453,12 @@ class BridgeSource:
                     if self.state == "streaming":
                         self.reconnects += 1
                     self._note("lost", logging.WARNING, "%s; reconnecting", exc)
+                except Exception as exc:  # a bug must not end the source, nor the agent
+                    self.core.counters["internal_errors"] += 1
+                    if self.state != "failed":
+                        log.exception("bridge %s: session failed: %s", self.cfg.port, exc)
+                    self.state = "failed"
+                    refused = True  # retried slowly, as a refusal
                 finally:
                     self._close()
                 delay = self.cfg.reconnect_max_s if refused else self.backoff.next_delay()
@@ -474,8 +486,8 @@ class BridgeSource:
             "streaming",
             logging.INFO,
             "board %s, firmware %s: streaming %d channels at %d Hz in blocks of %d",
-            identity["board"],
-            identity["firmware"],
+            protocol.printable(identity["board"]),
+            protocol.printable(identity["firmware"]),
             len(self.cfg.channels),
             self.cfg.sample_hz,
             self.cfg.block_samples,
@@ -534,7 +546,10 @@ class BridgeSource:
                 if reply.ftype == protocol.ERROR:
                     code, message = protocol.parse_error(reply.payload)
                     if code not in ("overrun", "bad_frame"):
-                        raise _Refused(f"the board refused {what}: {code}: {message}")
+                        raise _Refused(
+                            f"the board refused {what}: "
+                            f"{protocol.printable(code)}: {protocol.printable(message)}"
+                        )
                 elif reply.ftype == answer and (
                     answer != protocol.ACK or protocol.parse_ack(reply.payload)[0] == seq
                 ):
@@ -591,7 +606,13 @@ class BridgeSource:
         except protocol.ProtocolError:
             return
         level = logging.WARNING if code == "overrun" else logging.INFO
-        log.log(level, "bridge %s: the board says %s: %s", self.cfg.port, code, message)
+        log.log(
+            level,
+            "bridge %s: the board says %s: %s",
+            self.cfg.port,
+            protocol.printable(code),
+            protocol.printable(message),
+        )
 
     def _log_drops(self) -> None:
         """At most one line per DROP_LOG_INTERVAL_S about frames and payloads dropped."""

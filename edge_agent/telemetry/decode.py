@@ -3,7 +3,9 @@
 From a spool, or from a stream of payloads back to back (a file, or standard input: what a
 broker subscription captured). Reads only. Data frames decode with the channel table of their
 boot's birth. A payload that does not decode gets one line on the error stream naming its
-sequence number and what is wrong, is counted, and the rest still print.
+sequence number and what is wrong, is counted, and the rest still print; a last line counts
+the refused (those that failed their checksum among them) and the unchecked (wire v1, which has
+no checksum; each such payload prints with "unchecked": true).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from typing import BinaryIO, TextIO
 
 import msgpack
@@ -26,6 +29,8 @@ def decode_payload(payload: bytes, tables: dict[bytes, list[wire.Channel]]) -> d
     if not isinstance(boot, bytes):
         raise wire.WireError("boot id must be a bin")
     head = {"seq": frame.get("s"), "kind": kind, "boot": boot.hex()}  # a death has no seq
+    if frame["v"] == wire.UNCHECKED_VERSION:
+        head["unchecked"] = True
     if kind == "birth":
         tables[boot] = wire.channels_of(frame)
         rows = [
@@ -71,7 +76,7 @@ def decode_spool(path: str, out: TextIO, err: TextIO, as_csv: bool = False) -> t
     spool = Spool(path, readonly=True)
     try:
         rows = ((f"frame seq {row.seq}", row.stored_ns, row.body) for row in spool.frames())
-        return _print(rows, path, out, err, as_csv)
+        return _summary(_print(rows, path, out, err, as_csv), path, err)
     finally:
         spool.close()
 
@@ -85,25 +90,40 @@ def decode_stream(
     unpacker.feed(data)
     rows, trouble, end = [], None, 0
     try:
-        for n, body in enumerate(unpacker, start=1):
-            rows.append((f"payload {n}", None, msgpack.packb(body)))
-            end = unpacker.tell()
+        for n, _ in enumerate(unpacker, start=1):
+            # Each payload's own bytes, which its checksum covers (packed again they may differ)
+            start, end = end, unpacker.tell()
+            rows.append((f"payload {n}", None, data[start:end]))
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         trouble = f"not msgpack: {type(exc).__name__}"
     if trouble is None and end != len(data):
         trouble = f"truncated at byte {end} of {len(data)}"
-    printed, bad = _print(rows, where, out, err, as_csv)
+    counts = _print(rows, where, out, err, as_csv)
     if trouble:
         print(f"{where}: payload {len(rows) + 1}: {trouble}", file=err)
-        bad += 1
-    return printed, bad
+        counts["bad"] += 1
+    return _summary(counts, where, err)
 
 
 CSV_HEADER = ("seq", "boot", "channel", "unit", "t_us", "value", "quality")
 
 
-def _print(rows, where: str, out: TextIO, err: TextIO, as_csv: bool) -> tuple[int, int]:
-    printed = bad = 0
+def _summary(counts: Counter, where: str, err: TextIO) -> tuple[int, int]:
+    """(printed, bad), after a line on the error stream counting the refused and the unchecked
+    when there were any."""
+    printed, bad, unchecked = counts["printed"], counts["bad"], counts["unchecked"]
+    if bad or unchecked:
+        print(
+            f"{where}: {printed} printed, {bad} refused ({counts['bad_checksum']} failed their "
+            f"checksum), {unchecked} unchecked (wire v1, no checksum)",
+            file=err,
+        )
+    return printed, bad
+
+
+def _print(rows, where: str, out: TextIO, err: TextIO, as_csv: bool) -> Counter:
+    """Prints the payloads; counts `printed`, `bad`, `bad_checksum` and `unchecked`."""
+    counts: Counter[str] = Counter()
     tables: dict[bytes, list[wire.Channel]] = {}
     writer = csv.writer(out, lineterminator="\n") if as_csv else None
     if writer:
@@ -113,9 +133,11 @@ def _print(rows, where: str, out: TextIO, err: TextIO, as_csv: bool) -> tuple[in
             decoded = decode_payload(body, tables)
         except wire.WireError as exc:
             print(f"{where}: {label}: {exc}", file=err)
-            bad += 1
+            counts["bad"] += 1
+            counts["bad_checksum"] += isinstance(exc, wire.ChecksumError)
             continue
-        printed += 1
+        counts["printed"] += 1
+        counts["unchecked"] += decoded.get("unchecked", False)
         if writer is None:
             if stored_ns is not None:
                 decoded = {"seq": decoded["seq"], "stored_ns": stored_ns, **decoded}
@@ -135,7 +157,7 @@ def _print(rows, where: str, out: TextIO, err: TextIO, as_csv: bool) -> tuple[in
                             bad_at.get(i, 0),
                         )
                     )
-    return printed, bad
+    return counts
 
 
 def _json_safe(value):

@@ -1,15 +1,18 @@
-"""Wire format v1: the birth, data, event and death payloads (docs/wire-format.md is the spec).
+"""Wire format v2: the birth, data, event and death payloads (docs/wire-format.md is the spec).
 
 Sans-IO: channel tables, samples and bytes in, bytes and decoded frames out; no clock, no
 socket. Every payload is a plain msgpack array any decoder can read (optional fields in a
-trailing map); a data frame's stamps and values travel as one packed block
-(`edge_agent.kernels.valuepack`). Decoding is strict and every failure is one `WireError` line.
+trailing map) whose last element is the CRC-32 of the bytes before it; a data frame's stamps
+and values travel as one packed block (`edge_agent.kernels.valuepack`). Decoding is strict and
+every failure is one `WireError` line (a `ChecksumError` when the payload fails its checksum).
+Payloads of v1, which had no checksum, still decode, as unchecked (their "v" is 1).
 """
 
 from __future__ import annotations
 
 import array
 import math
+import zlib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -17,10 +20,18 @@ import msgpack
 
 from ..kernels.valuepack import COUNTED, MAX_ABS, PackError, pack, unpack
 
-VERSION = 1
+VERSION = 2
+#: The version before the checksum: still read (an agent's spool or an older agent may hold
+#: it), exactly as v1 wrote it, and reported unchecked (a decoded frame's "v" says which).
+UNCHECKED_VERSION = 1
+#: The checksum's last element: msgpack's uint 32 marker, then the 4 bytes of the CRC-32 of
+#: every byte before them, least significant first.
+CHECKSUM_MARKER = 0xCE
+CHECKSUM_BYTES = 4
 #: Kinds by their number on the wire; every payload is an array [v, kind, boot, ...].
 KINDS = ("birth", "data", "event", "death")
-#: Positions after [v, kind]: what a decoder of v1 reads; further elements are ignored.
+#: Positions after [v, kind]: what a decoder reads; in v2, further elements before the
+#: checksum are ignored (a later v2.x adds fields there); a v1 payload has exactly these.
 FIELDS = {
     "birth": ("b", "s", "t", "info"),  # info: map of agent, cfg, ch, fw (unknown keys ignored)
     "data": ("b", "s", "t", "p", "x", "ext"),  # ext (optional): map of h, q
@@ -70,7 +81,12 @@ _MAX_ARRAY = 3 * 2 * MAX_FRAME_POINTS
 
 
 class WireError(ValueError):
-    """A payload that is not a valid v1 frame: one line saying what is wrong."""
+    """A payload that is not a valid frame: one line saying what is wrong."""
+
+
+class ChecksumError(WireError):
+    """A payload whose last 4 bytes are not the CRC-32 of the bytes before them (and that is not
+    a v1 payload, which has none): damaged on its way, never to be decoded."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +166,7 @@ def birth(
     info = {"agent": agent, "cfg": config_hash, "ch": [c.row() for c in channels]}
     if firmware is not None:
         info["fw"] = firmware
-    return msgpack.packb([VERSION, 0, boot, seq, t_us, info])
+    return seal([VERSION, 0, boot, seq, t_us, info])
 
 
 def check_table(channels: list[Channel]) -> None:
@@ -229,35 +245,68 @@ def data(
         ext["h"] = True
     if ext:
         body.append(ext)
-    return msgpack.packb(body)
+    return seal(body)
 
 
 def as_historical(payload: bytes) -> bytes:
-    """A stored data frame re-wrapped for replay: the same content, flagged `h` (historical).
-    Anything but a data frame is returned as it is."""
-    body = msgpack.unpackb(payload, raw=False)
-    if not (isinstance(body, list) and len(body) >= 7 and body[:2] == [VERSION, 1]):
+    """A stored data frame re-wrapped for replay: the same content, flagged `h` (historical),
+    its checksum checked and made anew. A v1 frame is re-wrapped as v1, unchecked: a checksum
+    made now would vouch for bytes nobody checked. Anything else (another kind, a payload that
+    fails its checksum or does not unpack) is returned as it is, to be refused and counted
+    where it is decoded; this never raises, so a damaged spool row cannot stop a replay."""
+    try:
+        checked = decode(payload)["v"] == VERSION
+    except WireError:
         return payload
+    body = msgpack.unpackb(payload, raw=False)  # it decoded: it unpacks
+    if body[1] != 1:
+        return payload
+    if checked:
+        body = body[:-1]
     ext = dict(body[7]) if len(body) > 7 and isinstance(body[7], dict) else {}
     ext["h"] = True
-    return msgpack.packb([*body[:7], ext, *body[8:]])
+    rewrapped = [*body[:7], ext, *body[8:]]
+    return seal(rewrapped) if checked else msgpack.packb(rewrapped)
 
 
 def with_seq(payload: bytes, seq: int) -> bytes:
     """A birth, data frame or event made with another sequence number (the agent makes a
-    payload it has to hold in memory before the spool numbers it), otherwise the same."""
-    body = msgpack.unpackb(payload, raw=False)
+    payload it has to hold in memory before the spool numbers it), otherwise the same, its
+    checksum checked and made anew."""
+    if not checksum_ok(payload):
+        raise ChecksumError("checksum mismatch: a held payload changed in memory")
+    body = msgpack.unpackb(payload, raw=False)[:-1]  # the checksum: `seal` makes it anew
     body[3] = seq  # [v, kind, boot, seq, ...] for all three
-    return msgpack.packb(body)
+    return seal(body)
 
 
 def event(boot: bytes, seq: int, t_us: int, kind: str, detail: dict) -> bytes:
-    return msgpack.packb([VERSION, 2, boot, seq, t_us, kind, detail])
+    return seal([VERSION, 2, boot, seq, t_us, kind, detail])
 
 
 def death(boot: bytes, birth_seq: int) -> bytes:
     """The MQTT last will: registered at connect, so it names the birth it ends."""
-    return msgpack.packb([VERSION, 3, boot, birth_seq])
+    return seal([VERSION, 3, boot, birth_seq])
+
+
+def seal(body: list) -> bytes:
+    """`body` as a msgpack array with one more element, its checksum: msgpack's uint 32 marker
+    and the CRC-32 (zlib's) of every byte before the checksum's 4, least significant byte
+    first. In that order the whole payload is a CRC codeword: every burst of up to 32 bits
+    is detected, the checksum's own bytes included (big-endian, 15 burst shapes across the
+    boundary escape). The 5 bytes are written here: msgpack would pack a small value shorter."""
+    head = msgpack.packb([*body, 0])[:-1] + bytes((CHECKSUM_MARKER,))  # 0 packs as one byte
+    return head + zlib.crc32(head).to_bytes(CHECKSUM_BYTES, "little")
+
+
+def checksum_ok(payload: bytes) -> bool:
+    """Whether `payload` ends with a checksum (`seal`) that matches the bytes before it."""
+    return (
+        len(payload) > CHECKSUM_BYTES + 1
+        and payload[-CHECKSUM_BYTES - 1] == CHECKSUM_MARKER
+        and zlib.crc32(payload[:-CHECKSUM_BYTES])
+        == int.from_bytes(payload[-CHECKSUM_BYTES:], "little")
+    )
 
 
 def _on_grid(stamps_us, t0: int, period_us: int) -> list[int]:
@@ -341,12 +390,15 @@ def check_size(payload: bytes, kind: str) -> None:
 
 
 def decode(payload: bytes) -> dict:
-    """Any v1 payload -> a map of its fields by name (`FIELDS`), "v" and "k" included; the
-    birth's info and the data frame's ext are merged in. Elements past those v1 knows, and
-    unknown keys in the maps, are ignored (forward compatibility). A payload larger than
-    the largest kind's limit is refused unread."""
+    """Any payload -> a map of its fields by name (`FIELDS`), "v" and "k" included; the
+    birth's info and the data frame's ext are merged in. Unknown keys in the maps, and in v2
+    elements past those it knows, are ignored (forward compatibility). A payload larger than
+    the largest kind's limit is refused unread. A payload that fails its checksum is a
+    `ChecksumError`, unless it is a v1 payload: that has none, and decodes with "v" 1,
+    unchecked."""
     if len(payload) > _MAX_ANY_PAYLOAD:
         raise WireError(f"payload of {len(payload)} bytes, over the {_MAX_ANY_PAYLOAD} maximum")
+    checked = checksum_ok(payload)
     try:
         body = msgpack.unpackb(
             payload,
@@ -358,25 +410,63 @@ def decode(payload: bytes) -> dict:
             max_map_len=1 << 12,
         )
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise WireError(f"not msgpack: {type(exc).__name__}: {exc}".rstrip(": ")) from None
-    if not isinstance(body, list) or len(body) < 2:
-        raise WireError(f"payload is a {type(body).__name__}, not an array [v, kind, ...]")
+        error = f"not msgpack: {type(exc).__name__}: {exc}".rstrip(": ")
+        raise (WireError(error) if checked else _mismatch(payload, error)) from None
+    if not isinstance(body, list) or len(body) < 3:
+        error = (
+            f"payload is an array of {len(body)}, not [v, kind, ..., checksum]"
+            if isinstance(body, list)
+            else f"payload is a {type(body).__name__}, not an array [v, kind, ..., checksum]"
+        )
+        raise WireError(error) if checked else _mismatch(payload, error)
     version, kind = body[0], body[1]
-    if version != VERSION:
-        raise WireError(f"unknown version {version!r} (this decoder reads v{VERSION})")
+    if checked:
+        if version != VERSION:
+            raise WireError(
+                f"unknown version {version!r} (this decoder reads v{VERSION}, "
+                f"and v{UNCHECKED_VERSION} without a checksum)"
+            )
+        if body[-1] != int.from_bytes(payload[-CHECKSUM_BYTES:], "big"):
+            raise WireError("the checksum is not the payload's last element, a uint 32")
+        fields = body[2:-1]
+    elif version == UNCHECKED_VERSION and type(version) is int:
+        fields = body[2:]
+    else:
+        raise _mismatch(payload)
     if not (isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind < len(KINDS)):
         raise WireError(f"unknown kind {kind!r}")
     name = KINDS[kind]
-    if len(body) < 2 + REQUIRED[name]:
-        raise WireError(f"{name}: {len(body) - 2} fields, needs {REQUIRED[name]}")
+    if len(fields) < REQUIRED[name]:
+        raise WireError(f"{name}: {len(fields)} fields, needs {REQUIRED[name]}")
+    if not checked and not _as_v1_wrote(name, fields):
+        # A v2 payload damaged in its version: its checksum is one element too many for v1
+        # (read unchecked, it could decode as something else).
+        raise _mismatch(payload, f"nor a v1 {name} as v1 wrote it")
     _check_depth(body, 0)
-    frame = {"v": version, "k": name, **dict(zip(FIELDS[name], body[2:], strict=False))}
+    frame = {"v": version, "k": name, **dict(zip(FIELDS[name], fields, strict=False))}
     for key in ("info", "ext"):
         extra = frame.pop(key, {})
         if not isinstance(extra, dict):
             raise WireError(f"{name}: its {key} must be a map")
         frame.update({k: v for k, v in extra.items() if k not in frame})
     return frame
+
+
+def _as_v1_wrote(name: str, fields: list) -> bool:
+    """Whether a payload's fields are what the v1 writer wrote: no more than v1 has, and a
+    data frame's optional sixth a map."""
+    if name == "data" and len(fields) == len(FIELDS[name]):
+        return isinstance(fields[-1], dict)
+    return len(fields) <= len(FIELDS[name])
+
+
+def _mismatch(payload: bytes, why: str = "") -> ChecksumError:
+    """The error for a payload that fails its checksum and is no v1 payload either."""
+    if len(payload) <= CHECKSUM_BYTES + 1 or payload[-CHECKSUM_BYTES - 1] != CHECKSUM_MARKER:
+        what = "no checksum at its end"
+    else:
+        what = f"the CRC-32 of its first {len(payload) - CHECKSUM_BYTES} bytes is not its last 4"
+    return ChecksumError(f"checksum mismatch: {what}" + (f" ({why})" if why else ""))
 
 
 def channels_of(birth_frame: dict) -> list[Channel]:
@@ -497,7 +587,7 @@ def _exceptions(flat, counts: dict[int, int]) -> dict[int, tuple[tuple[int, int]
     return {alias: tuple(pairs) for alias, pairs in out.items()}
 
 
-#: What msgpack decodes a v1 payload's leaves to: checked in place, without a call each (a
+#: What msgpack decodes a payload's leaves to: checked in place, without a call each (a
 #: frame's quality list may hold 600,000 of them).
 _LEAVES = frozenset((type(None), bool, int, float, str, bytes))
 
@@ -510,4 +600,4 @@ def _check_depth(value, depth: int) -> None:
             if type(item) not in _LEAVES:
                 _check_depth(item, depth + 1)
     elif type(value) not in _LEAVES:
-        raise WireError(f"holds a {type(value).__name__}, which v1 payloads never contain")
+        raise WireError(f"holds a {type(value).__name__}, which payloads never contain")
