@@ -230,7 +230,7 @@ def test_sighup_with_a_bad_or_moved_config_keeps_the_running_agent(tmp_path, cap
     assert reloads == {"applied": 0, "refused": 4, "unchanged": 1}
     refusals = [r.message for r in caplog.records if "reload refused" in r.message]
     assert len(refusals) == 4 and all("\n" not in m for m in refusals)
-    assert "telemetry.frame_interval_s: must be greater than 0" in refusals[0]
+    assert "telemetry.frame_interval_s: must be a number in 0.1..600, got -1.0" in refusals[0]
     assert "bogus: unknown key" in refusals[1]
     assert "[spool] path changed" in refusals[2]
     assert "upstream TLS files: [Errno 2] No such file or directory" in refusals[3]
