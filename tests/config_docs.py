@@ -36,7 +36,7 @@ from edge_agent.config import (
     TelemetryConfig,
     UpstreamConfig,
 )
-from edge_agent.tomlcheck import Range
+from edge_agent.tomlcheck import KeyPath, Range
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = tomllib.loads((ROOT / "edge_agent" / "defaults" / "demo.toml").read_text())
@@ -86,8 +86,9 @@ _SECTION_KEYS = {
     "service": tuple(f.name for f in fields(ServiceConfig)),
     "bridge": tuple(f.name for f in fields(BridgeConfig) if f.name != "channels"),
 }
-_CHANNEL_KEYS = tuple(f.name for f in fields(ChannelConfig) if f.name not in ("name",))
-_CHANNEL_KEYS = tuple(k for k in _CHANNEL_KEYS if k != "sample_rate_hz")
+_CHANNEL_KEYS = tuple(
+    f.name for f in fields(ChannelConfig) if f.name not in ("name", "sample_rate_hz")
+)
 _FILTER_KEYS = ("kind", *sorted({k for params in _FILTER_PARAMS.values() for k in params}))
 _BRIDGE_CHANNEL_KEYS = tuple(f.name for f in fields(BridgeChannel))
 _COLLECTOR_KEYS = {
@@ -262,8 +263,6 @@ _SAMPLE_PARAMS = (
 
 # -- paths into a document ----------------------------------------------------------------
 
-Path_ = tuple
-
 
 def _walk(node, path=()):
     """Every (path, value) below `node`, tables and arrays included."""
@@ -277,7 +276,7 @@ def _walk(node, path=()):
             yield from _walk(value, (*path, i))
 
 
-def _known_paths(doc: dict, collector: bool) -> dict[str, list[Path_]]:
+def _known_paths(doc: dict, collector: bool) -> dict[str, list[KeyPath]]:
     """Paths of keys the schema knows, set in the document or not, by section (so that a
     long register map does not crowd out the other sections)."""
     if collector:
@@ -319,7 +318,7 @@ def _names(doc: dict) -> list[str]:
     return names
 
 
-def _set(doc, path: Path_, value) -> None:
+def _set(doc, path: KeyPath, value) -> None:
     """Set `path` to `value`, making the tables on the way (a list index past the end
     appends)."""
     node = doc
@@ -345,7 +344,7 @@ def _set(doc, path: Path_, value) -> None:
             node.append(value)
 
 
-def _delete(doc, path: Path_) -> None:
+def _delete(doc, path: KeyPath) -> None:
     node = doc
     for key in path[:-1]:
         node = node[key]
@@ -362,9 +361,8 @@ def _copy(node):
 @st.composite
 def mutated(draw, bases, collector: bool = False) -> bytes:
     doc = _copy(draw(st.sampled_from(bases)))
-    labels = []
     for _ in range(draw(st.sampled_from((1, 1, 1, 2, 2, 3, 4)))):
-        labels.append(_mutate(draw, doc, collector))
+        _mutate(draw, doc, collector)
     text = dumps(doc).encode("utf-8", "surrogatepass")
     if draw(st.integers(0, 19)) == 0:
         text = _mutate_bytes(draw, text)
@@ -379,7 +377,7 @@ def collector_documents():
     return mutated((COLLECTOR,), collector=True)
 
 
-def _mutate(draw, doc: dict, collector: bool) -> str:
+def _mutate(draw, doc: dict, collector: bool) -> None:
     op = draw(st.sampled_from(("known",) * 6 + ("leaf", "leaf", "delete", "retype", "shape")))
     names = _names(doc)
     existing = [p for p, _ in _walk(doc)]
@@ -399,7 +397,6 @@ def _mutate(draw, doc: dict, collector: bool) -> str:
         _set(doc, path, draw(st.sampled_from(("1", 1, 1.5, True, [], {}, [1, "a"], {"x": 1}))))
     else:
         _reshape(draw, doc, names, collector)
-    return op
 
 
 def _reshape(draw, doc: dict, names: list[str], collector: bool) -> None:

@@ -156,7 +156,7 @@ def refused_key(message: str, path: Path, at_start: bool = False) -> str:
     return re.sub(r"^(poll_groups|channels)\.[^.]+", r"\1.*", folded)
 
 
-async def prune_once(cfg: CollectorConfig, workdir: Path) -> dict:
+async def prune_once(cfg: CollectorConfig, workdir: Path) -> None:
     """The collector made on `cfg` and its retention pass run once, on a store in workdir."""
     db = str(workdir / "collector.db")
     cfg = dataclasses.replace(cfg, collector=dataclasses.replace(cfg.collector, db=db))
@@ -168,7 +168,6 @@ async def prune_once(cfg: CollectorConfig, workdir: Path) -> dict:
     finally:
         await service._in_store_thread(service.store.close)
         service._executor.shutdown(wait=True)
-    return {}
 
 
 def check_config(path: Path) -> tuple[int, str]:
