@@ -44,9 +44,13 @@ bench: test-deps $(INSTALLED)
 
 # Hundreds of SIGKILLs of a publishing agent (and of the collector now and then): every
 # sequence number must reach the collector exactly once (tests/soak.py; SOAK_KILLS=300).
+# Then ten thousand generated agent configurations (and 2000 collector ones), each refused in
+# one line or run for a few simulated seconds, never a traceback (tests/config_soak.py).
 SOAK_KILLS ?= 300
+SOAK_CONFIGS ?= 10000
 soak: test-deps $(INSTALLED)
 	$(PY) -m tests.soak --kills $(SOAK_KILLS)
+	$(PY) -m tests.config_soak --agent $(SOAK_CONFIGS) --collector $$(( $(SOAK_CONFIGS) / 5 ))
 
 hil: $(INSTALLED)
 	$(PY) -m hil bench --out reports/hil $(HIL_ARGS)

@@ -9,6 +9,7 @@ Never touches the network or the machine.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -18,10 +19,9 @@ from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
-from . import names
+from . import limits, names
 from .registers import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Order, Table, Tag, ValueType
-from .telemetry.wire import MAX_FRAME_POINTS
-from .tomlcheck import KeyPath, TomlChecker, kind_name
+from .tomlcheck import KeyPath, Range, TomlChecker, kind_name, read_toml_text
 
 
 class ConfigError(ValueError):
@@ -112,26 +112,27 @@ class ChannelConfig:
     ref: str = ""  # a tag this channel travels as the difference from (same quantum)
 
 
-#: Filter kinds and their parameters: name -> (kind, required, lower bound, upper bound,
-#: default). A bound of None is open; "fs/2" bounds a frequency by the Nyquist rate the
-#: stage sees (after any decimation before it).
-_FILTER_PARAMS: dict[str, dict[str, tuple]] = {
-    "lowpass": {"order": (int, True, 1, 8, None), "cutoff_hz": (float, True, 0, "fs/2", None)},
-    "highpass": {"order": (int, True, 1, 8, None), "cutoff_hz": (float, True, 0, "fs/2", None)},
+#: Filter kinds and their parameters: name -> (range, default; ... when required). A range
+#: of FREQUENCY bounds a frequency by the rate the stage sees (after any decimation before
+#: it): above fs x 1e-6 and below the Nyquist rate fs/2 (limits.MIN_RELATIVE_FREQUENCY).
+FREQUENCY = "frequency"
+_F = limits.FILTER
+_FILTER_PARAMS: dict[str, dict[str, tuple[Range | str, Any]]] = {
+    "lowpass": {"order": (_F["order"], ...), "cutoff_hz": (FREQUENCY, ...)},
+    "highpass": {"order": (_F["order"], ...), "cutoff_hz": (FREQUENCY, ...)},
     "bandpass": {
-        "order": (int, True, 1, 8, None),
-        "low_hz": (float, True, 0, "fs/2", None),
-        "high_hz": (float, True, 0, "fs/2", None),
+        "order": (_F["order"], ...),
+        "low_hz": (FREQUENCY, ...),
+        "high_hz": (FREQUENCY, ...),
     },
-    "ema": {"tau_s": (float, True, 0, None, None)},
-    "moving_average": {"window": (int, True, 1, 100_000, None)},
-    "moving_rms": {"window": (int, True, 1, 100_000, None)},
-    "moving_min": {"window": (int, True, 1, 100_000, None)},
-    "moving_max": {"window": (int, True, 1, 100_000, None)},
-    # A median of up to 31 samples is cheap by insertion; wider windows want another method.
-    "hampel": {"window": (int, True, 3, 31, None), "n_sigmas": (float, False, 0, None, 3.0)},
+    "ema": {"tau_s": (_F["tau_s"], ...)},
+    "moving_average": {"window": (_F["window"], ...)},
+    "moving_rms": {"window": (_F["window"], ...)},
+    "moving_min": {"window": (_F["window"], ...)},
+    "moving_max": {"window": (_F["window"], ...)},
+    "hampel": {"window": (_F["hampel_window"], ...), "n_sigmas": (_F["n_sigmas"], 3.0)},
     # Order 8 is scipy.signal.decimate's IIR default.
-    "decimate": {"factor": (int, True, 2, 1000, None), "order": (int, False, 1, 8, 8)},
+    "decimate": {"factor": (_F["factor"], ...), "order": (_F["order"], 8)},
 }
 
 
@@ -202,7 +203,7 @@ class ControlConfig:
     breakage_spike_ratio: float = 1.3  # cutting load rising to this x the target's ...
     breakage_drop_fraction: float = 0.3  # ... then falling below this share of it ...
     breakage_window_s: float = 0.5  # ... within this time: the tool broke
-    refresh_s: float = 1.0  # re-write the override this often (controllers that revert)
+    refresh_s: float = 1.0  # re-write the override this often (controllers that revert); 0: never
     verify_s: float = 0.5  # a write not read back within this long is counted and re-sent
 
 
@@ -339,10 +340,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
 
 
 def _read(path: str | Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return read_toml_text(path, ConfigError)
 
 
 _PUBLISHER_ONLY = (
@@ -359,12 +357,9 @@ def parse_collector_config(text: str, source: str = "<memory>") -> CollectorConf
     checker = _Validator(source, text, ConfigError)
     data = checker.table(checker.parse(), (), ("collector", "broker"))
     collector = checker.section(data, "collector", CollectorSection)
-    raw = data.get("collector", {})
     if not collector.db:
         raise checker.fail(("collector", "db"), "must not be empty")
-    if collector.retention_days < 0:
-        raise checker.fail(("collector", "retention_days"), "must be 0 (keep) or more")
-    checker.int_in(raw, ("collector",), "session_expiry_s", 0, 1 << 31, collector.session_expiry_s)
+    checker.ranges(collector, ("collector",), limits.COLLECTOR)
     if collector.share_group and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", collector.share_group):
         raise checker.fail(("collector", "share_group"), "must be letters, digits, '_', '.', '-'")
     if "broker" not in data:
@@ -390,6 +385,13 @@ def parse_config(text: str, source: str = "<memory>") -> AgentConfig:
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: The raw values of the integer types a writable register may have.
+_INTEGER_RANGES = {
+    ValueType.INT16: (-(1 << 15), (1 << 15) - 1),
+    ValueType.UINT16: (0, (1 << 16) - 1),
+    ValueType.INT32: (-(1 << 31), (1 << 31) - 1),
+    ValueType.UINT32: (0, (1 << 32) - 1),
+}
 _SECTIONS = (
     "machine",
     "bridge",
@@ -432,7 +434,16 @@ class _Validator(TomlChecker):
         streams = {name: 1 / period for name, _, _, period in bridge.streams()} if bridge else {}
         telemetry = self.telemetry(data, {t.name for t in tags} | set(streams))
         channels = self.channels(data, tags, groups, streams)
-        control = self.control(data, {t.name: t for t in tags}, set(streams))
+        self.refs(channels, tags, bridge)
+        periods = {
+            t.name: (groups[t.poll_group].period_s, f"poll_groups.{t.poll_group}") for t in tags
+        } | {name: (1 / rate, "the bridge") for name, rate in streams.items()}
+        for name, channel in channels.items():  # a decimating chain passes every n-th sample
+            factor = math.prod(f.params["factor"] for f in channel.filters if f.kind == "decimate")
+            if factor > 1:
+                period, source = periods[name]
+                periods[name] = (period * factor, f"{source}, decimated by {factor}")
+        control = self.control(data, {t.name: t for t in tags}, periods)
         spool = self.spool(data)
         upstream = self.upstream(data)
         service = self.section(data, "service", ServiceConfig)
@@ -442,12 +453,7 @@ class _Validator(TomlChecker):
             "log_level",
             ("debug", "info", "warning", "error"),
         )
-        raw_service = data.get("service", {})
-        self.positive(raw_service, ("service",), "stats_interval_s", service.stats_interval_s)
-        self.int_in(
-            raw_service, ("service",), "log_repeat_burst", 1, 1000, service.log_repeat_burst
-        )
-        self.positive(raw_service, ("service",), "log_repeat_window_s", service.log_repeat_window_s)
+        self.ranges(service, ("service",), limits.SERVICE)
         if service.metrics_listen:
             self.listen_address(("service", "metrics_listen"), service.metrics_listen)
         return AgentConfig(
@@ -474,21 +480,10 @@ class _Validator(TomlChecker):
         port = self.value(raw, path, "port", str)
         if not port:
             raise self.fail((*path, "port"), "must name the bridge's serial device")
-        # The board's limits (docs/bridge-protocol.md, Behaviour: SET_RATES).
+        # The board's limits (docs/bridge-protocol.md, Behaviour: SET_RATES) and the link's.
         cfg = BridgeConfig(
             port,
-            self.int_in(raw, path, "baudrate", 300, 4_000_000, d.baudrate),
-            self.int_in(raw, path, "sample_hz", 1, 5000, d.sample_hz),
-            self.int_in(raw, path, "block_samples", 8, 496, d.block_samples),
-            *(
-                self.positive(raw, path, key, getattr(d, key))
-                for key in (
-                    "ping_interval_s",
-                    "command_timeout_s",
-                    "reconnect_min_s",
-                    "reconnect_max_s",
-                )
-            ),
+            **{k: self.within(raw, path, k, r, getattr(d, k)) for k, r in limits.BRIDGE.items()},
         )
         self.reconnect_bounds(cfg, path)
         if not isinstance(entries, list) or not entries:
@@ -504,7 +499,7 @@ class _Validator(TomlChecker):
                 raise self.fail(
                     (*where, "name"), f"must be lower-case letters, digits and '_', got {name!r}"
                 )
-            index = self.int_in(entry, where, "index", 0, 3)
+            index = self.within(entry, where, "index", limits.BRIDGE_CHANNEL["index"])
             if index in indices:
                 raise self.fail(
                     (*where, "index"),
@@ -522,13 +517,11 @@ class _Validator(TomlChecker):
                 name,
                 index,
                 self.value(entry, where, "unit", str, ""),
-                self.value(entry, where, "scale", float, 1.0),
-                self.value(entry, where, "offset", float, 0.0),
+                self.within(entry, where, "scale", limits.BRIDGE_CHANNEL["scale"], 1.0),
+                self.within(entry, where, "offset", limits.BRIDGE_CHANNEL["offset"], 0.0),
                 self.value(entry, where, "raw", bool, False),
                 tuple(features),
             )
-            if channel.scale == 0:
-                raise self.fail((*where, "scale"), "must not be 0")
             if not channel.raw and not channel.features:
                 raise self.fail((*where, "features"), "is empty and raw is false: nothing to read")
             made = [channel.name] if channel.raw else []
@@ -547,19 +540,16 @@ class _Validator(TomlChecker):
 
     def spool(self, data: dict) -> SpoolConfig:
         spool = self.section(data, "spool", SpoolConfig)
-        raw = data.get("spool", {})
         if not spool.path:
             raise self.fail(("spool", "path"), "must not be empty")
-        self.int_in(raw, ("spool",), "max_bytes", 1 << 20, 1 << 50, spool.max_bytes)
-        self.positive(raw, ("spool",), "max_age_s", spool.max_age_s)
-        self.positive(raw, ("spool",), "commit_interval_s", spool.commit_interval_s)
+        self.ranges(spool, ("spool",), limits.SPOOL)
         return spool
 
     def upstream(self, data: dict, name: str = "upstream") -> UpstreamConfig:
         cfg = self.section(data, name, UpstreamConfig)
         raw, path = data.get(name, {}), (name,)
         self.choice(raw, path, "kind", ("mqtt", "file", "none"), cfg.kind)
-        self.int_in(raw, path, "file_rotate_bytes", 1 << 16, 1 << 40, cfg.file_rotate_bytes)
+        self.ranges(cfg, path, limits.PUBLISHER)
         if cfg.kind == "file" and not cfg.file_path:
             raise self.fail((*path, "file_path"), 'is needed with kind = "file"')
         self.broker(cfg, raw, path)
@@ -568,11 +558,7 @@ class _Validator(TomlChecker):
     def broker(self, cfg: UpstreamConfig, raw: dict, path: tuple[str, ...]) -> None:
         """The MQTT settings of `[upstream]` (or of the collector's `[broker]`)."""
         self.choice(raw, path, "protocol", ("5", "3.1.1"), cfg.protocol)
-        self.int_in(raw, path, "port", 0, 65535, cfg.port)
-        self.int_in(raw, path, "keepalive_s", 5, 3600, cfg.keepalive_s)
-        self.int_in(raw, path, "window", 1, 1000, cfg.window)
-        for key in ("reconnect_min_s", "reconnect_max_s", "drain_on_stop_s"):
-            self.positive(raw, path, key, getattr(cfg, key))
+        self.ranges(cfg, path, limits.BROKER)
         self.reconnect_bounds(cfg, path)
         # Topic levels: no separators or wildcards (MQTT would route them elsewhere).
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*", cfg.topic_prefix):
@@ -602,6 +588,16 @@ class _Validator(TomlChecker):
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise self.fail(path, f'must be "host:port" (e.g. "127.0.0.1:9846"), got {text!r}')
+
+    def ranges(self, cfg: Any, path: KeyPath, table: dict[str, Range]) -> None:
+        """Each numeric key of a section (already typed) in its range; an array's items each."""
+        for key, allowed in table.items():
+            value = getattr(cfg, key)
+            if isinstance(value, tuple):
+                for i, item in enumerate(value):
+                    self.admitted((*path, key, i), item, allowed)
+            else:
+                self.admitted((*path, key), value, allowed)
 
     def reconnect_bounds(self, cfg: Any, path: KeyPath) -> None:
         """A reconnect backoff's cap may not be under its start."""
@@ -634,22 +630,11 @@ class _Validator(TomlChecker):
         cfg = self.section(data, "controller", ControllerConfig, required=True)
         raw, path = data["controller"], ("controller",)
         self.choice(raw, path, "protocol", ("tcp", "rtu"), "tcp")
-        self.int_in(raw, path, "port", 1, 65535, 502)
-        self.int_in(raw, path, "unit_id", 0, 247, 1)
         if cfg.protocol == "rtu" and not cfg.serial_port:
             raise self.fail((*path, "serial_port"), 'missing (required when protocol = "rtu")')
         self.choice(raw, path, "parity", ("N", "E", "O"), "N")
-        self.int_in(raw, path, "stopbits", 1, 2, 1)
-        self.int_in(raw, path, "bytesize", 7, 8, 8)
-        self.int_in(raw, path, "baudrate", 300, 4_000_000, 19200)
-        for key in ("timeout_s", "reconnect_min_s", "reconnect_max_s"):
-            self.positive(raw, path, key, 1.0)
+        self.ranges(cfg, path, limits.CONTROLLER)
         self.reconnect_bounds(cfg, path)
-        self.int_in(raw, path, "max_gap_registers", 0, MAX_REGISTERS_PER_READ, 0)
-        self.int_in(raw, path, "max_gap_bits", 0, MAX_BITS_PER_READ, 0)
-        # A float64 takes 4 registers and must fit in one read.
-        self.int_in(raw, path, "max_registers_per_read", 4, MAX_REGISTERS_PER_READ, 4)
-        self.int_in(raw, path, "max_bits_per_read", 1, MAX_BITS_PER_READ, 1)
         return cfg
 
     def poll_groups(self, data: dict) -> dict[str, PollGroup]:
@@ -664,8 +649,10 @@ class _Validator(TomlChecker):
             if not _NAME.match(name):
                 raise self.fail(path, "group name must be lower-case letters, digits and '_'")
             self.table(group, path, ("period_s", "stale_after_s"))
-            period = self.positive(group, path, "period_s")
-            stale = self.positive(group, path, "stale_after_s", 3 * period)
+            period = self.within(group, path, "period_s", limits.POLL_GROUP["period_s"])
+            stale = self.within(
+                group, path, "stale_after_s", limits.POLL_GROUP["stale_after_s"], 3 * period
+            )
             if stale < period:
                 raise self.fail((*path, "stale_after_s"), f"must be at least period_s ({period})")
             groups[name] = PollGroup(name, period, stale)
@@ -709,17 +696,15 @@ class _Validator(TomlChecker):
                 (*path, "type"),
                 f"a {table.value} tag is one bit: type must be bool, got {vtype.value!r}",
             )
-        address = self.int_in(entry, path, "address", 0, 65535)
+        address = self.within(entry, path, "address", limits.TAG["address"])
         span = 1 if table.is_bits else vtype.words
         if address + span - 1 > 65535:
             raise self.fail((*path, "address"), f"{vtype.value} at {address} runs past 65535")
         orders = [o.value for o in Order]
         byte_order = Order(self.choice(entry, path, "byte_order", orders, "big"))
         word_order = Order(self.choice(entry, path, "word_order", orders, "big"))
-        scale = self.value(entry, path, "scale", float, 1.0)
-        if scale == 0:
-            raise self.fail((*path, "scale"), "must not be 0")
-        offset = self.value(entry, path, "offset", float, 0.0)
+        scale = self.within(entry, path, "scale", limits.TAG["scale"], 1.0)
+        offset = self.within(entry, path, "offset", limits.TAG["offset"], 0.0)
         unit = self.value(entry, path, "unit", str, "")
         group = self.value(entry, path, "poll_group", str, "default")
         if group not in groups:
@@ -729,7 +714,7 @@ class _Validator(TomlChecker):
             )
         bit, width = 0, 1
         if vtype is ValueType.BITFIELD:
-            bit = self.int_in(entry, path, "bit", 0, 15)
+            bit = self.within(entry, path, "bit", limits.TAG["bit"])
             width = self.int_in(entry, path, "width", 1, 16 - bit, 1)
         else:
             for key in ("bit", "width"):
@@ -771,85 +756,185 @@ class _Validator(TomlChecker):
             ("frame_interval_s", "max_points_per_frame", "include"),
         )
         path = ("telemetry",)
-        interval = self.positive(raw, path, "frame_interval_s", 1.0)
-        # At most what the collector takes in a frame (wire.MAX_FRAME_POINTS has the reason).
-        max_points = self.int_in(raw, path, "max_points_per_frame", 100, MAX_FRAME_POINTS, 20_000)
+        interval = self.within(
+            raw, path, "frame_interval_s", limits.TELEMETRY["frame_interval_s"], 1.0
+        )
+        max_points = self.within(
+            raw, path, "max_points_per_frame", limits.TELEMETRY["max_points_per_frame"], 20_000
+        )
         include = self.value(raw, path, "include", list, [])
         for i, name in enumerate(include):
             if name not in tag_names:
                 raise self.fail((*path, "include", i), f"no tag named {name!r}")
         return TelemetryConfig(interval, max_points, tuple(include))
 
-    def control(self, data: dict, tags: dict[str, Tag], bridge: set[str]) -> ControlConfig:
+    def control(
+        self, data: dict, tags: dict[str, Tag], periods: dict[str, tuple[float, str]]
+    ) -> ControlConfig:
+        """`periods`: every tag's and bridge channel's sampling period (s) and its source."""
         cfg = self.section(data, "control", ControlConfig)
         raw, path = data.get("control", {}), ("control",)
         self.choice(raw, path, "target_mode", ("fixed", "teach_in"), "fixed")
-        self.int_in(raw, path, "realtime_priority", 0, 99, 0)
-        for key in (
-            "period_s",
-            "stale_s",
-            "entry_s",
-            "exit_s",
-            "overload_persist_s",
-            "idle_settle_s",
-        ):
-            self.positive(raw, path, key, getattr(cfg, key))
-        for key in ("breakage_window_s", "refresh_s", "verify_s", "teach_fraction"):
-            self.positive(raw, path, key, getattr(cfg, key))
-        for key in (
-            "kp",
-            "ki",
-            "deadband",
-            "rise_pct_per_s",
-            "fall_pct_per_s",
-            "idle_load_pct",
-            "frozen_s",
-        ):
-            if getattr(cfg, key) < 0:
-                raise self.fail((*path, key), f"must not be negative, got {getattr(cfg, key)}")
-        if not 0 < cfg.override_min_pct <= cfg.override_max_pct:
-            raise self.fail((*path, "override_min_pct"), "must be above 0 and not above the max")
-        for key in ("safe_override_pct", "air_override_pct", "entry_override_pct"):
-            if key == "entry_override_pct" and cfg.entry_override_pct == 0:
-                continue
-            if not cfg.override_min_pct <= getattr(cfg, key) <= cfg.override_max_pct:
+        self.ranges(cfg, path, limits.CONTROL)
+        self.control_relations(cfg, path)
+        if cfg.enabled:
+            self.control_roles(cfg, path, tags, periods)
+        return cfg
+
+    def control_relations(self, cfg: ControlConfig, path: KeyPath) -> None:
+        """What the keys of [control] owe each other (limits.CONTROL has each one's range)."""
+        lo, hi = cfg.override_min_pct, cfg.override_max_pct
+        if lo > hi:
+            raise self.fail(
+                (*path, "override_min_pct"), f"must not be above override_max_pct ({hi:g})"
+            )
+        for key in ("safe_override_pct", "neutral_override_pct"):
+            if not lo <= getattr(cfg, key) <= min(100.0, hi):
                 raise self.fail(
                     (*path, key),
-                    f"must lie within override_min_pct..override_max_pct "
-                    f"({cfg.override_min_pct:g}..{cfg.override_max_pct:g})",
+                    f"must lie within override_min_pct..min(100, override_max_pct) "
+                    f"({lo:g}..{min(100.0, hi):g}): never a hold, never a boost, got "
+                    f"{getattr(cfg, key):g}",
+                )
+        for key in ("air_override_pct", "entry_override_pct"):
+            value = getattr(cfg, key)
+            if value and not lo <= value <= hi:
+                raise self.fail(
+                    (*path, key),
+                    f"must lie within override_min_pct..override_max_pct ({lo:g}..{hi:g}), "
+                    f"got {value:g}",
                 )
         if not cfg.target_load_pct < cfg.hard_limit_pct:
             raise self.fail((*path, "target_load_pct"), "must be below hard_limit_pct")
-        if not cfg.enabled:
-            return cfg
-        for key in (
-            "signal",
-            "knob_tag",
-            "spindle_on_tag",
-            "program_running_tag",
-            "alarm_tag",
-            "tool_tag",
-            "program_tag",
-            "block_tag",
-            "enable_tag",
-            "override_tag",
-        ):
+        if cfg.idle_load_pct and not cfg.idle_load_pct < cfg.target_load_pct:
+            raise self.fail(
+                (*path, "idle_load_pct"), "must be below target_load_pct (or 0: learned)"
+            )
+        if cfg.kp == cfg.ki == 0:
+            raise self.fail((*path, "ki"), "kp and ki are both 0: the law would never move")
+        floor = max(cfg.rise_pct_per_s, hi - lo)
+        if cfg.fall_pct_per_s < floor:
+            raise self.fail(
+                (*path, "fall_pct_per_s"),
+                f"must be at least rise_pct_per_s and override_max_pct - override_min_pct "
+                f"({floor:g} %/s): a cut reaches the floor within a second, got "
+                f"{cfg.fall_pct_per_s:g}",
+            )
+        if cfg.period_s > cfg.stale_s:
+            raise self.fail(
+                (*path, "period_s"),
+                f"must not be above stale_s ({cfg.stale_s:g}): a stale input is noticed at a tick",
+            )
+
+    #: [control]'s tag roles: what it reads (each its own tag) and the one register it writes.
+    _ROLES = (
+        "signal",
+        "spindle_on_tag",
+        "program_running_tag",
+        "alarm_tag",
+        "knob_tag",
+        "tool_tag",
+        "program_tag",
+        "block_tag",
+        "enable_tag",
+        "override_tag",
+    )
+    #: Roles control cannot run without (the others may be "": none).
+    _REQUIRED_ROLES = ("signal", "spindle_on_tag", "program_running_tag", "override_tag")
+    #: Roles whose samples must be younger than stale_s (the others' quality counts).
+    _TIMELY_ROLES = ("signal", "spindle_on_tag", "program_running_tag", "alarm_tag")
+
+    def control_roles(
+        self,
+        cfg: ControlConfig,
+        path: KeyPath,
+        tags: dict[str, Tag],
+        periods: dict[str, tuple[float, str]],
+    ) -> None:
+        """The tags control reads and writes: present, one role each, a writable register
+        that a whole-register write cannot harm, and poll periods its timers can work with."""
+        roles: dict[str, str] = {}
+        for key in self._ROLES:
             name = getattr(cfg, key)
-            if name and name not in tags and not (key == "signal" and name in bridge):
+            if not name:
+                if key in self._REQUIRED_ROLES:
+                    raise self.fail((*path, key), "must name a tag: control needs it")
+                continue
+            if name not in tags and not (key == "signal" and name in periods):
                 what = "tag or bridge channel" if key == "signal" else "tag"
                 raise self.fail((*path, key), f"no {what} named {name!r}")
-        for i, name in enumerate(cfg.writable):
-            tag = tags.get(name)
-            if tag is None:
-                raise self.fail((*path, "writable", i), f"no tag named {name!r}")
-            if tag.table is not Table.HOLDING:
+            if name in roles:
                 raise self.fail(
-                    (*path, "writable", i),
-                    f"{name!r} is a {tag.table.value} tag: only holding registers are written",
+                    (*path, key),
+                    f"{name!r} is already control.{roles[name]}: each role needs its own tag",
                 )
+            roles[name] = key
+        for key, needs in (("tools", "tool_tag"), ("programs", "program_tag")):
+            if getattr(cfg, key) and not getattr(cfg, needs):
+                raise self.fail((*path, key), f"needs {needs} to tell which one runs")
+        for i, name in enumerate(cfg.writable):
+            self.writable_tag(tags.get(name), name, (*path, "writable", i), roles)
         if cfg.override_tag not in cfg.writable:
             raise self.fail((*path, "override_tag"), f"{cfg.override_tag!r} is not in writable")
-        return cfg
+        self.override_range(cfg, tags[cfg.override_tag], (*path, "override_tag"))
+        for key in self._TIMELY_ROLES:
+            name = getattr(cfg, key)
+            if name:
+                self.at_least_two_periods(cfg.stale_s, (*path, "stale_s"), name, periods)
+        if cfg.frozen_s:
+            self.at_least_two_periods(cfg.frozen_s, (*path, "frozen_s"), cfg.signal, periods)
+        self.at_least_two_periods(cfg.verify_s, (*path, "verify_s"), cfg.override_tag, periods)
+
+    def writable_tag(self, tag: Tag | None, name: str, path: KeyPath, roles: dict) -> None:
+        """A register the actuator may write: a whole holding register (or registers) of its
+        own, holding a number. A write sends whole registers (FC 16): a bitfield's or a bool's
+        register may hold other bits the write would clear (docs/safety.md)."""
+        if tag is None:
+            raise self.fail(path, f"no tag named {name!r}")
+        if tag.table is not Table.HOLDING:
+            raise self.fail(
+                path, f"{name!r} is a {tag.table.value} tag: only holding registers are written"
+            )
+        if tag.type in (ValueType.BITFIELD, ValueType.BOOL):
+            raise self.fail(
+                path,
+                f"{name!r} is a {tag.type.value} tag: a write sends the whole register and "
+                "would clear the other bits in it; give the override a register of its own",
+            )
+        if tag.scale < 0:
+            raise self.fail(path, f"{name!r} has a negative scale: an override register counts up")
+        if name in roles and roles[name] != "override_tag":
+            raise self.fail(
+                path, f"{name!r} is read as control.{roles[name]}: it cannot also be written"
+            )
+
+    def override_range(self, cfg: ControlConfig, tag: Tag, path: KeyPath) -> None:
+        """The override register can hold 0 (the feed hold) and override_max_pct."""
+        if tag.type not in _INTEGER_RANGES:
+            return
+        lowest, highest = _INTEGER_RANGES[tag.type]
+        for value in (0.0, cfg.override_max_pct):
+            raw = (value - tag.offset) / tag.scale
+            if not lowest <= raw <= highest:
+                span = f"{lowest * tag.scale + tag.offset:g}..{highest * tag.scale + tag.offset:g}"
+                raise self.fail(
+                    path,
+                    f"{tag.name!r} ({tag.type.value}, scale {tag.scale:g}, offset "
+                    f"{tag.offset:g}) holds {span}: it cannot hold {value:g} %",
+                )
+
+    def at_least_two_periods(
+        self, value: float, path: KeyPath, name: str, periods: dict[str, tuple[float, str]]
+    ) -> None:
+        """A timer on a sampled input must span two of its samples: one late poll is not a
+        fault."""
+        period, source = periods[name]
+        if value < 2 * period:
+            raise self.fail(
+                path,
+                f"must be at least twice the {period:g} s period of {name!r} ({source}), "
+                f"got {value:g}",
+            )
 
     def channels(
         self, data: dict, tags, groups, bridge: dict[str, float]
@@ -879,7 +964,14 @@ class _Validator(TomlChecker):
             )
             wire_keys = self.wire_keys(entry, path, set(rates))
             stages, fs = [], rates[name]
-            for i, stage in enumerate(self.value(entry, path, "filters", list, [])):
+            specs = self.value(entry, path, "filters", list, [])
+            if len(specs) > limits.MAX_FILTER_STAGES:
+                raise self.fail(
+                    (*path, "filters"),
+                    f"{len(specs)} stages: at most {limits.MAX_FILTER_STAGES} "
+                    "(each runs on every sample)",
+                )
+            for i, stage in enumerate(specs):
                 spec = self.filter_spec(stage, (*path, "filters", i), fs)
                 if spec.kind == "decimate":
                     fs /= spec.params["factor"]
@@ -887,23 +979,36 @@ class _Validator(TomlChecker):
             channels[name] = ChannelConfig(name, tuple(stages), telemetry, rates[name], **wire_keys)
         return channels
 
+    def refs(self, channels: dict[str, ChannelConfig], tags, bridge: BridgeConfig | None) -> None:
+        """A channel sent as the difference from another (`ref`) needs the same quantum as it,
+        and the other must be sent whole (no ref of its own): the birth's rule
+        (docs/wire-format.md), found here rather than when the agent starts."""
+        from .telemetry.channels import bridge_quantum, default_quantum  # it imports us
+
+        quantum = {t.name: default_quantum(t) for t in tags}
+        for name, board, kind, _ in bridge.streams() if bridge else ():
+            quantum[name] = bridge_quantum(board.scale, kind)
+        quantum |= {name: c.quantum for name, c in channels.items() if c.quantum}
+        for name, channel in channels.items():
+            ref = channels.get(channel.ref)
+            path = ("channels", name, "ref")
+            if ref is not None and ref.ref:
+                raise self.fail(path, f"{channel.ref!r} is itself sent relative to {ref.ref!r}")
+            if channel.ref and quantum[channel.ref] != quantum[name]:
+                raise self.fail(
+                    path,
+                    f"{channel.ref!r} travels in quanta of {quantum[channel.ref]:g}, this "
+                    f"channel in {quantum[name]:g}: a difference needs the same quantum",
+                )
+
     def wire_keys(self, entry: dict, path: KeyPath, tag_names: set[str]) -> dict:
+        d = ChannelConfig("")
         keys = {
-            "quantum": self.value(entry, path, "quantum", float, 0.0),
-            "report": self.choice(entry, path, "report", ("sampled", "on_change"), "sampled"),
-            "deadband": self.value(entry, path, "deadband", float, 0.0),
-            "deadband_pct": self.value(entry, path, "deadband_pct", float, 0.0),
-            "heartbeat_s": self.positive(entry, path, "heartbeat_s", 10.0),
-            "ref": self.value(entry, path, "ref", str, ""),
+            key: self.within(entry, path, key, r, getattr(d, key))
+            for key, r in limits.CHANNEL.items()
         }
-        for key in ("quantum", "deadband", "deadband_pct"):
-            if keys[key] < 0:
-                raise self.fail((*path, key), f"must not be negative, got {keys[key]}")
-        if keys["quantum"] and not 1e-300 <= keys["quantum"] <= 1e300:  # what a birth can carry
-            raise self.fail(
-                (*path, "quantum"),
-                f"must be 0 (the default) or 1e-300..1e300, got {keys['quantum']}",
-            )
+        keys["report"] = self.choice(entry, path, "report", ("sampled", "on_change"), d.report)
+        keys["ref"] = self.value(entry, path, "ref", str, d.ref)
         if keys["ref"] and (keys["ref"] not in tag_names or keys["ref"] == path[-1]):
             raise self.fail((*path, "ref"), f"must name another tag, got {keys['ref']!r}")
         return keys
@@ -918,20 +1023,19 @@ class _Validator(TomlChecker):
         spec = _FILTER_PARAMS[kind]
         self.table(stage, path, ("kind", *spec))
         params = {}
-        for key, (kind_of, required, lo, hi, default) in spec.items():
-            value = self.value(stage, path, key, kind_of, ... if required else default)
-            hi_value = fs / 2 if hi == "fs/2" else hi
-            if kind_of is int and not (lo <= value <= hi_value):
+        for key, (allowed, default) in spec.items():
+            if isinstance(allowed, Range):
+                params[key] = self.within(stage, path, key, allowed, default)
+                continue
+            value = self.value(stage, path, key, float, default)
+            low = fs * limits.MIN_RELATIVE_FREQUENCY
+            if not low <= value < fs / 2:
                 raise self.fail(
-                    (*path, key), f"must be an integer in {lo}..{hi_value}, got {value}"
+                    (*path, key),
+                    f"must be at least {low:g} (a millionth of the rate: no lower filter can "
+                    f"be designed) and below {fs / 2:g} (half the {fs:g} Hz sampling rate), "
+                    f"got {value:g}",
                 )
-            if kind_of is float and not (value > lo and (hi_value is None or value < hi_value)):
-                bound = (
-                    f" and below {hi_value:g} (half the {fs:g} Hz sampling rate)"
-                    if hi == "fs/2"
-                    else ""
-                )
-                raise self.fail((*path, key), f"must be above {lo}{bound}, got {value:g}")
             params[key] = value
         if kind == "bandpass" and params["low_hz"] >= params["high_hz"]:
             raise self.fail((*path, "high_hz"), "must be above low_hz")

@@ -133,6 +133,8 @@ class AgentService:
             config = await asyncio.to_thread(self.load, self.path)
         except ConfigError as exc:
             return self._refuse(str(exc))
+        except Exception as exc:  # a bug: refused and counted all the same, never a dead task
+            return self._refuse(f"{self.path}: {_one_line(exc)}")
         if self._stopping or self.agent is None:
             return False
         if config.spool.path != self.config.spool.path:
@@ -149,6 +151,8 @@ class AgentService:
             self._next = Agent(config, client_factory=self.client_factory)
         except UpstreamError as exc:
             return self._refuse(str(exc))
+        except Exception as exc:
+            return self._refuse(f"{self.path}: making the agent: {_one_line(exc)}")
         self.reloads["applied"] += 1
         log.info("reload: %s changed; stopping the agent to start it with the new one", self.path)
         self.agent.stop_reason = "reload"
@@ -230,3 +234,9 @@ class AgentService:
             parts.append(f"upstream {'up' if agent.publisher.connected else 'DOWN'}")
         parts.append(f"{agent.frames_stored} payloads stored, last seq {agent.last_seq}")
         return ", ".join(parts)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An unexpected exception as the one line a log keeps: its type and first line."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -165,6 +165,21 @@ class Agent:
         link's only writer). Teach-in records are read here, once, before the loop starts."""
         cfg = self.config.control
         loop = asyncio.get_running_loop()
+        controller = self.make_control(loop)
+        self.control.start()
+        if cfg.target_mode == "teach_in":
+            self._teach_watch = loop.create_task(self._watch_teach_file(controller))
+        log.info(
+            "adaptive control on %s at %g Hz, target %s",
+            cfg.signal,
+            1 / cfg.period_s,
+            "taught per tool" if cfg.target_mode == "teach_in" else f"{cfg.target_load_pct:g} %",
+        )
+
+    def make_control(self, loop: asyncio.AbstractEventLoop) -> AdaptiveController:
+        """`self.control`, not started: the controller, the actuator holding the link's one
+        writer, and the loop that ticks them (tests tick it on simulated time)."""
+        cfg = self.config.control
         taught = {}
         if cfg.target_mode == "teach_in":
             try:
@@ -183,15 +198,7 @@ class Agent:
             on_events=lambda events: loop.call_soon_threadsafe(self._control_events, events),
             clock_ns=self.clock.monotonic_ns,
         )
-        self.control.start()
-        if cfg.target_mode == "teach_in":
-            self._teach_watch = loop.create_task(self._watch_teach_file(controller))
-        log.info(
-            "adaptive control on %s at %g Hz, target %s",
-            cfg.signal,
-            1 / cfg.period_s,
-            "taught per tool" if cfg.target_mode == "teach_in" else f"{cfg.target_load_pct:g} %",
-        )
+        return controller
 
     async def _watch_teach_file(self, controller: AdaptiveController) -> None:
         """Reload the teach file when it changes (`edge-agent teach reset`, another agent's

@@ -10,10 +10,71 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key admits, and why: `lo..hi` (both included), its magnitude in
+    it when `signed` (a scale may be negative, never 0), and 0 too when `zero` says what 0
+    means ("off")."""
+
+    lo: float
+    hi: float
+    why: str
+    zero: str = ""
+    integer: bool = False
+    signed: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.zero and value == 0:
+            return True
+        return self.lo <= (abs(value) if self.signed else value) <= self.hi
+
+    def text(self) -> str:
+        """What the range admits, as the example config documents it: `0.001..3600`,
+        `0 (off) or 0.01..60`, `+-1e-09..1e+09`."""
+        span = f"{number_text(self.lo)}..{number_text(self.hi)}"
+        span = f"+-{span}" if self.signed else span
+        return f"0 ({self.zero}) or {span}" if self.zero else span
+
+    def rule(self) -> str:
+        """The error's "must be ..." part."""
+        kind = "an integer" if self.integer else "a number"
+        span = self.text()
+        if self.zero:
+            return span.replace(" or ", f" or {kind} in ", 1)
+        return f"{kind} in {span}"
+
+
+def number_text(value: float) -> str:
+    """A bound as a person writes it: 0.001, 3600, 31622400, 1e-9, 1e9, 2147483648."""
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 1e8):
+        return str(int(value))
+    short = f"{value:g}"
+    short = short if float(short) == value else repr(value)
+    return re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", short)
+
+
+def read_toml_text(path, error: type[ValueError]) -> str:
+    """A TOML file's text, or `error` as one line: unreadable, or not UTF-8 (TOML's encoding;
+    the line and byte say where)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); TOML files are UTF-8"
+        ) from None
 
 
 class TomlChecker:
@@ -60,6 +121,16 @@ class TomlChecker:
         if kind is float and not math.isfinite(value):
             raise self.fail((*path, key), f"must be a finite number, got {value}")
         return value
+
+    def within(self, data, path, key, allowed: Range, default: Any = ...) -> float:
+        """A number (an integer when the range says so) that the range admits."""
+        value = self.value(data, path, key, int if allowed.integer else float, default)
+        self.admitted((*path, key), value, allowed)
+        return value
+
+    def admitted(self, path: KeyPath, value: float, allowed: Range) -> None:
+        if not allowed.admits(value):
+            raise self.fail(path, f"must be {allowed.rule()}, got {value!r} ({allowed.why})")
 
     def int_in(self, data, path, key, lo, hi, default: Any = ...) -> int:
         value = self.value(data, path, key, int, default)

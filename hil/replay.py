@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.registers import Tag
+from edge_agent.tomlcheck import read_toml_text
 from hil.codec import as_registered
 from hil.plant import NotWritable
 from hil.register_map import AGENT_OVERRIDE, AGENT_OVERRIDE_RANGE_PCT, TAGS
@@ -63,8 +64,7 @@ def recording_path(name_or_path: str | Path) -> Path:
 
 
 def load_replay_map(path: str | Path = DEFAULT_MAP, tags: Iterable[Tag] = TAGS) -> ReplayMap:
-    path = Path(path)
-    return parse_replay_map(path.read_text(encoding="utf-8"), str(path), tags)
+    return parse_replay_map(read_toml_text(path, ReplayMapError), str(path), tags)
 
 
 def parse_replay_map(

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edge_agent.tomlcheck import KeyPath, TomlChecker
+from edge_agent.tomlcheck import KeyPath, TomlChecker, read_toml_text
 from hil.physics import MATERIALS
 from hil.stock import Box, HardSpot, HeightRegion
 
@@ -164,12 +164,7 @@ class Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_scenario(text, str(path))
+    return parse_scenario(read_toml_text(path, ScenarioError), str(path))
 
 
 def shipped_scenarios() -> list[Path]:

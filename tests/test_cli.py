@@ -30,7 +30,7 @@ def test_check_config_error_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["check-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith(f"edge-agent: {bad}:9: machine.sight: unknown key")
+    assert err.startswith(f"edge-agent: {bad}:12: machine.sight: unknown key")
 
 
 def test_run_refuses_an_invalid_config(tmp_path, capsys):

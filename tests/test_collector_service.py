@@ -52,7 +52,7 @@ def test_collector_settings_are_checked_where_they_are_written():
     assert "collector.share_group: must be letters" in error_of(
         '[collector]\ndb = "x.db"\nshare_group = "a/b"\n' + broker
     )
-    assert "collector.retention_days: must be 0 (keep) or more" in error_of(
+    assert "collector.retention_days: must be 0 (keep all) or a number in 1..36500" in error_of(
         '[collector]\ndb = "x.db"\nretention_days = -1\n' + broker
     )
     shared = parse_collector_config('[collector]\nshare_group = "plant"\n' + broker)

@@ -230,10 +230,44 @@ def test_sighup_with_a_bad_or_moved_config_keeps_the_running_agent(tmp_path, cap
     assert reloads == {"applied": 0, "refused": 4, "unchanged": 1}
     refusals = [r.message for r in caplog.records if "reload refused" in r.message]
     assert len(refusals) == 4 and all("\n" not in m for m in refusals)
-    assert "telemetry.frame_interval_s: must be greater than 0" in refusals[0]
+    assert "telemetry.frame_interval_s: must be a number in 0.1..600, got -1.0" in refusals[0]
     assert "bogus: unknown key" in refusals[1]
     assert "[spool] path changed" in refusals[2]
     assert "upstream TLS files: [Errno 2] No such file or directory" in refusals[3]
+
+
+def test_a_reload_of_a_file_that_is_not_utf8_is_refused_and_counted(tmp_path, caplog):
+    path = tmp_path / "agent.toml"
+    path.write_text(demo_toml(5020, tmp_path / "spool.db", keep=True))
+    service = AgentService(str(path), load_config(path), env={})
+    path.write_bytes(path.read_bytes().replace(b"demo-shop", b"demo-\xffshop"))
+
+    async def sighup() -> None:
+        service._on_sighup()  # what SIGHUP runs: the reload as a background task
+        await asyncio.gather(*service._background)
+
+    with caplog.at_level(logging.ERROR, logger="edge_agent.daemon"):
+        run(sighup())
+    assert service.reloads == {"applied": 0, "refused": 1, "unchanged": 0}
+    [refusal] = [r.getMessage() for r in caplog.records]
+    assert refusal.endswith(
+        f"{path}:7: not UTF-8 text (byte 0xff at offset 276); TOML files are UTF-8"
+    )
+
+
+def test_a_reload_whose_loading_raises_anything_is_refused_in_one_line(tmp_path, caplog):
+    path = tmp_path / "agent.toml"
+    path.write_text(demo_toml(5020, tmp_path / "spool.db", keep=True))
+
+    def broken(_path):
+        raise RuntimeError("a bug in loading\nwith a second line")
+
+    service = AgentService(str(path), load_config(path), env={}, load=broken)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.daemon"):
+        assert run(service.reload()) is False
+    assert service.reloads["refused"] == 1
+    [refusal] = [r.getMessage() for r in caplog.records]
+    assert refusal.endswith(f"{path}: RuntimeError: a bug in loading")
 
 
 def test_metrics_endpoint_and_status_summary(tmp_path):

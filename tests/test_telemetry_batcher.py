@@ -1,13 +1,14 @@
 """From samples to data frames: the channel table from the config, report-by-exception, and
 the frame builder's alignment of a time group's channels."""
 
+import dataclasses
 import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.config import parse_config
+from edge_agent.config import ChannelConfig, ConfigError, parse_config
 from edge_agent.samples import Quality, Sample
 from edge_agent.telemetry import wire
 from edge_agent.telemetry.batcher import ChangeFilter, FrameBuilder
@@ -55,9 +56,13 @@ deadband = 2
 
 
 def test_a_ref_to_a_channel_of_another_quantum_is_refused():
-    cfg = config('\n[channels.feed_override]\nref = "spindle_load"\n')
+    ref = '\n[channels.feed_override]\nref = "spindle_load"\n'
+    with pytest.raises(ConfigError, match="feed_override.ref: 'spindle_load' travels in quanta"):
+        config(ref)  # the configuration says so, before the agent starts
+    cfg = config("")
+    channels = {"feed_override": ChannelConfig("feed_override", ref="spindle_load")}
     with pytest.raises(wire.WireError, match="ref must name another channel of the same quantum"):
-        channel_table(cfg)
+        channel_table(dataclasses.replace(cfg, channels=channels))
 
 
 def test_on_change_reports_past_the_deadband_on_quality_change_and_on_heartbeat():

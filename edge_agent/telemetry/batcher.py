@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import math
 
+from ..kernels.valuepack import MAX_COUNT
 from ..samples import Quality, Sample
 from .wire import Channel, Series
 
 _NS_PER_US = 1000
+#: A frame is full when one of its series reaches this many values: the packed block holds
+#: at most MAX_COUNT per series, and half of it leaves room for what arrives before the
+#: frame closes (a 1 kHz poll group or 5 kHz bridge samples in a frame of several seconds).
+SERIES_FULL = MAX_COUNT // 2
 
 
 class ChangeFilter:
@@ -72,9 +77,11 @@ class FrameBuilder:
         if stamp_us not in by_stamp:
             self.points += 1
         by_stamp[stamp_us] = (sample.value, sample.quality)
+        series = by_stamp
         if channel.group is not None:
-            self._group_stamps.setdefault(channel.group, set()).add(stamp_us)
-        return self.points >= self.max_points
+            series = self._group_stamps.setdefault(channel.group, set())
+            series.add(stamp_us)
+        return self.points >= self.max_points or len(series) >= SERIES_FULL
 
     def take(self) -> dict[int, Series]:
         """The frame's series by alias (empty when nothing was added); starts the next frame."""

@@ -220,15 +220,15 @@ def data(
     group_order = sorted(groups)
     stamp_series = [_on_grid(groups[g], t0, periods[g]) for g in group_order] + stamp_series
     solo = [a for a in present if channels[a].group is None]
-    quantized, exceptions = {}, []
+    quantized, flagged = {}, {}
     for alias in present:
-        quantized[alias], flagged = _quantize_series(series[alias], channels[alias])
-        exceptions += [x for index, quality in flagged for x in (alias, index, quality)]
-    values = []
+        quantized[alias], flagged[alias] = _quantize_series(series[alias], channels[alias])
+    values, exceptions = [], []
     for alias in present:
-        ref = _reference(channels[alias], quantized)
-        column = quantized[alias]
-        values.append(column if ref is None else [v - r for v, r in zip(column, ref, strict=True)])
+        values.append(_as_sent(channels[alias], quantized, flagged[alias]))
+        exceptions += [
+            x for index in sorted(flagged[alias]) for x in (alias, index, flagged[alias][index])
+        ]
     body = [
         VERSION,
         1,
@@ -324,27 +324,40 @@ def _reference(channel: Channel, columns: dict[int, list[int]]) -> list[int] | N
     return ref if ref is not None and len(ref) == len(columns[channel.alias]) else None
 
 
-def _quantize_series(s: Series, channel: Channel) -> tuple[list[int], list[tuple[int, int]]]:
-    """The quantized values, and (index, quality) of the samples that are not good: a
-    non-finite value is bad; a sample not good travels as the last good value (or 0)."""
+def _quantize_series(s: Series, channel: Channel) -> tuple[list[int], dict[int, int]]:
+    """The quantized values, and the quality by index of the samples that are not good: a
+    value that is not a number, or more quanta than the wire carries (+-MAX_ABS: a
+    controller's float register can hold 3e38), is bad; a sample not good travels as the
+    last good value (or 0)."""
     flagged = dict(s.quality)
     out, last = [], 0
     for i, value in enumerate(s.values):
-        if i in flagged or not math.isfinite(value):
+        scaled = value / channel.quantum if i not in flagged else math.nan
+        if not abs(scaled) <= MAX_ABS:  # NaN and infinity too
             flagged.setdefault(i, 2)
             out.append(last)
             continue
-        q = round(value / channel.quantum)
-        if abs(q) > MAX_ABS:
-            raise WireError(
-                f"data: channel {channel.name}: {value} is out of range for its quantum"
-            )
-        out.append(q)
-        last = q
-    bad = [(i, flagged[i]) for i in sorted(flagged) if 0 <= i < len(s.values)]
-    if any(quality not in (1, 2) for _, quality in bad):
+        last = round(scaled)
+        out.append(last)
+    bad = {i: flagged[i] for i in flagged if 0 <= i < len(s.values)}
+    if any(quality not in (1, 2) for quality in bad.values()):
         raise WireError(f"data: channel {channel.name}: quality must be 1 (stale) or 2 (bad)")
     return out, bad
+
+
+def _as_sent(channel: Channel, columns: dict[int, list[int]], flagged: dict[int, int]):
+    """A channel's column as it travels: its quantized values, or their differences from its
+    ref's; a difference over MAX_ABS (two values of opposite extremes) travels as 0, flagged
+    bad in `flagged`."""
+    column, ref = columns[channel.alias], _reference(channel, columns)
+    if ref is None:
+        return column
+    sent = []
+    for i, (v, r) in enumerate(zip(column, ref, strict=True)):
+        if abs(v - r) > MAX_ABS:
+            flagged[i], v = 2, r
+        sent.append(v - r)
+    return sent
 
 
 def _bitmap(present: list[int], n: int) -> bytes:
