@@ -456,7 +456,7 @@ class _Validator(TomlChecker):
         self.ranges(service, ("service",), limits.SERVICE)
         if service.metrics_listen:
             self.listen_address(("service", "metrics_listen"), service.metrics_listen)
-        return AgentConfig(
+        config = AgentConfig(
             machine=machine,
             controller=controller,
             tags=tags,
@@ -470,6 +470,21 @@ class _Validator(TomlChecker):
             bridge=bridge,
             source=self.source,
         )
+        self.channel_count(config)
+        return config
+
+    def channel_count(self, config: AgentConfig) -> None:
+        """The birth's channel table must fit what a collector takes (wire.MAX_CHANNELS)."""
+        from .telemetry.channels import channel_table  # it reads this module's classes
+        from .telemetry.wire import MAX_CHANNELS
+
+        count = len(channel_table(config))
+        if count > MAX_CHANNELS:
+            raise self.fail(
+                ("tags",),
+                f"{count} published channels (tags, bridge channels, filtered twins), over the "
+                f"{MAX_CHANNELS} a birth may carry; narrow [telemetry] include",
+            )
 
     def bridge(self, data: dict, tag_names: set[str]) -> BridgeConfig | None:
         if "bridge" not in data:

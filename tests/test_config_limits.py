@@ -33,6 +33,7 @@ from edge_agent.config import (
     parse_config,
 )
 from edge_agent.registers import Tag
+from edge_agent.telemetry import wire
 from edge_agent.tomlcheck import Range
 from tests.config_docs import BRIDGE, COLLECTOR, DEMO, _set, dumps
 from tests.config_run import agent_outcome, collector_outcome
@@ -406,3 +407,21 @@ def test_the_benchs_toml_files_that_are_not_utf8_are_one_line_too(tmp_path):
         load_scenario(path)
     with pytest.raises(ReplayMapError, match=expected):
         load_replay_map(path)
+
+
+def test_more_published_channels_than_a_birth_may_carry_is_refused():
+    """A collector refuses a birth of more than wire.MAX_CHANNELS channels: the agent must not
+    start with a table it cannot deliver (a tag each, at fresh input registers)."""
+    doc = copy.deepcopy(DEMO)
+    first = max(t["address"] for t in DEMO["tags"] if t.get("table") == "input") + 10
+    doc["tags"] += [
+        {
+            "name": f"extra_{i}",
+            "address": first + i,
+            "table": "input",
+            "type": "uint16",
+            "poll_group": "slow",
+        }
+        for i in range(wire.MAX_CHANNELS)
+    ]
+    assert "over the 4096 a birth may carry" in refusal(dumps(doc))
