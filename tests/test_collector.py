@@ -484,6 +484,22 @@ def test_an_agent_spool_is_not_taken_for_a_collector_database(tmp_path):
         SqliteStore(tmp_path / "spool.db")
 
 
+def test_a_database_another_process_locks_is_said_locked_not_unusable(tmp_path):
+    SqliteStore(tmp_path / "c.db").close()
+    holder = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")  # a sqlite3 shell holding the file
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("CREATE TABLE held (x)")
+    try:  # sqlite3's busy timeout (5 s) passes first
+        with pytest.raises(StoreError, match="locked by another process") as caught:
+            SqliteStore(tmp_path / "c.db")
+        assert "not a usable" not in str(caught.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    SqliteStore(tmp_path / "c.db").close()  # the file was fine all along
+
+
 def test_a_newer_schema_is_refused(tmp_path):
     SqliteStore(tmp_path / "c.db").close()
     db = sqlite3.connect(tmp_path / "c.db")

@@ -359,7 +359,7 @@ class SqliteStore:
             self._db.close()
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"{self.path}: not a usable collector database: {exc}") from None
+            raise StoreError(_open_failure(self.path, exc)) from None
 
     def _open(self, readonly: bool) -> None:
         db = self._db
@@ -768,6 +768,22 @@ def write_csv(out: TextIO, samples: Iterable[Sample]) -> int:
         )
         n += 1
     return n
+
+
+#: SQLite's primary result codes for a file that is sound but cannot be used now.
+_LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_NOT_WRITABLE = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN}
+
+
+def _open_failure(path: str, exc: sqlite3.Error) -> str:
+    """The one line for a database that did not open: a lock or a permission is said as such
+    (the file may be fine), only the rest is "not a usable collector database"."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in _LOCKED:
+        return f"{path}: locked by another process ({exc}): a second collector on this file?"
+    if code in _NOT_WRITABLE:
+        return f"{path}: cannot be written by this user ({exc})"
+    return f"{path}: not a usable collector database: {exc}"
 
 
 def _reason(exc: Exception) -> str:
