@@ -18,6 +18,9 @@ from . import UpstreamError
 class FileLink:
     """Appends, fsyncs, then acknowledges: a payload counts as delivered once on disk."""
 
+    #: The acknowledgement comes after fsync: the payload is stored where it was going.
+    acks_stored = True
+
     def __init__(self, path: str | Path, rotate_bytes: int, wake: asyncio.Event | None = None):
         self.path = Path(path)
         self.rotate_bytes = rotate_bytes
