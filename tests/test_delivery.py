@@ -138,6 +138,41 @@ def test_with_broker_acknowledgements_the_same_run_loses_payloads(make_broker, t
     assert set(witness.early) >= missing
 
 
+def test_collectors_sharing_the_machines_each_acknowledge_what_they_stored(broker, tmp_path):
+    """A shared subscription splits one agent's payloads between two collectors: neither sees
+    every number (a highest-contiguous ack from one would never advance), each acknowledges
+    its own, and the agent's spool empties."""
+
+    def cfg(name):
+        return parse_collector_config(
+            f'[collector]\ndb = "{tmp_path / name}.db"\nshare_group = "plant"\n\n'
+            f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\n'
+            f'client_id = "collector-{name}"\nreconnect_min_s = 0.05\n'
+        )
+
+    async def main():
+        services = [CollectorService(cfg("a")), CollectorService(cfg("b"))]
+        tasks = [asyncio.create_task(s.run()) for s in services]
+        await wait_until(lambda: all(s.counters["connects"] == 1 for s in services), 10)
+        await asyncio.sleep(0.3)
+        bench = await start_bench(tmp_path / "spool.db", mqtt_config(broker, delivery="stored"))
+        try:
+            await bench.store([("birth", birth(1))] + [("data", data(s)) for s in range(2, 201)])
+            assert await bench.publisher.drain(20)
+            return bench.publisher.counters["resent"]
+        finally:
+            await bench.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    resent = asyncio.run(main())
+    a, b = (stored_seqs(tmp_path / f"{name}.db") for name in "ab")
+    assert a and b  # both took a share
+    assert set(a) | set(b) == set(range(1, PAYLOADS + 1)) and resent == 0
+    assert not set(a) & set(b) - {1}  # each data frame once (the birth goes out twice a connect)
+
+
 # -- the configuration ------------------------------------------------------------------------
 
 
