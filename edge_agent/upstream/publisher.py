@@ -99,7 +99,6 @@ class Publisher:
         self._idle = asyncio.Event()  # connected, nothing unconfirmed, nothing left to send
         self._birth_seq = 0  # the running boot's birth, as last read (for the death)
         self.link: Link | None = None
-        self.session: _Session | None = None
         self.connected = False
         self.counters: Counter[str] = Counter()
         self.last_error = ""
@@ -122,8 +121,7 @@ class Publisher:
         log.info("upstream connected: %s", link.where)
         try:
             plant_confirms = self.delivery == "stored" and not link.acks_stored
-            self.session = _Session(self, link, plant_confirms)
-            await self.session.run()
+            await _Session(self, link, plant_confirms).run()
         finally:
             self.connected = False
             self._idle.clear()
@@ -180,7 +178,7 @@ class _Session:
         self.cursor = 0
         self.backlog_end = 0
         self.deleted_at = publisher._clock()
-        self.spool_retry_at = -1.0
+        self.spool_retry_at: float | None = None  # after a spool error: when to try again
         self.resending = False  # re-sending, logged once until all is confirmed
 
     async def run(self) -> None:
@@ -222,7 +220,7 @@ class _Session:
             self._apply_acks()
             self.outstanding.expire(now)
             sent = 0
-            if now >= self.spool_retry_at:
+            if self.spool_retry_at is None or now >= self.spool_retry_at:
                 try:
                     await self._delete()
                     sent = await self._resend(now) + await self._send_new()
@@ -230,6 +228,11 @@ class _Session:
                     p.counters["spool_errors"] += 1
                     p._note(f"spool: {exc}; retrying in {SPOOL_RETRY_S:g} s")
                     self.spool_retry_at = now + SPOOL_RETRY_S
+                else:
+                    if self.spool_retry_at is not None:  # it had failed: say it is back
+                        self.spool_retry_at = None
+                        p.last_error = ""
+                        log.info("upstream: the spool answers again")
             if not sent and not self.in_flight and not self.outstanding and not self.confirmed:
                 p._idle.set()
             if self.link.closed.done():
