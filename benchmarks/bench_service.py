@@ -6,9 +6,11 @@ The load (`service_load.py`, served by a process of its own): 100 Hz adaptive co
 the simulated controller's override; 200 Modbus tags in one 10 Hz poll group over Modbus TCP
 on loopback (7 read requests a cycle: 70 a second, and the override writes); one raw sensor
 bridge channel at 1 kHz from the bridge emulator (the real firmware under the MicroPython unix
-port) on a pseudo-terminal; telemetry to a local Mosquitto with a subscriber consuming it, the
-spool on a disk-backed temporary directory (/var/tmp: a tmpfs would hide the writes), `[spool]
-commit_interval_s` and every other setting at its default.
+port) on a pseudo-terminal; telemetry to a local Mosquitto with the collector (its own
+process) storing it and acknowledging what it stored, as `delivery = "stored"` (the default)
+needs, and a subscriber counting it; the spool on a disk-backed temporary directory
+(/var/tmp: a tmpfs would hide the writes), `[spool] commit_interval_s` and every other
+setting at its default.
 
 After a warm-up of WARMUP_S (start-up and the first connections are not steady state) the
 window is measured: VmRSS every second and VmHWM at its end (/proc/<pid>/status), CPU as
@@ -49,6 +51,7 @@ import service_load
 from edge_agent.config import ServiceConfig
 from edge_agent.telemetry import wire
 from hil.bridge_emulator import find_micropython
+from tests.collector_process import CollectorProcess
 from tests.mosquitto import Broker, _free_ports, find_mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,9 +140,9 @@ class _LogTap:
 
 
 class _Subscriber:
-    """A collector's stand-in on the broker: takes every payload of the machine with QoS 1 (so
-    the agent's publishes are acknowledged end to end), counts payloads and bytes by kind and
-    decodes the data frames to count points by channel."""
+    """A watcher on the broker beside the collector: takes every payload of the machine with
+    QoS 1, counts payloads and bytes by kind and decodes the data frames to count points by
+    channel; the collector's acknowledgements to the agent (`ack`) are counted apart."""
 
     def __init__(self, broker: Broker, topic: str):
         self.lock = threading.Lock()
@@ -147,6 +150,7 @@ class _Subscriber:
         self.bytes: Counter[str] = Counter()
         self.points: Counter[str] = Counter()
         self.undecodable = 0
+        self.acks = self.ack_bytes = 0
         self._channels: list[wire.Channel] | None = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         subscribed = threading.Event()
@@ -163,6 +167,11 @@ class _Subscriber:
         kind = message.topic.rpartition("/")[2]
         payload = message.payload
         counts: dict[str, int] = {}
+        if kind == "ack":  # the collector's, to the agent: not telemetry
+            with self.lock:
+                self.acks += 1
+                self.ack_bytes += len(payload)
+            return
         try:
             frame = wire.decode(payload)
             if frame["k"] == "birth":
@@ -185,6 +194,8 @@ class _Subscriber:
                 "bytes": Counter(self.bytes),
                 "points": Counter(self.points),
                 "undecodable": self.undecodable,
+                "acks": self.acks,
+                "ack_bytes": self.ack_bytes,
             }
 
     def close(self) -> None:
@@ -356,6 +367,10 @@ def run():
             )
         )
         broker = stack.enter_context(Broker())
+        # The plant side: the agent deletes a payload once the collector acknowledged it.
+        collector = CollectorProcess(broker, tmp)
+        collector.start()
+        stack.callback(collector.stop)
         load = _Load(tmp / "load.log")
         stack.callback(load.stop)
         topic = "edge/bench/standard-load/#"
@@ -527,7 +542,9 @@ def _report(
         "received",
         f"  telemetry received: {payloads['data']} data frames, {payloads['event']} events, "
         f"{payload_bytes / window_s:.0f} B/s, {points.total() / window_s:.0f} points/s "
-        f"({len(points)} channels); {sub1['undecodable']} undecodable",
+        f"({len(points)} channels); {sub1['undecodable']} undecodable; the collector's "
+        f"acknowledgements: {(sub1['acks'] - sub0['acks']) / window_s:.2f}/s, "
+        f"{(sub1['ack_bytes'] - sub0['ack_bytes']) / window_s:.0f} B/s",
         f"  agent (its metrics endpoint, over the window): control ticks {ticks} ({overruns} "
         f"overruns), good poll requests {polls}, payloads acknowledged {acked}, bridge frames "
         f"lost {frames_lost}, override writes not read back in time {not_read_back}",

@@ -220,6 +220,17 @@ class UpstreamConfig:
     client_id: str = ""  # "": edge-agent-<site>-<machine_id>
     keepalive_s: int = 30
     window: int = 64  # QoS 1 publishes awaiting their PUBACK
+    # "stored": a payload leaves the spool once the plant's collector acknowledged storing it
+    # (end to end); "broker": once the broker's PUBACK came (a consumer that sends no acks).
+    delivery: str = "stored"
+    # Published and not yet acknowledged stored, at most: the collector's ack comes some 50 ms
+    # after the publish (make bench), and 256 keep a backlog moving at the drain target of 360
+    # payloads/s with up to 0.7 s of it; an absent collector finds no more than this of an
+    # agent on the broker's queue (docs/upstream.md, "End-to-end delivery").
+    max_unacked: int = 256
+    # Not acknowledged stored this long after the broker took it: sent again (each further
+    # time after twice as long, up to 60 s). A collector acks within its commit, milliseconds.
+    ack_timeout_s: float = 10.0
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 60.0
     drain_on_stop_s: float = 2.0  # on stop, time given to publish what is pending
@@ -343,10 +354,16 @@ def _read(path: str | Path) -> str:
     return read_toml_text(path, ConfigError)
 
 
+#: `[upstream] delivery`: confirmed by the plant's collector (end to end), or by the broker.
+DELIVERY_MODES = ("stored", "broker")
+
 _PUBLISHER_ONLY = (
     "kind",
     "topic_prefix",
     "window",
+    "delivery",
+    "max_unacked",
+    "ack_timeout_s",
     "drain_on_stop_s",
     "file_path",
     "file_rotate_bytes",
@@ -564,7 +581,10 @@ class _Validator(TomlChecker):
         cfg = self.section(data, name, UpstreamConfig)
         raw, path = data.get(name, {}), (name,)
         self.choice(raw, path, "kind", ("mqtt", "file", "none"), cfg.kind)
+        self.choice(raw, path, "delivery", DELIVERY_MODES, cfg.delivery)
         self.ranges(cfg, path, limits.PUBLISHER)
+        if cfg.max_unacked < cfg.window:
+            raise self.fail((*path, "max_unacked"), f"must not be less than window ({cfg.window})")
         if cfg.kind == "file" and not cfg.file_path:
             raise self.fail((*path, "file_path"), 'is needed with kind = "file"')
         self.broker(cfg, raw, path)

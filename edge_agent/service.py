@@ -158,6 +158,9 @@ class Agent:
             self.boot,
             up.window,
             Backoff(up.reconnect_min_s, up.reconnect_max_s),
+            delivery=up.delivery,
+            max_unacked=up.max_unacked,
+            ack_timeout_s=up.ack_timeout_s,
         )
 
     def _start_control(self) -> None:

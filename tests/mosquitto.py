@@ -197,7 +197,8 @@ def _issue(
 
 
 class Broker:
-    """One mosquitto process for a test, on a plain and (with `pki`) a TLS loopback listener.
+    """One mosquitto process for a test, on a plain and (with `pki`) a TLS loopback listener,
+    with mosquitto.conf's global `limits` if given.
 
     The ports are chosen once, here, and kept: `stop()` then `start()` brings the broker back
     where clients expect it (an outage). Persistence is off, so a restart forgets sessions and
@@ -222,6 +223,7 @@ class Broker:
         require_certificate: bool = False,
         acl: bool = False,
         identity_from_certificate: bool = False,
+        limits: dict[str, int] | None = None,
         binary: str | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
@@ -236,6 +238,7 @@ class Broker:
         self.require_certificate = require_certificate or identity_from_certificate
         self.acl = acl
         self.identity_from_certificate = identity_from_certificate
+        self.limits = dict(limits or {})
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.host = HOST
@@ -275,6 +278,9 @@ class Broker:
             # 2.0 refuses anonymous clients unless told otherwise.
             f"allow_anonymous {'false' if self.users or self.acl else 'true'}",
         ]
+        # Broker-wide limits (max_inflight_messages, max_queued_messages, max_queued_bytes):
+        # set low, the broker drops messages to a subscriber that falls behind.
+        lines += [f"{name} {value}" for name, value in self.limits.items()]
         if self.users:
             lines.append(f"password_file {self._write_password_file()}")
         if self.acl:

@@ -16,12 +16,14 @@ def demo_toml(
     keep: bool = False,
     control: bool = True,
     frame_interval_s: float = 1.0,
+    delivery: str = "stored",
     extra: str = "",
 ) -> str:
     """demo.toml with this run's controller port, spool (and teach file beside it), and MQTT
-    to `broker`, or no upstream with `keep` (every payload stays in the spool), else the
-    demo's telemetry file beside the spool; `extra` is appended (new sections only: TOML
-    forbids a second header of one table)."""
+    to `broker` (`delivery` "broker" when no collector acknowledges), or no upstream with
+    `keep` (every payload stays in the spool), else the demo's telemetry file beside the
+    spool; `extra` is appended (new sections only: TOML forbids a second header of one
+    table)."""
     text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
     upstream = f'[upstream]\nkind = "file"\nfile_path = "{spool.with_suffix(".msgpack")}"'
     if keep:
@@ -29,7 +31,8 @@ def demo_toml(
     elif broker is not None:
         upstream = (
             f'[upstream]\nkind = "mqtt"\nhost = "{broker.host}"\nport = {broker.port}\n'
-            "reconnect_min_s = 0.1\nreconnect_max_s = 0.5\ndrain_on_stop_s = 10.0"
+            "reconnect_min_s = 0.1\nreconnect_max_s = 0.5\ndrain_on_stop_s = 10.0\n"
+            f'delivery = "{delivery}"'
         )
     replacements = [
         (r"\nport = 5020\n", f"\nport = {controller_port}\n"),

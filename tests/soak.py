@@ -2,7 +2,10 @@
 controller and publishes to a real Mosquitto while the collector (`edge-agent collect run`,
 its own process) stores; the agent is SIGKILLed at random moments, restarted, killed again
 (and the collector after every fifth); at the end the agent stops cleanly, and every sequence
-number it ever allocated must be in the collector exactly once.
+number it ever allocated must be in the collector exactly once. The agent deletes a payload
+from its spool only once the collector acknowledged storing it (`delivery = "stored"`, the
+default), so what is left in its spool at the end is what had not been confirmed when it
+stopped (it stops after `drain_on_stop_s` = 10 s here).
 
 `tests/test_crash_safety.py` runs 20 kills; `make soak` runs `python -m tests.soak --kills 300`.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.telemetry.spool import Spool
+from tests.collector_process import CollectorProcess
 from tests.mosquitto import Broker, _free_ports, require_mosquitto
 from tests.service_helpers import demo_toml
 
@@ -34,6 +38,7 @@ class Outcome:
     stored: list[int]  # the numbers in the collector, one entry per stored payload
     deaths: int
     gaps: int
+    left: int  # payloads still in the agent's spool at the end (not yet confirmed stored)
 
     @property
     def missing(self) -> list[int]:
@@ -47,14 +52,6 @@ class Outcome:
 def agent_config(controller_port: int, broker: Broker, spool: Path) -> str:
     """Short frames (more payloads per second) and control off (nothing here tests it)."""
     return demo_toml(controller_port, spool, broker=broker, control=False, frame_interval_s=0.1)
-
-
-def collector_config(broker: Broker, db: Path) -> str:
-    return (
-        f'[collector]\ndb = "{db}"\n\n'
-        f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_min_s = 0.1\n'
-        "reconnect_max_s = 0.5\n"
-    )
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
@@ -72,17 +69,11 @@ def _stop(process: subprocess.Popen, signum: int, timeout_s: float = 30.0) -> No
     process.wait(timeout_s)
 
 
-def _wait_for_line(log: Path, text: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not (log.exists() and text in log.read_text()):
-        assert time.monotonic() < deadline, f"{log.name}: no {text!r} within {timeout_s} s"
-        time.sleep(0.05)
-
-
-def _last_seq(path: Path) -> int:
+def _spool_state(path: Path) -> tuple[int, int]:
+    """The newest number the spool allocated, and how many payloads it still holds."""
     spool = Spool(path, readonly=True)
     try:
-        return spool.last_seq()
+        return spool.last_seq(), spool.stats()["depth"]
     finally:
         spool.close()
 
@@ -103,33 +94,32 @@ def run(kills: int, seed: int, workdir: Path, up_s: tuple[float, float] = (0.6, 
     then run it once more and stop it cleanly; wait (bounded) for the collector to hold every
     number; report what it holds."""
     rng = random.Random(seed)
-    spool, collected = workdir / "spool.db", workdir / "collector.db"
+    spool = workdir / "spool.db"
     (controller_port,) = _free_ports(1)
     with Broker() as broker:
         (workdir / "agent.toml").write_text(agent_config(controller_port, broker, spool))
-        (workdir / "collector.toml").write_text(collector_config(broker, collected))
         controller = _spawn(
             ["-m", "hil", "serve", "--tcp", f"127.0.0.1:{controller_port}"], workdir / "hil.log"
         )
-        collector_args = ["-m", "edge_agent", "collect", "run", str(workdir / "collector.toml")]
-        collector = _spawn(collector_args, workdir / "collector.log")
+        collector = CollectorProcess(broker, workdir)
+        collected = collector.db
         agent_args = ["-m", "edge_agent", "run", str(workdir / "agent.toml")]
         try:
             # The broker keeps messages only for a session that exists: the collector's first
             # subscription must come before the first payload (as in a plant, docs/collector.md).
-            _wait_for_line(workdir / "collector.log", "subscribed to")
+            collector.start()
             for kill in range(kills):
                 agent = _spawn(agent_args, workdir / "agent.log")
                 time.sleep(rng.uniform(*up_s))
                 _stop(agent, signal.SIGKILL)
                 if kill % 5 == 4:  # the collector dies too, now and then, mid-stream
-                    _stop(collector, signal.SIGKILL)
-                    collector = _spawn(collector_args, workdir / "collector.log")
+                    collector.stop(signal.SIGKILL)
+                    collector.start(wait=False)  # the agent goes on publishing meanwhile
             agent = _spawn(agent_args, workdir / "agent.log")
             time.sleep(2.0)
             _stop(agent, signal.SIGTERM)
             assert agent.returncode == 0, (workdir / "agent.log").read_text()[-2000:]
-            last = _last_seq(spool)
+            last, left = _spool_state(spool)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 seqs, deaths, gaps = _collected(collected) if collected.exists() else ([], 0, 0)
@@ -139,9 +129,9 @@ def run(kills: int, seed: int, workdir: Path, up_s: tuple[float, float] = (0.6, 
             time.sleep(0.3)  # any late duplicate would land now
             seqs, deaths, gaps = _collected(collected)
         finally:
-            for process in (collector, controller):
-                _stop(process, signal.SIGTERM)
-    return Outcome(kills, last, seqs, deaths, gaps)
+            collector.stop()
+            _stop(controller, signal.SIGTERM)
+    return Outcome(kills, last, seqs, deaths, gaps, left)
 
 
 def main() -> int:
@@ -158,7 +148,8 @@ def main() -> int:
             f"{time.monotonic() - started:.0f} s; {outcome.last_seq} sequence numbers "
             f"allocated, {len(set(outcome.stored))} in the collector, "
             f"{len(outcome.missing)} missing, {outcome.duplicates} stored twice; "
-            f"{outcome.deaths} deaths (last wills) recorded, {outcome.gaps} gap events"
+            f"{outcome.deaths} deaths (last wills) recorded, {outcome.gaps} gap events; "
+            f"{outcome.left} left in the agent's spool (deleted once the collector stored them)"
         )
         return 0 if not outcome.missing and not outcome.duplicates else 1
 

@@ -12,7 +12,7 @@ import pytest
 
 from edge_agent.cli import main
 from edge_agent.collector.ingest import Collector
-from edge_agent.collector.service import CollectorService, subscription
+from edge_agent.collector.service import CollectorService, subscriptions
 from edge_agent.collector.store import SqliteStore
 from edge_agent.config import ConfigError, load_collector_config, parse_collector_config
 from edge_agent.telemetry import wire
@@ -39,7 +39,7 @@ def error_of(text: str) -> str:
 def test_the_shipped_example_loads():
     cfg = load_collector_config(EXAMPLE)
     assert cfg.broker.kind == "mqtt" and cfg.broker.host == "broker.plant.example"
-    assert subscription(cfg) == "edge/+/+/+"
+    assert subscriptions(cfg) == [f"edge/+/+/{k}" for k in ("birth", "data", "event", "death")]
 
 
 def test_collector_settings_are_checked_where_they_are_written():
@@ -56,7 +56,7 @@ def test_collector_settings_are_checked_where_they_are_written():
         '[collector]\ndb = "x.db"\nretention_days = -1\n' + broker
     )
     shared = parse_collector_config('[collector]\nshare_group = "plant"\n' + broker)
-    assert subscription(shared) == "$share/plant/edge/+/+/+"
+    assert subscriptions(shared)[0] == "$share/plant/edge/+/+/birth"
 
 
 def publish(broker, messages):

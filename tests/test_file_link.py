@@ -3,6 +3,7 @@ and a write failure ends the link with one line instead of acknowledging."""
 
 import asyncio
 import os
+import stat
 
 import pytest
 
@@ -60,3 +61,33 @@ def test_a_write_failure_closes_the_link_and_acknowledges_nothing(tmp_path):
             await link.publish("t", b"later")
 
     asyncio.run(main())
+
+
+def test_a_new_files_name_is_on_disk_before_its_first_payload_is_acknowledged(
+    tmp_path, monkeypatch
+):
+    """fsync of a new file makes its bytes durable, not its name: after a power cut the file
+    (and acknowledged payloads, already deleted from the spool) could be gone. The directory
+    is fsynced too, when the file is new and when a full one is renamed."""
+    synced_dirs = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced_dirs.append(len(acked))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    acked: list[int] = []
+
+    async def main():
+        link = FileLink(tmp_path / "out" / "t.msgpack", rotate_bytes=1 << 16)
+        await link.open()
+        for n in range(3):  # the second one fills the file: renamed, the third makes a new one
+            await link.publish("t", b"x" * 40_000)
+            acked.append(n)
+        await link.close()
+
+    asyncio.run(main())
+    assert synced_dirs[0] == 0  # before the first acknowledgement
+    assert synced_dirs.count(1) >= 1 and synced_dirs.count(2) >= 1  # the rename, the new file

@@ -81,6 +81,28 @@ def test_qos1_publish_reaches_a_subscriber_on_the_plain_listener(broker):
     assert (received[0].payload, received[0].qos) == (b"\x01spindle", 1)
 
 
+def test_low_limits_make_the_broker_drop_what_a_slow_subscriber_cannot_take(make_broker):
+    broker = make_broker(limits={"max_inflight_messages": 2, "max_queued_messages": 5})
+    subscriber = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id="slow",
+        reconnect_on_failure=False,
+        manual_ack=True,  # it never acknowledges: a collector whose disk stalled
+    )
+    publisher = client("publisher")
+    with session(subscriber, broker.host, broker.port):
+        received = subscribe(subscriber, "plant/+/+/data")
+        with session(publisher, broker.host, broker.port):
+            for n in range(50):
+                publisher.publish("plant/cell-1/mill-7/data", bytes([n]), qos=1).wait_for_publish(
+                    WAIT_S
+                )
+        wait_for(received, 2)
+        time.sleep(0.2)
+    assert len(received) == 2  # in flight; 5 more queued, 43 dropped
+    assert "Outgoing messages are being dropped for client slow." in broker.log()
+
+
 def test_tls_with_the_right_ca_connects_and_delivers(broker, pki):
     c = client("tls-client")
     c.tls_set(ca_certs=str(pki.ca_cert))

@@ -129,7 +129,9 @@ def test_sigterm_makes_the_feed_safe_then_spools_then_publishes_the_death(tmp_pa
             on_message(client, userdata, message)
 
         subscriber.client.on_message = stamped
-        agent = Agent(tmp_path, demo_toml(port, tmp_path / "spool.db", broker=broker))
+        # A plain subscriber, no collector to acknowledge: the broker's PUBACK confirms.
+        config = demo_toml(port, tmp_path / "spool.db", broker=broker, delivery="broker")
+        agent = Agent(tmp_path, config)
         await agent.start()
         try:
             await agent.notify.wait_for("READY=1")

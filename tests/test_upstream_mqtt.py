@@ -1,4 +1,5 @@
-"""The publisher against a real Mosquitto: delivery in order and deletion on PUBACK, the
+"""The publisher against a real Mosquitto: delivery in order and deletion on PUBACK (with
+`delivery = "broker"`: no collector here; tests/test_delivery.py runs end to end), the
 retained birth, outages and restarts without loss, TLS with and without a verifying
 certificate, passwords, MQTT 3.1.1, and the death as the last will."""
 

@@ -15,7 +15,7 @@ from edge_agent.backoff import Backoff
 from edge_agent.config import UpstreamConfig
 from edge_agent.telemetry import wire
 from edge_agent.telemetry.spool import AsyncSpool
-from edge_agent.upstream import UpstreamError
+from edge_agent.upstream import UpstreamError, ack
 from edge_agent.upstream.mqtt_link import MqttLink, settings_from
 from edge_agent.upstream.publisher import Publisher, Topics
 
@@ -72,9 +72,11 @@ class Subscriber:
 
 
 def mqtt_config(broker, **options) -> UpstreamConfig:
-    return UpstreamConfig(
-        kind="mqtt", host=broker.host, port=broker.port, reconnect_min_s=0.05, **options
-    )
+    """`[upstream]` for `broker`; the broker's PUBACK confirms (`delivery = "broker"`) unless
+    `delivery` says otherwise: the tests of the link itself run without a collector
+    (tests/test_delivery.py runs with one, end to end)."""
+    options = {"delivery": "broker", "reconnect_min_s": 0.05, **options}
+    return UpstreamConfig(kind="mqtt", host=broker.host, port=broker.port, **options)
 
 
 @dataclass
@@ -109,7 +111,17 @@ async def start_bench(path, cfg: UpstreamConfig, window: int = 16) -> Bench:
         return link
 
     backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
-    publisher = Publisher(spool, make_link, TOPICS, BOOT, window, backoff)
+    publisher = Publisher(
+        spool,
+        make_link,
+        TOPICS,
+        BOOT,
+        window,
+        backoff,
+        delivery=cfg.delivery,
+        max_unacked=max(window, cfg.max_unacked),
+        ack_timeout_s=cfg.ack_timeout_s,
+    )
     task = asyncio.create_task(publisher.run())
     return Bench(spool, publisher, task, links)
 
@@ -127,18 +139,43 @@ async def watched_bench(broker, tmp_path, cfg: UpstreamConfig, window: int = 16)
         subscriber.close()
 
 
+@dataclass
+class FakeMessage:
+    """What the publisher reads of a received MQTT message."""
+
+    topic: str
+    payload: bytes
+
+
 class FakeLink:
     """A link whose acknowledgements the test hands out: `ack(n, reason)` settles the n
-    oldest publishes; `drop()` ends the connection."""
+    oldest publishes (the broker's PUBACKs); `confirm(seqs)` delivers the plant's ack of
+    them on the ack topic; `drop()` ends the connection. With `acks_stored` (a file's
+    fsync) the PUBACK is the confirmation; else the publisher subscribes (`subscribed`)."""
 
-    def __init__(self, wake: asyncio.Event, fail_open: bool = False):
+    def __init__(self, wake: asyncio.Event, fail_open: bool = False, acks_stored: bool = True):
         self._wake = wake
         self.fail_open = fail_open
+        self.acks_stored = acks_stored
         self.sent: list[tuple[str, bytes, bool]] = []
         self.waiting: list[asyncio.Future] = []
         self.closed = asyncio.get_running_loop().create_future()
         self.auto_ack = False
         self.where = "fake"
+        self.subscribed: list[str] = []
+        self.suback = 0
+        self.on_message = None
+
+    def subscribe(self, topics: list[str]) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.subscribed += topics
+        future.set_result([self.suback] * len(topics))
+        return future
+
+    def confirm(self, seqs, boot: bytes = BOOT, topic: str | None = None) -> None:
+        """The collector's acknowledgement of `seqs` arrives."""
+        for payload in ack.encode(boot, seqs):
+            self.on_message(FakeMessage(topic or TOPICS["ack"], payload))
 
     async def open(self) -> None:
         if self.fail_open:

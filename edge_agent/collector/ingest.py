@@ -61,6 +61,8 @@ _ERROR_CHARS = 400
 
 #: One message as the MQTT side hands it over: topic, payload, time received (ns since epoch).
 Message = tuple[str, bytes, int]
+#: A payload the store holds: (machine key, boot, seq).
+Receipt = tuple[str, bytes, int]
 
 
 class _Received(NamedTuple):
@@ -92,34 +94,44 @@ class Collector:
         self._tables: OrderedDict[tuple[str, bytes], list[wire.Channel]] = OrderedDict()
         self._cached_channels = 0
         self._unchecked_machines: set[str] = set()
+        self._receipts: list[Receipt] = []  # the batch being stored
 
     def ingest(self, topic: str, payload: bytes, received_ns: int) -> Counter[str]:
         """One message; what it added to `counters`."""
         return self.ingest_many([(topic, payload, received_ns)])
 
-    def ingest_many(self, messages: Iterable[Message]) -> Counter[str]:
+    def ingest_many(
+        self, messages: Iterable[Message], stored: list[Receipt] | None = None
+    ) -> Counter[str]:
         """Messages in one store transaction; what they added to `counters` (counted once the
-        batch is stored). A storage failure (`StoreError`) stores none of the batch and is
-        raised, so the caller neither acknowledges nor loses it. A message that makes the
-        collector itself fail (a bug) is found by retrying the batch one message at a time,
-        logged with its traceback and rejected; the others are stored."""
+        batch is stored). `stored` gets, once the transaction committed, the (machine, boot,
+        seq) of each message the store now holds: stored, or a copy of a stored one (what the
+        collector acknowledges to the agent; a refused message or a conflict is not there).
+        A storage failure (`StoreError`) stores none of the batch and is raised, so the caller
+        neither acknowledges nor loses it. A message that makes the collector itself fail (a
+        bug) is found by retrying the batch one message at a time, logged with its traceback
+        and rejected; the others are stored."""
         messages = list(messages)
         try:
-            return self._ingest_batch(messages)
+            return self._ingest_batch(messages, stored)
         except StoreError:
             raise
         except Exception as exc:
             if len(messages) > 1:
                 total: Counter[str] = Counter()
                 for message in messages:
-                    total.update(self.ingest_many([message]))
+                    total.update(self.ingest_many([message], stored))
                 return total
             logger.exception("%s: internal error; payload rejected", _shown(messages[0][0]))
-            return self._ingest_batch(messages, f"internal error: {type(exc).__name__}: {exc}")
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            return self._ingest_batch(messages, stored, error)
 
-    def _ingest_batch(self, messages: list[Message], internal_error: str = "") -> Counter[str]:
+    def _ingest_batch(
+        self, messages: list[Message], stored: list[Receipt] | None, internal_error: str = ""
+    ) -> Counter[str]:
         """One transaction; with `internal_error`, each message is only rejected for it."""
         counts: Counter[str] = Counter()
+        self._receipts = []
         try:
             with self.store.batch():
                 for topic, payload, received_ns in messages:
@@ -133,6 +145,8 @@ class Collector:
             self._cached_channels = 0
             raise
         self.counters.update(counts)
+        if stored is not None:
+            stored += self._receipts
         return counts
 
     def _ingest_one(self, topic: str, payload: bytes, received_ns: int, counts: Counter) -> None:
@@ -297,6 +311,7 @@ class Collector:
             return None
         if stored == m.payload or _content(wire.decode(stored)) == _content(frame):
             counts["duplicates"] += 1
+            self._receipts.append((m.machine, frame["b"], frame["s"]))
             return True
         counts["conflicts"] += 1
         self._conflict(m, stored, "content")
@@ -342,6 +357,7 @@ class Collector:
         )
         counts["stored"] += 1
         counts[_PLURAL[frame["k"]]] += 1
+        self._receipts.append((m.machine, frame["b"], frame["s"]))
         if historical:
             counts["historical"] += 1
 

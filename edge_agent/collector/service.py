@@ -1,10 +1,12 @@
 """`edge-agent collect run`: subscribe to the agents' topics and store what arrives.
 
-A message is acknowledged to the broker only after the transaction that stored it committed,
-on a session the broker keeps while the collector is away (`session_expiry_s`): a collector
-that crashes or stops gets what it had not stored delivered again, never lost. The store runs
-in one worker thread; a storage failure (disk full) acknowledges nothing and reconnects after
-a backoff, so the broker keeps the messages meanwhile. Retention prunes once an hour.
+A message is acknowledged only after the transaction that stored it committed: to the broker
+(its PUBACK), on a session the broker keeps while the collector is away (`session_expiry_s`),
+so a collector that crashes or stops gets what it had not stored delivered again; and to the
+agent, on `<prefix>/<site>/<machine>/ack` (`upstream/ack.py`), so the agent deletes from its
+spool only what the plant stored, and sends again what a broker dropped on the way. The store
+runs in one worker thread; a storage failure (disk full) acknowledges nothing and reconnects
+after a backoff, so the broker keeps the messages meanwhile. Retention prunes once an hour.
 
 What waits to be stored (the inbox) is bounded in messages and bytes. At the bound a QoS 1
 message is not taken and not acknowledged, so the broker keeps it, and once the inbox is
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import socket
 import time
@@ -28,11 +31,11 @@ import paho.mqtt.client as mqtt
 
 from ..backoff import Backoff
 from ..config import CollectorConfig
-from ..telemetry.wire import MAX_PAYLOAD_BYTES
-from ..upstream import UpstreamError
+from ..telemetry import wire
+from ..upstream import UpstreamError, ack
 from ..upstream.mqtt_link import REFUSED, MqttLink, settings_from
 from ..upstream.reconnect import stay_connected
-from .ingest import Collector
+from .ingest import Collector, Receipt
 from .store import SqliteStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -48,16 +51,25 @@ INBOX_MESSAGES = 10_000
 INBOX_BYTES = 64 << 20
 #: The largest payload stored (wire.MAX_PAYLOAD_BYTES), and what the broker may send at most:
 #: that, a topic of up to 64 KiB and the PUBLISH header.
-MAX_PAYLOAD = max(MAX_PAYLOAD_BYTES.values())
+MAX_PAYLOAD = max(wire.MAX_PAYLOAD_BYTES.values())
 MAX_PACKET_BYTES = MAX_PAYLOAD + (64 << 10) + 16
 PRUNE_EVERY_S = 3600.0
 
 
-def subscription(cfg: CollectorConfig) -> str:
-    """`<prefix>/+/+/+`, or its shared form `$share/<group>/<prefix>/+/+/+`."""
-    topic = f"{cfg.collector.topic_prefix}/+/+/+"
+def subscriptions(cfg: CollectorConfig) -> list[str]:
+    """`<prefix>/+/+/<kind>` for the agents' four kinds (not `ack`: the collector's own), or
+    their shared forms `$share/<group>/<prefix>/+/+/<kind>`."""
+    return [_shared(cfg, f"{cfg.collector.topic_prefix}/+/+/{kind}") for kind in wire.KINDS]
+
+
+def _shared(cfg: CollectorConfig, topic: str) -> str:
     group = cfg.collector.share_group
     return f"$share/{group}/{topic}" if group else topic
+
+
+def ack_topic(prefix: str, machine: str) -> str:
+    """Where the agent `machine` ("site/machine") reads what the plant stored."""
+    return f"{prefix}/{machine}/ack" if prefix else f"{machine}/ack"
 
 
 class CollectorService:
@@ -66,7 +78,10 @@ class CollectorService:
 
     def __init__(self, cfg: CollectorConfig):
         self.cfg = cfg
-        self.topic = subscription(cfg)
+        self.topics = subscriptions(cfg)
+        # Before the ack topic existed the collector took `<prefix>/+/+/+`; a session the
+        # broker kept from then would deliver it its own acks.
+        self.old_topic = _shared(cfg, f"{cfg.collector.topic_prefix}/+/+/+")
         self.settings = dataclasses.replace(
             settings_from(
                 cfg.broker,
@@ -92,7 +107,7 @@ class CollectorService:
     async def run(self) -> None:
         self.store = await self._in_store_thread(SqliteStore, self.cfg.collector.db)
         self.collector = Collector(self.store, self.cfg.collector.topic_prefix)
-        log.info("collector: %s into %s", self.topic, self.cfg.collector.db)
+        log.info("collector: %s into %s", ", ".join(self.topics), self.cfg.collector.db)
         try:
             await stay_connected(
                 self._make_link, self._session, self.backoff, self.counters, self._note
@@ -104,7 +119,9 @@ class CollectorService:
     async def _make_link(self) -> MqttLink:
         self._inbox.clear()  # unacknowledged: the broker delivers them again
         self._inbox_bytes = self._left_with_broker = 0
-        self._link = MqttLink(self.settings, on_message=self._received, wake=self._arrived)
+        self._link = MqttLink(
+            self.settings, on_message=self._received, wake=self._arrived, manual_ack=True
+        )
         return self._link
 
     def _received(self, message: mqtt.MQTTMessage) -> None:
@@ -143,17 +160,20 @@ class CollectorService:
         return batch
 
     async def _session(self, link: MqttLink) -> None:
-        codes = await link.subscribe([self.topic])
-        if any(code >= REFUSED for code in codes):
-            raise UpstreamError(f"{self.settings.where}: subscription to {self.topic} refused")
-        log.info("collector: subscribed to %s on %s", self.topic, self.settings.where)
+        await link.unsubscribe([self.old_topic])
+        codes = await link.subscribe(self.topics)
+        refused = [t for t, code in zip(self.topics, codes, strict=False) if code >= REFUSED]
+        if refused:
+            raise UpstreamError(f"{self.settings.where}: subscription to {refused[0]} refused")
+        log.info("collector: subscribed to %s on %s", ", ".join(self.topics), self.settings.where)
         self.backoff.reset()
         self.last_error = ""
         while True:
             self._arrived.clear()
             while self._inbox:
                 batch = self._take_batch()
-                await self._store(batch)
+                stored = await self._store(batch)
+                self._acknowledge(link, stored)
                 for message, _ in batch:
                     link.ack(message)
             if self._left_with_broker:
@@ -167,13 +187,42 @@ class CollectorService:
                 raise UpstreamError(f"{self.settings.where}: closed")
             await self._arrived.wait()
 
-    async def _store(self, batch: list[tuple[mqtt.MQTTMessage, int]]) -> None:
+    async def _store(self, batch: list[tuple[mqtt.MQTTMessage, int]]) -> list[Receipt]:
+        """Store a batch in one transaction; what the store now holds of it."""
         messages = [(_topic_of(m), m.payload, received_ns) for m, received_ns in batch]
+        stored: list[Receipt] = []
         try:
-            await self._in_store_thread(self.collector.ingest_many, messages)
+            await self._in_store_thread(self.collector.ingest_many, messages, stored)
         except StoreError as exc:
             self.counters["store_failures"] += 1
             raise UpstreamError(f"store failed, nothing acknowledged: {exc}") from None
+        return stored
+
+    def _acknowledge(self, link: MqttLink, stored: list[Receipt]) -> None:
+        """Tell each agent what of its payloads the plant now holds: one ack per (machine,
+        boot) of the batch, QoS 1. An ack that does not arrive costs a re-send, never data."""
+        seqs: dict[tuple[str, bytes], list[int]] = {}
+        for machine, boot, seq in stored:
+            seqs.setdefault((machine, boot), []).append(seq)
+        prefix = self.cfg.collector.topic_prefix
+        for (machine, boot), numbers in seqs.items():
+            topic = ack_topic(prefix, machine)
+            for payload in ack.encode(boot, numbers):
+                future = link.publish(topic, payload)
+                future.add_done_callback(functools.partial(self._ack_published, topic))
+                self.counters["acks_sent"] += 1
+
+    def _ack_published(self, topic: str, future: asyncio.Future) -> None:
+        """A refused ack (the broker's ACL must let the collector publish `<prefix>/+/+/ack`)
+        is counted and logged once; the agent keeps its payloads and sends them again."""
+        if future.cancelled() or future.exception() is not None:
+            return  # the connection ended: the session reconnects
+        if future.result() >= REFUSED:
+            self.counters["acks_refused"] += 1
+            self._note(
+                f"refused the acknowledgement on {topic} (reason code 0x{future.result():02x}); "
+                "the agent keeps its payloads and sends them again"
+            )
 
     async def _prune_if_due(self) -> None:
         days = self.cfg.collector.retention_days

@@ -1,5 +1,6 @@
 """The file upstream, for sites without a broker: payloads appended back to back to a file
-(what `edge-agent decode` and a broker capture read), acknowledged once fsync returns.
+(what `edge-agent decode` and a broker capture read), acknowledged once fsync returns (and,
+for a new file, once its directory's fsync made its name durable too).
 
 Same interface as `MqttLink`, so the publisher treats both alike. The file is rotated (renamed
 with a UTC stamp, kept) when it passes `rotate_bytes`; what to keep is the site's choice.
@@ -17,6 +18,9 @@ from . import UpstreamError
 
 class FileLink:
     """Appends, fsyncs, then acknowledges: a payload counts as delivered once on disk."""
+
+    #: The acknowledgement comes after fsync: the payload is stored where it was going.
+    acks_stored = True
 
     def __init__(self, path: str | Path, rotate_bytes: int, wake: asyncio.Event | None = None):
         self.path = Path(path)
@@ -75,11 +79,14 @@ class FileLink:
             self._wake.set()
 
     def _append(self, data: bytes) -> None:
+        new = not self.path.exists()
         with open(self.path, "ab") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
+        if new:  # fsync made the bytes durable, not the file's name
+            _sync_directory(self.path.parent)
         if size >= self.rotate_bytes:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             target, n = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"), 0
@@ -87,3 +94,14 @@ class FileLink:
                 n += 1
                 target = self.path.with_name(f"{self.path.stem}-{stamp}-{n}{self.path.suffix}")
             self.path.rename(target)
+            _sync_directory(self.path.parent)  # the rename, before a new file takes the name
+
+
+def _sync_directory(path: Path) -> None:
+    """Make a directory's entries (a new file, a rename) durable, as fsync does a file's
+    bytes: what is acknowledged must survive a power cut with its name."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -105,10 +105,14 @@ def tls_context(cfg: UpstreamConfig) -> ssl.SSLContext:
 
 
 class MqttLink:
-    """One connection: `open()`, then `publish()` (a future of the PUBACK's reason code) and
-    `subscribe()`; `closed` completes when the connection ends; `close()` ends it. A link
-    with `on_message` acknowledges a received message only when told (`ack`): after the
-    subscriber has stored it, so a crash in between gets it delivered again."""
+    """One connection: `open()`, then `publish()` (a future of the PUBACK's reason code),
+    `subscribe()` and `unsubscribe()`; `closed` completes when the connection ends; `close()`
+    ends it. Received messages go to `on_message` (on the event loop). With `manual_ack` a
+    received message is acknowledged only when told (`ack`): after the subscriber has stored
+    it, so a crash in between gets it delivered again."""
+
+    #: A PUBACK means the broker has the message, not that its consumer stored it.
+    acks_stored = False
 
     def __init__(
         self,
@@ -116,10 +120,11 @@ class MqttLink:
         will: tuple[str, bytes] | None = None,
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
         wake: asyncio.Event | None = None,
+        manual_ack: bool = False,
     ):
         self.settings = settings
         self._loop = asyncio.get_running_loop()
-        self._on_message = on_message
+        self.on_message = on_message
         self._wake = wake or asyncio.Event()
         self._pending: dict[int, asyncio.Future] = {}
         self._connack: asyncio.Future = self._loop.create_future()
@@ -131,7 +136,7 @@ class MqttLink:
             client_id=settings.client_id,
             protocol=settings.protocol,
             reconnect_on_failure=False,
-            manual_ack=on_message is not None,
+            manual_ack=manual_ack,
             **({} if v5 else {"clean_session": not settings.session_expiry_s}),
         )
         client.connect_timeout = settings.connect_timeout_s
@@ -145,6 +150,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_subscribe
         client.on_message = self._on_paho_message
         self._client = client
 
@@ -181,6 +187,17 @@ class MqttLink:
         rc, mid = self._client.subscribe([(t, 1) for t in topics])
         if rc != mqtt.MQTT_ERR_SUCCESS:
             future.set_exception(MqttError(f"{self.settings.where}: subscribe failed"))
+        else:
+            self._pending[mid] = future
+        return future
+
+    def unsubscribe(self, topics: list[str]) -> asyncio.Future:
+        """Unsubscribe; the future completes with the UNSUBACK's reason codes (MQTT 5; []
+        with 3.1.1)."""
+        future = self._loop.create_future()
+        rc, mid = self._client.unsubscribe(topics)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            future.set_exception(MqttError(f"{self.settings.where}: unsubscribe failed"))
         else:
             self._pending[mid] = future
         return future
@@ -241,11 +258,11 @@ class MqttLink:
         self._loop.call_soon_threadsafe(self._settle, mid, reason.value)
 
     def _on_subscribe(self, client, userdata, mid, reasons, properties) -> None:
+        """SUBACK and UNSUBACK alike: their reason codes, one per topic."""
         self._loop.call_soon_threadsafe(self._settle, mid, [r.value for r in reasons])
 
     def _on_paho_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        if self._on_message is not None:
-            self._loop.call_soon_threadsafe(self._on_message, message)
+        self._loop.call_soon_threadsafe(self._deliver, message)
 
     # -- on the event loop ----------------------------------------------------------------
 
@@ -258,6 +275,10 @@ class MqttLink:
             )
         else:
             self._connack.set_result(None)
+
+    def _deliver(self, message: mqtt.MQTTMessage) -> None:
+        if self.on_message is not None:
+            self.on_message(message)
 
     def _settle(self, mid: int, result) -> None:
         future = self._pending.pop(mid, None)

@@ -17,6 +17,10 @@ class Link(Protocol):
 
     closed: asyncio.Future
     where: str  # for log lines
+    # Whether a publish's acknowledgement means stored at the destination (a file after
+    # fsync) or only passed on (a broker: the publisher then awaits the collector's ack,
+    # received through `subscribe` and `on_message`, which such a link has).
+    acks_stored: bool
 
     async def open(self) -> None: ...
 
