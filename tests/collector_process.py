@@ -20,7 +20,8 @@ STOP_TIMEOUT_S = 30.0
 class CollectorProcess:
     """One collector on `broker`, its database, configuration and log in `workdir`."""
 
-    def __init__(self, broker, workdir: Path, name: str = "collector"):
+    def __init__(self, broker, workdir: Path, name: str = "collector", broker_keys: str = ""):
+        """`broker_keys`: more `[broker]` lines (its identity: username, password_file)."""
         self.db = workdir / f"{name}.db"
         self.config = workdir / f"{name}.toml"
         self.log = workdir / f"{name}.log"
@@ -28,6 +29,7 @@ class CollectorProcess:
             f'[collector]\ndb = "{self.db}"\n\n'
             f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\n'
             f'client_id = "edge-{name}"\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n'
+            + broker_keys
         )
         self.process: subprocess.Popen | None = None
 

@@ -26,6 +26,7 @@ from edge_agent.config import UpstreamConfig, parse_collector_config
 from edge_agent.telemetry import wire
 from edge_agent.upstream.mqtt_link import REFUSED, MqttError, MqttLink, settings_from
 from tests import soak
+from tests.collector_process import CollectorProcess
 from tests.mosquitto import COLLECTOR_USER, IDENTITIES, SHIPPED_ACL, Broker, _free_ports
 from tests.upstream_helpers import BOOT, TABLE, birth, data
 
@@ -311,38 +312,37 @@ def test_the_real_agent_and_collector_run_under_the_acl(acl_broker, tmp_path):
         secrets[user] = tmp_path / f"{user.replace('/', '-')}.password"
         secrets[user].write_text(IDENTITIES[user] + "\n")
         secrets[user].chmod(0o600)
-    spool, db = tmp_path / "spool.db", tmp_path / "collector.db"
+    spool = tmp_path / "spool.db"
     (controller_port,) = _free_ports(1)
     agent_toml = soak.agent_config(controller_port, acl_broker, spool).replace(
         "drain_on_stop_s = 10.0",
         f'drain_on_stop_s = 10.0\nusername = "{machine}"\npassword_file = "{secrets[machine]}"',
     )
     (tmp_path / "agent.toml").write_text(agent_toml)
-    (tmp_path / "collector.toml").write_text(
-        soak.collector_config(acl_broker, db)
-        + f'username = "{COLLECTOR_USER}"\npassword_file = "{secrets[COLLECTOR_USER]}"\n'
+    collector = CollectorProcess(
+        acl_broker,
+        tmp_path,
+        broker_keys=(
+            f'username = "{COLLECTOR_USER}"\npassword_file = "{secrets[COLLECTOR_USER]}"\n'
+        ),
     )
     controller = soak._spawn(
         ["-m", "hil", "serve", "--tcp", f"127.0.0.1:{controller_port}"], tmp_path / "hil.log"
     )
-    collector = soak._spawn(
-        ["-m", "edge_agent", "collect", "run", str(tmp_path / "collector.toml")],
-        tmp_path / "collector.log",
-    )
     try:
-        soak._wait_for_line(tmp_path / "collector.log", "subscribed to")
+        collector.start()
         agent = soak._spawn(
             ["-m", "edge_agent", "run", str(tmp_path / "agent.toml")], tmp_path / "agent.log"
         )
         time.sleep(3.0)
         soak._stop(agent, signal.SIGTERM)
         assert agent.returncode == 0, (tmp_path / "agent.log").read_text()[-2000:]
-        last = soak._last_seq(spool)
+        last, left = soak._spool_state(spool)
         deadline = time.monotonic() + 20
-        while set(range(1, last + 1)) - set(soak._collected(db)[0] if db.exists() else []):
-            assert time.monotonic() < deadline, (tmp_path / "collector.log").read_text()[-2000:]
+        while set(range(1, last + 1)) - set(collector.seqs(machine)):
+            assert time.monotonic() < deadline, collector.tail()
             time.sleep(0.2)
     finally:
-        for process in (collector, controller):
-            soak._stop(process, signal.SIGTERM)
+        collector.stop()
+        soak._stop(controller, signal.SIGTERM)
     assert last > 3  # a birth, events and frames, every one stored

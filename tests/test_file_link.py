@@ -91,3 +91,49 @@ def test_a_new_files_name_is_on_disk_before_its_first_payload_is_acknowledged(
     asyncio.run(main())
     assert synced_dirs[0] == 0  # before the first acknowledgement
     assert synced_dirs.count(1) >= 1 and synced_dirs.count(2) >= 1  # the rename, the new file
+
+
+FULL_DISK_APPEND = """
+    import asyncio, os
+    from edge_agent.telemetry import wire
+    from edge_agent.upstream.file_link import FileLink
+
+    path = os.path.join(SMALL_DISK, "t.msgpack")
+    payloads = [wire.event(b"b" * 8, seq, 0, "x", {"pad": "p" * 300}) for seq in range(1, 200)]
+
+    async def publish_all(link):
+        try:
+            await asyncio.gather(*(link.publish("t", p) for p in payloads))
+            return "all"
+        except Exception as exc:
+            return type(exc).__name__
+
+    async def main():
+        link = FileLink(path, rotate_bytes=1 << 30)
+        await link.open()
+        await link.publish("t", payloads[0])  # a whole payload first
+        fill()
+        print("full:", await publish_all(link))
+        free()
+        link = FileLink(path, rotate_bytes=1 << 30)
+        print("after:", await publish_all(link))
+
+    asyncio.run(main())
+    import io
+    from edge_agent.telemetry.decode import decode_stream
+    with open(path, "rb") as f:
+        print("decoded:", decode_stream(f, path, io.StringIO(), io.StringIO()))
+"""
+
+
+def test_a_full_disk_leaves_no_torn_payload_for_the_next_append(tmp_path):
+    """On a real full file system the append fails part way; the file is cut back to whole
+    payloads, so what is sent again after space is freed decodes, the first payload included."""
+    from tests.small_disk import run_on_small_disk
+
+    child = run_on_small_disk(tmp_path, FULL_DISK_APPEND, size="256k")
+    assert child.returncode == 0, child.stderr[-2000:]
+    lines = child.stdout.splitlines()
+    assert lines[0] == "full: UpstreamError"
+    assert lines[1] == "after: all"
+    assert lines[2] == f"decoded: ({1 + 199}, 0)"  # (printed, refused)

@@ -79,11 +79,19 @@ class FileLink:
             self._wake.set()
 
     def _append(self, data: bytes) -> None:
+        """All of `data` or none of it: a write that fails part way (a full disk) is cut back
+        to where it started, so the payloads sent again later follow whole ones, never a torn
+        one that would make the rest of the file unreadable to `edge-agent decode`."""
         new = not self.path.exists()
         with open(self.path, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            start = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                _cut_back(f, start)
+                raise
             size = f.tell()
         if new:  # fsync made the bytes durable, not the file's name
             _sync_directory(self.path.parent)
@@ -95,6 +103,16 @@ class FileLink:
                 target = self.path.with_name(f"{self.path.stem}-{stamp}-{n}{self.path.suffix}")
             self.path.rename(target)
             _sync_directory(self.path.parent)  # the rename, before a new file takes the name
+
+
+def _cut_back(f, size: int) -> None:
+    """Truncate a file a failed append left part-written to `size` (freeing what it took),
+    as far as the file system lets: the append's own error is the one reported."""
+    try:
+        f.truncate(size)
+        os.fsync(f.fileno())
+    except OSError:
+        pass
 
 
 def _sync_directory(path: Path) -> None:
