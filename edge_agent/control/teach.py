@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..durable import sync_directory
+
 #: The teach file's format version; a file of another version is refused, not guessed at.
 TEACH_FILE_VERSION = 1
 #: Digits of a tool number: a controller reports it in at most a 32-bit register pair
@@ -227,7 +229,7 @@ class TeachStore:
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
             tmp = None
-            _fsync_directory(directory)
+            sync_directory(directory)
         except OSError as exc:
             raise TeachError(f"{self.path}: cannot save: {exc.strerror or exc}") from None
         finally:
@@ -347,16 +349,3 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable (POSIX; a no-op where directories cannot be opened)."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(directory, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from ..durable import sync_directory
 from .salvage import (
     COMPANIONS,
     Salvage,
@@ -300,7 +301,7 @@ class Spool:
                 if old.exists():  # the companions first: a crash then leaves the file alone
                     old.rename(new)
             os.replace(salvage, self.path)
-            _fsync_directory(self.path.parent)
+            sync_directory(self.path.parent)
         db = self._open()
         salvaged = found.salvaged
         self.recovery = {
@@ -387,7 +388,7 @@ class Spool:
                     partial.unlink(missing_ok=True)
             else:
                 os.replace(salvage, self.path)
-                _fsync_directory(self.path.parent)
+                sync_directory(self.path.parent)
 
     def _next_seq_of(self, db: sqlite3.Connection) -> int:
         with self._errors():
@@ -670,18 +671,6 @@ def _by_reason(by_age: list, by_bytes: list) -> list[tuple[str, list[tuple[int, 
 def _with_companions(path: Path) -> list[Path]:
     """A database file and the files SQLite keeps beside it, companions first."""
     return [Path(f"{path}{suffix}") for suffix in COMPANIONS] + [path]
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make renames in `directory` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _lost_words(found: Salvage) -> str:

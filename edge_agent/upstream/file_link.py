@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from ..durable import sync_directory
 from . import UpstreamError
 
 
@@ -94,7 +95,7 @@ class FileLink:
                 raise
             size = f.tell()
         if new:  # fsync made the bytes durable, not the file's name
-            _sync_directory(self.path.parent)
+            sync_directory(self.path.parent)
         if size >= self.rotate_bytes:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             target, n = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"), 0
@@ -102,7 +103,7 @@ class FileLink:
                 n += 1
                 target = self.path.with_name(f"{self.path.stem}-{stamp}-{n}{self.path.suffix}")
             self.path.rename(target)
-            _sync_directory(self.path.parent)  # the rename, before a new file takes the name
+            sync_directory(self.path.parent)  # the rename, before a new file takes the name
 
 
 def _cut_back(f, size: int) -> None:
@@ -113,13 +114,3 @@ def _cut_back(f, size: int) -> None:
         os.fsync(f.fileno())
     except OSError:
         pass
-
-
-def _sync_directory(path: Path) -> None:
-    """Make a directory's entries (a new file, a rename) durable, as fsync does a file's
-    bytes: what is acknowledged must survive a power cut with its name."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
