@@ -200,7 +200,9 @@ class ControlConfig:
     breakage_spike_ratio: float = 1.3  # cutting load rising to this x the target's ...
     breakage_drop_fraction: float = 0.3  # ... then falling below this share of it ...
     breakage_window_s: float = 0.5  # ... within this time: the tool broke
-    refresh_s: float = 1.0  # re-write the override this often (controllers that revert)
+    # 0: write on change only (and re-send what is not read back); > 0: re-write this often,
+    # for a controller-side watchdog that reverts an override nobody refreshes.
+    refresh_s: float = 0.0
     verify_s: float = 0.5  # a write not read back within this long is counted and re-sent
 
 
@@ -793,7 +795,7 @@ class _Validator(TomlChecker):
             "idle_settle_s",
         ):
             self.positive(raw, path, key, getattr(cfg, key))
-        for key in ("breakage_window_s", "refresh_s", "verify_s", "teach_fraction"):
+        for key in ("breakage_window_s", "verify_s", "teach_fraction"):
             self.positive(raw, path, key, getattr(cfg, key))
         for key in (
             "kp",
@@ -803,6 +805,7 @@ class _Validator(TomlChecker):
             "fall_pct_per_s",
             "idle_load_pct",
             "frozen_s",
+            "refresh_s",
         ):
             if getattr(cfg, key) < 0:
                 raise self.fail((*path, key), f"must not be negative, got {getattr(cfg, key)}")

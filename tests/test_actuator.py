@@ -5,6 +5,7 @@ gone to the machine.
 """
 
 import asyncio
+import dataclasses
 import logging
 import math
 
@@ -12,14 +13,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from edge_agent.config import ControlConfig, ControllerConfig
+from edge_agent.config import ConfigError, ControlConfig, ControllerConfig
 from edge_agent.control.actuator import Actuator
 from edge_agent.sources.modbus_link import ModbusLink
 from hil.register_map import BY_NAME
 
 pytestmark = pytest.mark.timeout(60)
 
-CFG = ControlConfig(enabled=True)  # rise 60 %/s, max 150 %, refresh 1 s, verify 0.5 s
+CFG = ControlConfig(enabled=True)  # rise 60 %/s, max 150 %, no refresh, verify 0.5 s
 OVERRIDE = CFG.override_tag
 T0 = 1_000_000_000_000  # an arbitrary monotonic start, ns
 LOGGER = "edge_agent.control.actuator"
@@ -200,14 +201,25 @@ def test_over_any_window_the_register_never_rises_faster_than_the_rate(actions):
 # -- refresh and read-back -------------------------------------------------------------------
 
 
-def test_an_unchanged_value_is_rewritten_after_refresh_s_and_not_before():
+def test_by_default_an_unchanged_value_read_back_is_written_once_however_long():
     act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    act.read_back(OVERRIDE, 100.0)
+    for i in range(1, 6001):  # a minute of 100 Hz ticks
+        act.set(OVERRIDE, 100.0, at(i * 0.01))
+        act.tick(at(i * 0.01))
+    assert writer.values == [100.0]
+
+
+def test_with_refresh_s_an_unchanged_value_is_rewritten_after_refresh_s_and_not_before():
+    cfg = dataclasses.replace(CFG, refresh_s=1.0)
+    act, writer = actuator(cfg)
     act.set(OVERRIDE, 100.0, at(0))
     act.read_back(OVERRIDE, 100.0)
     for t in (0.25, 0.5, 0.75, 0.999):
         assert act.set(OVERRIDE, 100.0, at(t)) is None
         assert act.tick(at(t)) is None
-    assert act.tick(at(CFG.refresh_s)) == 100.0
+    assert act.tick(at(cfg.refresh_s)) == 100.0
     assert writer.values == [100.0, 100.0]
 
 
@@ -288,3 +300,27 @@ def test_a_ramp_whose_writes_never_read_back_is_still_caught():
             act.read_back(OVERRIDE, 42.0)  # the controller holds something else
     assert act.counters["not_read_back"] == 1  # at verify_s after the first write
     assert act.counters["verified"] == 0
+
+
+# -- the refresh in the configuration ---------------------------------------------------------
+
+
+def _demo_with_control(extra: str):
+    from importlib import resources
+
+    from edge_agent.config import parse_config
+
+    text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
+    return parse_config(text.replace("[control]\n", f"[control]\n{extra}\n", 1))
+
+
+def test_refresh_s_is_off_by_default_and_zero_is_accepted():
+    assert ControlConfig().refresh_s == 0.0
+    assert _demo_with_control("").control.refresh_s == 0.0
+    assert _demo_with_control("refresh_s = 0").control.refresh_s == 0.0
+    assert _demo_with_control("refresh_s = 1.5").control.refresh_s == 1.5
+
+
+def test_a_negative_refresh_s_is_refused():
+    with pytest.raises(ConfigError, match="refresh_s"):
+        _demo_with_control("refresh_s = -1.0")

@@ -3,9 +3,10 @@
 It holds the one `RegisterWriter` the controller link hands out (a second request is refused,
 so no other code can write), and writes only the holding registers whitelisted in
 `[control] writable`. Every value is clamped to [0, override_max] (0 is the feed hold), rises
-are rate-limited (falls are not: cutting the feed is always allowed at once), the value is
-re-written every `refresh_s` for controllers that revert an override nobody refreshes, and
-each write is checked against the register's read-back. Every refusal is logged once per kind
+are rate-limited (falls are not: cutting the feed is always allowed at once), a value is
+written when it changes and, only where `refresh_s` > 0, re-written that often for a
+controller-side watchdog that reverts an override nobody refreshes; each write is checked
+against the register's read-back. Every refusal is logged once per kind
 and counted. Sans-IO apart from the writer: the caller passes the time.
 """
 
@@ -63,8 +64,9 @@ class Actuator:
         return self.tick(now_ns, only=name)
 
     def tick(self, now_ns: int, only: str | None = None) -> float | None:
-        """Move each register toward its target (rises at the rate limit), refresh, re-send
-        what was not read back in time. Returns the last value written, if any."""
+        """Move each register toward its target (rises at the rate limit), refresh (where
+        `refresh_s` > 0), re-send what was not read back in time. Returns the last value
+        written, if any."""
         written = None
         for name in [only] if only else list(self._target):
             target, current = self._target[name], self.value.get(name)
@@ -83,7 +85,8 @@ class Actuator:
                 self._ramp.pop(name, None)
             value = self._resolution(name, value)
             due = current is None or value != current
-            due |= now_ns - last_ns >= self.cfg.refresh_s * NS
+            refresh_s = self.cfg.refresh_s
+            due |= refresh_s > 0 and now_ns - last_ns >= refresh_s * NS
             unverified = self._unverified.get(name)
             if unverified and now_ns - unverified[0][1] >= self.cfg.verify_s * NS:
                 self._refuse(
