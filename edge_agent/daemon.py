@@ -147,7 +147,7 @@ class AgentService:
             return False
         try:  # what only making the agent finds (an unusable password or TLS file)
             self._next = Agent(config, client_factory=self.client_factory)
-        except UpstreamError as exc:
+        except (ConfigError, UpstreamError) as exc:
             return self._refuse(str(exc))
         self.reloads["applied"] += 1
         log.info("reload: %s changed; stopping the agent to start it with the new one", self.path)

@@ -25,7 +25,7 @@ from . import __version__
 from .backoff import Backoff
 from .clock import SystemClock
 from .config import AgentConfig
-from .control.actuator import Actuator
+from .control.actuator import Actuator, writable_tags
 from .control.adaptive import AdaptiveController
 from .control.loop import ControlLoop
 from .control.teach import TeachError, TeachStore
@@ -59,6 +59,8 @@ class Agent:
     def __init__(self, config: AgentConfig, clock=None, client_factory=make_client):
         self.config = config
         self.clock = clock or SystemClock()
+        if config.control.enabled:  # a tag the actuator cannot write whole: refused now
+            writable_tags(config.control, {t.name: t for t in config.tags})
         self.boot = os.urandom(8)  # the boot id on the wire
         self.boot_id = self.boot.hex()
         self.link = ModbusLink(config.controller, client_factory)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from edge_agent.config import ConfigError, ControlConfig, ControllerConfig
 from edge_agent.control.actuator import Actuator
+from edge_agent.registers import Table, Tag, ValueType
 from edge_agent.sources.modbus_link import ModbusLink
 from hil.register_map import BY_NAME
 
@@ -80,6 +81,68 @@ def test_a_value_out_of_range_is_clamped_to_zero_and_the_maximum_and_counted(ask
     assert act.set(OVERRIDE, asked, at(0)) == written
     assert writer.writes == [(OVERRIDE, written)]
     assert act.counters["clamped"] == 1
+
+
+# -- only whole registers of its own ---------------------------------------------------------
+
+
+def _refused(tags: list[Tag], writable: str) -> str:
+    cfg = dataclasses.replace(CFG, override_tag=writable, writable=(writable,))
+    with pytest.raises(ConfigError) as caught:
+        Actuator(cfg, {t.name: t for t in tags}, FakeWriter())
+    message = str(caught.value)
+    assert "\n" not in message and repr(writable) in message
+    return message
+
+
+def test_a_bitfield_tag_is_refused_when_the_actuator_is_made():
+    tags = [
+        Tag("override", 100, Table.HOLDING, ValueType.BITFIELD, bit=0, width=8),
+        Tag("coolant_on", 100, Table.HOLDING, ValueType.BITFIELD, bit=8),
+    ]
+    assert "bitfield (bits 0..7 of register 100)" in _refused(tags, "override")
+
+
+def test_a_bitfield_tag_alone_in_its_register_is_refused_too():
+    tags = [Tag("override", 100, Table.HOLDING, ValueType.BITFIELD, bit=0, width=16)]
+    assert "clobber" in _refused(tags, "override")
+
+
+def test_a_tag_sharing_a_register_with_another_is_refused():
+    tags = [
+        Tag("override", 100, Table.HOLDING, ValueType.UINT32),
+        Tag("spindle_enable", 101, Table.HOLDING, ValueType.UINT16),
+    ]
+    assert "shares holding register 101 with 'spindle_enable'" in _refused(tags, "override")
+
+
+def test_a_tag_outside_the_holding_registers_is_refused():
+    tags = [Tag("override", 100, Table.INPUT, ValueType.UINT16)]
+    assert "only holding registers are written" in _refused(tags, "override")
+
+
+def test_a_whole_register_tag_beside_bitfields_of_other_registers_is_accepted():
+    tags = [
+        Tag("override", 100, Table.HOLDING, ValueType.UINT16),
+        Tag("coolant_on", 101, Table.HOLDING, ValueType.BITFIELD, bit=8),
+        Tag("same_address_other_table", 100, Table.INPUT, ValueType.UINT16),
+    ]
+    cfg = dataclasses.replace(CFG, override_tag="override", writable=("override",))
+    assert Actuator(cfg, {t.name: t for t in tags}, FakeWriter()).whitelist
+
+
+def test_an_agent_whose_override_is_a_bitfield_refuses_to_start(tmp_path):
+    from edge_agent.demo import demo_config
+    from edge_agent.service import Agent
+
+    config = demo_config(spool=str(tmp_path / "spool.db"))
+    tags = tuple(
+        dataclasses.replace(t, type=ValueType.BITFIELD, bit=0, width=8) if t.name == OVERRIDE else t
+        for t in config.tags
+    )
+    with pytest.raises(ConfigError, match="bitfield"):
+        Agent(dataclasses.replace(config, tags=tags))
+    assert not (tmp_path / "spool.db").exists()  # refused before anything started
 
 
 # -- falls and rises -------------------------------------------------------------------------

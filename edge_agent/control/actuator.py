@@ -2,12 +2,14 @@
 
 It holds the one `RegisterWriter` the controller link hands out (a second request is refused,
 so no other code can write), and writes only the holding registers whitelisted in
-`[control] writable`. Every value is clamped to [0, override_max] (0 is the feed hold), rises
-are rate-limited (falls are not: cutting the feed is always allowed at once), a value is
-written when it changes and, only where `refresh_s` > 0, re-written that often for a
-controller-side watchdog that reverts an override nobody refreshes; each write is checked
-against the register's read-back. Every refusal is logged once per kind
-and counted. Sans-IO apart from the writer: the caller passes the time.
+`[control] writable`, each as a whole register of its own: a bitfield tag, or a tag whose
+registers another tag shares, is refused when the actuator is made (a whole-register write
+would clobber the neighbours' bits; docs/safety.md). Every value is clamped to
+[0, override_max] (0 is the feed hold), rises are rate-limited (falls are not: cutting the feed
+is always allowed at once), a value is written when it changes and, only where
+`refresh_s` > 0, re-written that often for a controller-side watchdog; each write is checked
+against the register's read-back. Every refusal is logged once per kind and counted.
+Sans-IO apart from the writer: the caller passes the time.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import math
 from collections import Counter, deque
 from typing import Protocol
 
-from ..config import ControlConfig
-from ..registers import Tag
+from ..config import ConfigError, ControlConfig
+from ..registers import Table, Tag, ValueType
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,44 @@ class RegisterWriter(Protocol):
     def write(self, tag: Tag, value: float) -> None: ...
 
 
+def writable_tags(cfg: ControlConfig, tags: dict[str, Tag]) -> dict[str, Tag]:
+    """The whitelist, each tag checked to be writable as whole registers of its own; a
+    `ConfigError` (one line) names the first that is not."""
+    whitelist = {}
+    for name in cfg.writable:
+        tag = tags.get(name)
+        if tag is None:
+            raise ConfigError(f"[control] writable: no tag named {name!r}")
+        why = _not_whole(tag, tags.values())
+        if why:
+            raise ConfigError(f"[control] writable: {name!r} {why}: refused")
+        whitelist[name] = tag
+    return whitelist
+
+
+def _not_whole(tag: Tag, tags) -> str:
+    """Why a write of `tag` would touch what is not its own; "" when it would not."""
+    if tag.table is not Table.HOLDING:
+        return f"is a {tag.table.value} tag: only holding registers are written"
+    if tag.type is ValueType.BITFIELD:
+        return (
+            f"is a bitfield (bits {tag.bit}..{tag.bit + tag.width - 1} of register "
+            f"{tag.address}): a whole-register write would clobber the other bits"
+        )
+    for other in tags:
+        shared = other.table is tag.table and other.address < tag.end and tag.address < other.end
+        if shared and other is not tag:
+            return (
+                f"shares holding register {max(tag.address, other.address)} with "
+                f"{other.name!r}: a write would clobber it"
+            )
+    return ""
+
+
 class Actuator:
     def __init__(self, cfg: ControlConfig, tags: dict[str, Tag], writer: RegisterWriter):
         self.cfg = cfg
-        self.whitelist = {name: tags[name] for name in cfg.writable}
+        self.whitelist = writable_tags(cfg, tags)
         self.writer = writer
         self.low, self.high = 0.0, cfg.override_max_pct
         self.counters: Counter[str] = Counter()
