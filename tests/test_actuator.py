@@ -33,13 +33,15 @@ def at(t_s: float) -> int:
 
 
 class FakeWriter:
-    """Records (tag name, value) instead of writing to a controller."""
+    """Records (tag name, value) instead of writing to a controller, and which were urgent."""
 
     def __init__(self):
         self.writes: list[tuple[str, float]] = []
+        self.urgent: list[bool] = []
 
-    def write(self, tag, value):
+    def write(self, tag, value, urgent=False):
         self.writes.append((tag.name, value))
+        self.urgent.append(urgent)
 
     @property
     def values(self) -> list[float]:
@@ -319,6 +321,35 @@ def test_a_resent_write_gets_another_verify_s_before_the_next_resend():
         act.tick(at(CFG.verify_s + i * 0.01))
     assert writer.values == [100.0, 100.0]
     assert act.counters["not_read_back"] == 1
+
+
+# -- urgency and the last write --------------------------------------------------------------
+
+
+def test_an_urgent_target_is_written_urgent_and_so_are_its_resends():
+    act, writer = actuator()
+    act.set(OVERRIDE, 150.0, at(0))
+    act.set(OVERRIDE, 100.0, at(0.01), urgent=True)
+    act.tick(at(0.01 + CFG.verify_s))  # not read back: re-sent, still urgent
+    act.set(OVERRIDE, 90.0, at(1.0))
+    assert writer.values == [150.0, 100.0, 100.0, 90.0]
+    assert writer.urgent == [False, True, True, False]
+
+
+def test_close_writes_min_of_current_and_safe_urgently_then_refuses_everything():
+    act, writer = actuator()
+    act.set(OVERRIDE, 150.0, at(0))
+    assert act.close(OVERRIDE, 100.0, at(0.01)) == 100.0
+    assert act.set(OVERRIDE, 150.0, at(0.02)) is None  # a control thread not yet stopped
+    assert act.tick(at(5.0)) is None
+    assert writer.values == [150.0, 100.0] and writer.urgent == [False, True]
+
+
+def test_close_below_the_safe_value_writes_nothing():
+    act, writer = actuator()
+    act.set(OVERRIDE, 80.0, at(0))
+    assert act.close(OVERRIDE, 100.0, at(0.01)) is None
+    assert writer.values == [80.0]
 
 
 # -- one writer by construction --------------------------------------------------------------

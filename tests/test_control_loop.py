@@ -185,7 +185,7 @@ def test_on_events_is_not_called_when_there_are_none():
     assert len(calls) == 1  # the state changes of the first tick only
 
 
-# -- what is written while idle -------------------------------------------------------------
+# -- what is written while idle, and how urgently ---------------------------------------------
 
 
 def run(r, seconds, **machine):
@@ -221,6 +221,24 @@ def test_idle_with_refresh_s_rewrites_the_neutral_value_on_schedule():
     run(r, 60.0, program_running=0.0)
     rewrites = r.writer.values[before:]
     assert set(rewrites) == {cfg.neutral_override_pct} and 60 <= len(rewrites) <= 61
+
+
+def test_control_writes_are_not_urgent_a_fault_and_a_feed_hold_are():
+    r = rig()
+    run(r, 1.0)
+    assert r.writer.values and not any(r.writer.urgent)  # the air boost
+    r.link[0] = False
+    run(r, 0.1)
+    assert r.loop.controller.state == "fault" and r.writer.urgent[-1] is True
+    assert r.writer.values[-1] == CFG.safe_override_pct
+
+
+def test_a_feed_hold_is_urgent():
+    r = rig()
+    run(r, 1.0)
+    run(r, CFG.idle_settle_s + CFG.overload_persist_s + 1.0, spindle_load=CFG.hard_limit_pct + 20)
+    assert r.loop.controller.state == "hold"
+    assert r.writer.values[-1] == 0.0 and r.writer.urgent[-1] is True
 
 
 # -- the thread's schedule -------------------------------------------------------------------

@@ -8,7 +8,8 @@ would clobber the neighbours' bits; docs/safety.md). Every value is clamped to
 [0, override_max] (0 is the feed hold), rises are rate-limited (falls are not: cutting the feed
 is always allowed at once), a value is written when it changes and, only where
 `refresh_s` > 0, re-written that often for a controller-side watchdog; each write is checked
-against the register's read-back. Every refusal is logged once per kind and counted.
+against the register's read-back. A safe override or a feed hold is asked for `urgent`: the
+link sends it before anything else waiting. Every refusal is logged once per kind and counted.
 Sans-IO apart from the writer: the caller passes the time.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import Counter, deque
 from typing import Protocol
 
@@ -31,9 +33,10 @@ UNVERIFIED_KEPT = 256
 
 
 class RegisterWriter(Protocol):
-    """Sends one register write without waiting for it (the link's own writer)."""
+    """Sends one register write without waiting for it (the link's own writer); an urgent
+    one goes before anything else waiting."""
 
-    def write(self, tag: Tag, value: float) -> None: ...
+    def write(self, tag: Tag, value: float, urgent: bool = False) -> None: ...
 
 
 def writable_tags(cfg: ControlConfig, tags: dict[str, Tag]) -> dict[str, Tag]:
@@ -79,14 +82,44 @@ class Actuator:
         self.counters: Counter[str] = Counter()
         self.value: dict[str, float] = {}  # what was last written, per register
         self._target: dict[str, float] = {}
+        self._urgent: dict[str, bool] = {}  # register -> its target is a safe value or a hold
         self._written_ns: dict[str, int] = {}
         # register -> the writes not yet read back, oldest first: (value, when sent)
         self._unverified: dict[str, deque[tuple[float, int]]] = {}
         self._ramp: dict[str, tuple[float, int]] = {}  # register -> a rise's (position, when)
         self._logged: set[str] = set()
+        # The control thread calls set/tick; the event loop calls close on the way out.
+        self._lock = threading.Lock()
+        self.closed = False
 
-    def set(self, name: str, value: float, now_ns: int) -> float | None:
-        """Ask for `value` in register `name`; the value written now, or None."""
+    def set(self, name: str, value: float, now_ns: int, urgent: bool = False) -> float | None:
+        """Ask for `value` in register `name`; the value written now, or None. `urgent`: a
+        safe override or a feed hold, sent (and re-sent) before anything else waiting."""
+        with self._lock:
+            return None if self.closed else self._set(name, value, now_ns, urgent)
+
+    def tick(self, now_ns: int) -> float | None:
+        """Move each register toward its target (rises at the rate limit), refresh (where
+        `refresh_s` > 0), re-send what was not read back in time. Returns the last value
+        written, if any."""
+        with self._lock:
+            return None if self.closed else self._tick(now_ns)
+
+    def close(self, name: str, safe: float, now_ns: int) -> float | None:
+        """The agent stops: write min(current, `safe`) to `name` now (urgent), then refuse
+        every later call, so a control thread that has not stopped yet cannot write after
+        it. Returns the value written, if any."""
+        with self._lock:
+            if self.closed:
+                return None
+            current = self.value.get(name)
+            written = None
+            if current is not None and current > safe:
+                written = self._set(name, safe, now_ns, urgent=True)
+            self.closed = True
+            return written
+
+    def _set(self, name: str, value: float, now_ns: int, urgent: bool) -> float | None:
         if name not in self.whitelist:
             self._refuse("not_whitelisted", f"{name!r} is not in [control] writable: refused")
             return None
@@ -97,12 +130,10 @@ class Actuator:
             self._refuse("clamped", f"{name}: {value:g} clamped to {self.low:g}..{self.high:g}")
             value = min(self.high, max(self.low, value))
         self._target[name] = value
-        return self.tick(now_ns, only=name)
+        self._urgent[name] = urgent
+        return self._tick(now_ns, only=name)
 
-    def tick(self, now_ns: int, only: str | None = None) -> float | None:
-        """Move each register toward its target (rises at the rate limit), refresh (where
-        `refresh_s` > 0), re-send what was not read back in time. Returns the last value
-        written, if any."""
+    def _tick(self, now_ns: int, only: str | None = None) -> float | None:
         written = None
         for name in [only] if only else list(self._target):
             target, current = self._target[name], self.value.get(name)
@@ -146,6 +177,10 @@ class Actuator:
         every earlier one (a ramp writes faster than the poll reads, so the value read back
         is often one a little older than the last). Before the first write it is what the
         register holds, so even the first rise is rate-limited."""
+        with self._lock:
+            self._read_back(name, value)
+
+    def _read_back(self, name: str, value: float) -> None:
         if name in self.whitelist and name not in self.value:
             self.value[name] = value
             self._written_ns.setdefault(name, 0)
@@ -160,7 +195,7 @@ class Actuator:
                 return
 
     def _write(self, name: str, value: float, now_ns: int) -> float:
-        self.writer.write(self.whitelist[name], value)
+        self.writer.write(self.whitelist[name], value, urgent=self._urgent.get(name, False))
         self.value[name] = value
         self._written_ns[name] = now_ns
         self._unverified.setdefault(name, deque(maxlen=UNVERIFIED_KEPT)).append((value, now_ns))
