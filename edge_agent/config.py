@@ -203,7 +203,9 @@ class ControlConfig:
     breakage_spike_ratio: float = 1.3  # cutting load rising to this x the target's ...
     breakage_drop_fraction: float = 0.3  # ... then falling below this share of it ...
     breakage_window_s: float = 0.5  # ... within this time: the tool broke
-    refresh_s: float = 1.0  # re-write the override this often (controllers that revert); 0: never
+    # 0: write on change only (and re-send what is not read back); > 0: re-write this often,
+    # for a controller-side watchdog that reverts an override nobody refreshes.
+    refresh_s: float = 0.0
     verify_s: float = 0.5  # a write not read back within this long is counted and re-sent
 
 

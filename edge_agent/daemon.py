@@ -149,7 +149,7 @@ class AgentService:
             return False
         try:  # what only making the agent finds (an unusable password or TLS file)
             self._next = Agent(config, client_factory=self.client_factory)
-        except UpstreamError as exc:
+        except (ConfigError, UpstreamError) as exc:
             return self._refuse(str(exc))
         except Exception as exc:
             return self._refuse(f"{self.path}: making the agent: {_one_line(exc)}")

@@ -79,7 +79,9 @@ class AgentCollector:
         counts = dict(poller.counters)
         failed = 0
         for kind, count in counts.items():
-            if kind in ("timeout", "down", "bad_reply") or kind.startswith("exception_"):
+            if kind in ("timeout", "down", "bad_reply", "preempted") or kind.startswith(
+                "exception_"
+            ):
                 requests.add_metric([kind], count)
                 failed += count
         requests.add_metric(["ok"], counts.get("requests", 0) - failed)

@@ -24,7 +24,7 @@ from . import __version__
 from .backoff import Backoff
 from .clock import SystemClock
 from .config import AgentConfig
-from .control.actuator import Actuator
+from .control.actuator import Actuator, writable_tags
 from .control.adaptive import AdaptiveController
 from .control.loop import ControlLoop
 from .control.teach import TeachError, TeachStore
@@ -68,6 +68,8 @@ class Agent:
     def __init__(self, config: AgentConfig, clock=None, client_factory=make_client):
         self.config = config
         self.clock = clock or SystemClock()
+        if config.control.enabled:  # a tag the actuator cannot write whole: refused now
+            writable_tags(config.control, {t.name: t for t in config.tags})
         self.boot = os.urandom(8)  # the boot id on the wire
         self.boot_id = self.boot.hex()
         self.link = ModbusLink(config.controller, client_factory)
@@ -406,17 +408,18 @@ class Agent:
         await cancel_and_wait(tasks)
 
     async def _stop_control(self) -> None:
-        """Stop the loop, then leave the feed at min(current, safe): the agent stopping is a
-        fault like any other (docs/safety.md)."""
+        """Leave the feed at min(current, safe) first (the agent stopping is a fault like any
+        other, docs/safety.md), then stop the loop. The write waits for nothing: the actuator
+        closes (the control thread, still finishing its tick, can no longer write after it),
+        the link sends it before anything queued, and the flush is bounded by the reply
+        timeout (docs/service.md)."""
         if self.control is None:
             return
-        self.control.stop()
+        cfg, actuator = self.config.control, self.control.actuator
+        actuator.close(cfg.override_tag, cfg.safe_override_pct, self.clock.monotonic_ns())
+        await asyncio.to_thread(self.control.stop)  # the thread's join, off the event loop
         if self._teach_watch is not None:
             await cancel_and_wait([self._teach_watch])
-        cfg, actuator = self.config.control, self.control.actuator
-        current = actuator.value.get(cfg.override_tag)
-        if current is not None and current > cfg.safe_override_pct:
-            actuator.set(cfg.override_tag, cfg.safe_override_pct, self.clock.monotonic_ns())
         await actuator.writer.flush()
         if self._tasks_in_flight:
             await asyncio.wait(list(self._tasks_in_flight))

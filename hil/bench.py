@@ -215,7 +215,7 @@ class _PlantWriter:
     def __init__(self, plant: CuttingPlant):
         self.plant = plant
 
-    def write(self, tag, value: float) -> None:
+    def write(self, tag, value: float, urgent: bool = False) -> None:
         if not self.plant.link_down():
             self.plant.write(tag.name, value)
 

@@ -102,6 +102,9 @@ class SimulatedController:
         self.tags = tuple(tags)
         self.faults = Faults()
         self.requests_served = 0  # replies sent, exceptions included
+        # Called with every request PDU as it arrives, before any fault: a test or a bench
+        # timing what reaches the wire (faults.silent swallows the request afterwards).
+        self.on_request: Callable[[object], None] | None = None
         self.connections_dropped = 0  # client connections closed by drop_connections
         self._clock = clock
         self._t0 = clock()
@@ -225,6 +228,8 @@ class SimulatedController:
         if sending:
             self.requests_served += 1
             return pdu
+        if self.on_request is not None:
+            self.on_request(pdu)
         if self.faults.drop_connections:
             self.drop_connections()
             return None

@@ -5,6 +5,7 @@ gone to the machine.
 """
 
 import asyncio
+import dataclasses
 import logging
 import math
 
@@ -12,14 +13,15 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from edge_agent.config import ControlConfig, ControllerConfig
+from edge_agent.config import ConfigError, ControlConfig, ControllerConfig
 from edge_agent.control.actuator import Actuator
+from edge_agent.registers import Table, Tag, ValueType
 from edge_agent.sources.modbus_link import ModbusLink
 from hil.register_map import BY_NAME
 
 pytestmark = pytest.mark.timeout(60)
 
-CFG = ControlConfig(enabled=True)  # rise 60 %/s, max 150 %, refresh 1 s, verify 0.5 s
+CFG = ControlConfig(enabled=True)  # rise 60 %/s, max 150 %, no refresh, verify 0.5 s
 OVERRIDE = CFG.override_tag
 T0 = 1_000_000_000_000  # an arbitrary monotonic start, ns
 LOGGER = "edge_agent.control.actuator"
@@ -31,13 +33,15 @@ def at(t_s: float) -> int:
 
 
 class FakeWriter:
-    """Records (tag name, value) instead of writing to a controller."""
+    """Records (tag name, value) instead of writing to a controller, and which were urgent."""
 
     def __init__(self):
         self.writes: list[tuple[str, float]] = []
+        self.urgent: list[bool] = []
 
-    def write(self, tag, value):
+    def write(self, tag, value, urgent=False):
         self.writes.append((tag.name, value))
+        self.urgent.append(urgent)
 
     @property
     def values(self) -> list[float]:
@@ -79,6 +83,68 @@ def test_a_value_out_of_range_is_clamped_to_zero_and_the_maximum_and_counted(ask
     assert act.set(OVERRIDE, asked, at(0)) == written
     assert writer.writes == [(OVERRIDE, written)]
     assert act.counters["clamped"] == 1
+
+
+# -- only whole registers of its own ---------------------------------------------------------
+
+
+def _refused(tags: list[Tag], writable: str) -> str:
+    cfg = dataclasses.replace(CFG, override_tag=writable, writable=(writable,))
+    with pytest.raises(ConfigError) as caught:
+        Actuator(cfg, {t.name: t for t in tags}, FakeWriter())
+    message = str(caught.value)
+    assert "\n" not in message and repr(writable) in message
+    return message
+
+
+def test_a_bitfield_tag_is_refused_when_the_actuator_is_made():
+    tags = [
+        Tag("override", 100, Table.HOLDING, ValueType.BITFIELD, bit=0, width=8),
+        Tag("coolant_on", 100, Table.HOLDING, ValueType.BITFIELD, bit=8),
+    ]
+    assert "bitfield (bits 0..7 of register 100)" in _refused(tags, "override")
+
+
+def test_a_bitfield_tag_alone_in_its_register_is_refused_too():
+    tags = [Tag("override", 100, Table.HOLDING, ValueType.BITFIELD, bit=0, width=16)]
+    assert "clobber" in _refused(tags, "override")
+
+
+def test_a_tag_sharing_a_register_with_another_is_refused():
+    tags = [
+        Tag("override", 100, Table.HOLDING, ValueType.UINT32),
+        Tag("spindle_enable", 101, Table.HOLDING, ValueType.UINT16),
+    ]
+    assert "shares holding register 101 with 'spindle_enable'" in _refused(tags, "override")
+
+
+def test_a_tag_outside_the_holding_registers_is_refused():
+    tags = [Tag("override", 100, Table.INPUT, ValueType.UINT16)]
+    assert "only holding registers are written" in _refused(tags, "override")
+
+
+def test_a_whole_register_tag_beside_bitfields_of_other_registers_is_accepted():
+    tags = [
+        Tag("override", 100, Table.HOLDING, ValueType.UINT16),
+        Tag("coolant_on", 101, Table.HOLDING, ValueType.BITFIELD, bit=8),
+        Tag("same_address_other_table", 100, Table.INPUT, ValueType.UINT16),
+    ]
+    cfg = dataclasses.replace(CFG, override_tag="override", writable=("override",))
+    assert Actuator(cfg, {t.name: t for t in tags}, FakeWriter()).whitelist
+
+
+def test_an_agent_whose_override_is_a_bitfield_refuses_to_start(tmp_path):
+    from edge_agent.demo import demo_config
+    from edge_agent.service import Agent
+
+    config = demo_config(spool=str(tmp_path / "spool.db"))
+    tags = tuple(
+        dataclasses.replace(t, type=ValueType.BITFIELD, bit=0, width=8) if t.name == OVERRIDE else t
+        for t in config.tags
+    )
+    with pytest.raises(ConfigError, match="bitfield"):
+        Agent(dataclasses.replace(config, tags=tags))
+    assert not (tmp_path / "spool.db").exists()  # refused before anything started
 
 
 # -- falls and rises -------------------------------------------------------------------------
@@ -200,14 +266,25 @@ def test_over_any_window_the_register_never_rises_faster_than_the_rate(actions):
 # -- refresh and read-back -------------------------------------------------------------------
 
 
-def test_an_unchanged_value_is_rewritten_after_refresh_s_and_not_before():
+def test_by_default_an_unchanged_value_read_back_is_written_once_however_long():
     act, writer = actuator()
+    act.set(OVERRIDE, 100.0, at(0))
+    act.read_back(OVERRIDE, 100.0)
+    for i in range(1, 6001):  # a minute of 100 Hz ticks
+        act.set(OVERRIDE, 100.0, at(i * 0.01))
+        act.tick(at(i * 0.01))
+    assert writer.values == [100.0]
+
+
+def test_with_refresh_s_an_unchanged_value_is_rewritten_after_refresh_s_and_not_before():
+    cfg = dataclasses.replace(CFG, refresh_s=1.0)
+    act, writer = actuator(cfg)
     act.set(OVERRIDE, 100.0, at(0))
     act.read_back(OVERRIDE, 100.0)
     for t in (0.25, 0.5, 0.75, 0.999):
         assert act.set(OVERRIDE, 100.0, at(t)) is None
         assert act.tick(at(t)) is None
-    assert act.tick(at(CFG.refresh_s)) == 100.0
+    assert act.tick(at(cfg.refresh_s)) == 100.0
     assert writer.values == [100.0, 100.0]
 
 
@@ -244,6 +321,35 @@ def test_a_resent_write_gets_another_verify_s_before_the_next_resend():
         act.tick(at(CFG.verify_s + i * 0.01))
     assert writer.values == [100.0, 100.0]
     assert act.counters["not_read_back"] == 1
+
+
+# -- urgency and the last write --------------------------------------------------------------
+
+
+def test_an_urgent_target_is_written_urgent_and_so_are_its_resends():
+    act, writer = actuator()
+    act.set(OVERRIDE, 150.0, at(0))
+    act.set(OVERRIDE, 100.0, at(0.01), urgent=True)
+    act.tick(at(0.01 + CFG.verify_s))  # not read back: re-sent, still urgent
+    act.set(OVERRIDE, 90.0, at(1.0))
+    assert writer.values == [150.0, 100.0, 100.0, 90.0]
+    assert writer.urgent == [False, True, True, False]
+
+
+def test_close_writes_min_of_current_and_safe_urgently_then_refuses_everything():
+    act, writer = actuator()
+    act.set(OVERRIDE, 150.0, at(0))
+    assert act.close(OVERRIDE, 100.0, at(0.01)) == 100.0
+    assert act.set(OVERRIDE, 150.0, at(0.02)) is None  # a control thread not yet stopped
+    assert act.tick(at(5.0)) is None
+    assert writer.values == [150.0, 100.0] and writer.urgent == [False, True]
+
+
+def test_close_below_the_safe_value_writes_nothing():
+    act, writer = actuator()
+    act.set(OVERRIDE, 80.0, at(0))
+    assert act.close(OVERRIDE, 100.0, at(0.01)) is None
+    assert writer.values == [80.0]
 
 
 # -- one writer by construction --------------------------------------------------------------
@@ -288,3 +394,27 @@ def test_a_ramp_whose_writes_never_read_back_is_still_caught():
             act.read_back(OVERRIDE, 42.0)  # the controller holds something else
     assert act.counters["not_read_back"] == 1  # at verify_s after the first write
     assert act.counters["verified"] == 0
+
+
+# -- the refresh in the configuration ---------------------------------------------------------
+
+
+def _demo_with_control(extra: str):
+    from importlib import resources
+
+    from edge_agent.config import parse_config
+
+    text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
+    return parse_config(text.replace("[control]\n", f"[control]\n{extra}\n", 1))
+
+
+def test_refresh_s_is_off_by_default_and_zero_is_accepted():
+    assert ControlConfig().refresh_s == 0.0
+    assert _demo_with_control("").control.refresh_s == 0.0
+    assert _demo_with_control("refresh_s = 0").control.refresh_s == 0.0
+    assert _demo_with_control("refresh_s = 1.5").control.refresh_s == 1.5
+
+
+def test_a_negative_refresh_s_is_refused():
+    with pytest.raises(ConfigError, match="refresh_s"):
+        _demo_with_control("refresh_s = -1.0")

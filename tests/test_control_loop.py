@@ -1,6 +1,7 @@
 """The control loop on simulated time: what one tick takes and writes, and the thread's
 schedule (`_run`) driven by a fake clock and a fake sleep, so nothing here waits."""
 
+import dataclasses
 import logging
 import queue
 from dataclasses import dataclass, field
@@ -104,21 +105,30 @@ def test_a_tick_with_an_empty_inbox_takes_nothing_and_writes_nothing():
     assert r.loop.controller.state == "starting"
 
 
-def test_the_first_command_is_written_and_its_latency_measured_from_the_signal_arrival():
-    r = rig()
-    r.poll(arrived_ns=T0 - 3_000_000)  # arrived 3 ms before the tick
+def in_air_at_130_then_link_down(r, arrived_before_s=0.0):
+    """In air with the register at 130 % (nothing to write: it holds what the law wants),
+    then a poll and the link lost: the fault writes the safe 100 % in answer to the poll."""
+    r.poll(agent_feed_override=130.0)
     r.tick()
-    assert r.loop.controller.state == "air"
+    assert r.loop.controller.state == "air" and r.writer.writes == []
+    r.clock.t_ns += 10_000_000
+    r.link[0] = False
+    r.poll(arrived_ns=r.clock.t_ns - round(arrived_before_s * 1e9), agent_feed_override=130.0)
+    r.tick()
     assert r.writer.writes == [(OVERRIDE, 100.0)]
+
+
+def test_a_write_answering_a_sample_has_its_latency_measured_from_the_sample_arrival():
+    r = rig()
+    in_air_at_130_then_link_down(r, arrived_before_s=0.003)
     assert r.loop.latency.count == 1
     assert r.loop.latency.percentile(100) == pytest.approx(0.003)
 
 
 def test_a_write_that_answers_no_new_signal_sample_adds_no_latency():
     r = rig()
-    r.poll(arrived_ns=T0 - 3_000_000)
-    r.tick()  # writes 100 in answer to the poll: one latency
-    for _ in range(110):  # no more samples; the unread write is re-sent, then refreshed
+    in_air_at_130_then_link_down(r)  # one latency
+    for _ in range(110):  # no more samples; the unread write is re-sent after verify_s
         r.tick(0.01)
     assert len(r.writer.writes) > 1
     assert r.loop.latency.count == 1
@@ -126,8 +136,7 @@ def test_a_write_that_answers_no_new_signal_sample_adds_no_latency():
 
 def test_the_override_read_back_reaches_the_actuator_and_verifies_the_write():
     r = rig()
-    r.poll()
-    r.tick()  # writes 100
+    in_air_at_130_then_link_down(r)
     r.poll(agent_feed_override=100.0)
     r.tick(0.01)
     assert r.loop.actuator.counters["verified"] == 1
@@ -135,8 +144,7 @@ def test_the_override_read_back_reaches_the_actuator_and_verifies_the_write():
 
 def test_a_read_back_of_another_value_does_not_verify_the_write():
     r = rig()
-    r.poll()
-    r.tick()  # writes 100
+    in_air_at_130_then_link_down(r)
     r.poll(agent_feed_override=90.0)
     r.tick(0.01)
     assert r.loop.actuator.counters["verified"] == 0
@@ -147,13 +155,13 @@ def test_link_down_faults_the_controller_and_commands_min_of_current_and_safe(cu
     r = rig()
     r.poll(agent_feed_override=current)
     r.tick()
-    assert r.writer.values == [current]  # in air: the override read is kept
+    assert r.writer.values == []  # in air: the override read is kept, nothing to write
     r.link[0] = False
     r.poll(agent_feed_override=current)
     r.tick(0.01)
     assert r.loop.controller.state == "fault"
     assert r.loop.actuator.value[OVERRIDE] == safe
-    assert max(r.writer.values[1:], default=current) <= current  # a fault never raises
+    assert max(r.writer.values, default=current) <= current  # a fault never raises
     to_fault = [d for kind, d in r.events if kind == "control_state" and d["to"] == "fault"]
     assert to_fault and to_fault[0]["reason"] == "controller link down"
 
@@ -175,6 +183,62 @@ def test_on_events_is_not_called_when_there_are_none():
     r.poll()
     r.tick(0.01)
     assert len(calls) == 1  # the state changes of the first tick only
+
+
+# -- what is written while idle, and how urgently ---------------------------------------------
+
+
+def run(r, seconds, **machine):
+    """`seconds` of 100 Hz ticks with a 10 Hz poll that reads the override back."""
+    for i in range(round(seconds * 100)):
+        if i % 10 == 0:
+            read_back = r.loop.actuator.value.get(OVERRIDE, 100.0)
+            r.poll(**{**machine, OVERRIDE: read_back})
+        r.tick(0.01)
+
+
+def boosted_then_idle(cfg=CFG):
+    """Air moves boost the feed; then the program ends: returns the rig and the number of
+    writes before the end."""
+    r = rig(cfg)
+    run(r, 2.0)
+    assert r.loop.controller.state == "air" and r.writer.values[-1] > 100.0
+    before = len(r.writer.writes)
+    run(r, 0.1, program_running=0.0)
+    assert r.loop.controller.state == "idle"
+    return r, before
+
+
+def test_idle_for_a_minute_writes_once_the_neutral_return():
+    r, before = boosted_then_idle()
+    run(r, 60.0, program_running=0.0)
+    assert r.writer.values[before:] == [CFG.neutral_override_pct]
+
+
+def test_idle_with_refresh_s_rewrites_the_neutral_value_on_schedule():
+    cfg = dataclasses.replace(CFG, refresh_s=1.0)
+    r, before = boosted_then_idle(cfg)
+    run(r, 60.0, program_running=0.0)
+    rewrites = r.writer.values[before:]
+    assert set(rewrites) == {cfg.neutral_override_pct} and 60 <= len(rewrites) <= 61
+
+
+def test_control_writes_are_not_urgent_a_fault_and_a_feed_hold_are():
+    r = rig()
+    run(r, 1.0)
+    assert r.writer.values and not any(r.writer.urgent)  # the air boost
+    r.link[0] = False
+    run(r, 0.1)
+    assert r.loop.controller.state == "fault" and r.writer.urgent[-1] is True
+    assert r.writer.values[-1] == CFG.safe_override_pct
+
+
+def test_a_feed_hold_is_urgent():
+    r = rig()
+    run(r, 1.0)
+    run(r, CFG.idle_settle_s + CFG.overload_persist_s + 1.0, spindle_load=CFG.hard_limit_pct + 20)
+    assert r.loop.controller.state == "hold"
+    assert r.writer.values[-1] == 0.0 and r.writer.urgent[-1] is True
 
 
 # -- the thread's schedule -------------------------------------------------------------------

@@ -315,3 +315,29 @@ def _no_stray_signal_handlers():
     yield
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)
+
+
+def test_sighup_to_a_config_whose_override_is_a_bitfield_keeps_the_running_agent(tmp_path, caplog):
+    """Refused by the configuration or, before that, by the agent as it is made: one line,
+    and the running agent carries on."""
+
+    async def scenario():
+        async with Running(tmp_path) as r:
+            agent = r.service.agent
+            r.write()
+            whole = (
+                'name = "agent_feed_override"\naddress = 100\ntable = "holding"\ntype = "uint16"'
+            )
+            bits = whole.replace('type = "uint16"', 'type = "bitfield"\nbit = 0\nwidth = 8')
+            text = r.path.read_text()
+            assert whole in text
+            r.path.write_text(text.replace(whole, bits))
+            assert not await r.service.reload()
+            assert r.service.agent is agent
+            return dict(r.service.reloads)
+
+    with caplog.at_level(logging.ERROR, logger="edge_agent.daemon"):
+        reloads = run(scenario())
+    assert reloads["refused"] == 1 and reloads["applied"] == 0
+    refusals = [r.message for r in caplog.records if "reload refused" in r.message]
+    assert len(refusals) == 1 and "\n" not in refusals[0] and "bitfield" in refusals[0]

@@ -2,22 +2,27 @@
 
 It holds the one `RegisterWriter` the controller link hands out (a second request is refused,
 so no other code can write), and writes only the holding registers whitelisted in
-`[control] writable`. Every value is clamped to [0, override_max] (0 is the feed hold), rises
-are rate-limited (falls are not: cutting the feed is always allowed at once), the value is
-re-written every `refresh_s` for controllers that revert an override nobody refreshes, and
-each write is checked against the register's read-back. Every refusal is logged once per kind
-and counted. Sans-IO apart from the writer: the caller passes the time.
+`[control] writable`, each as a whole register of its own: a bitfield tag, or a tag whose
+registers another tag shares, is refused when the actuator is made (a whole-register write
+would clobber the neighbours' bits; docs/safety.md). Every value is clamped to
+[0, override_max] (0 is the feed hold), rises are rate-limited (falls are not: cutting the feed
+is always allowed at once), a value is written when it changes and, only where
+`refresh_s` > 0, re-written that often for a controller-side watchdog; each write is checked
+against the register's read-back. A safe override or a feed hold is asked for `urgent`: the
+link sends it before anything else waiting. Every refusal is logged once per kind and counted.
+Sans-IO apart from the writer: the caller passes the time.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import Counter, deque
 from typing import Protocol
 
-from ..config import ControlConfig
-from ..registers import Tag
+from ..config import ConfigError, ControlConfig
+from ..registers import Table, Tag, ValueType
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +33,93 @@ UNVERIFIED_KEPT = 256
 
 
 class RegisterWriter(Protocol):
-    """Sends one register write without waiting for it (the link's own writer)."""
+    """Sends one register write without waiting for it (the link's own writer); an urgent
+    one goes before anything else waiting."""
 
-    def write(self, tag: Tag, value: float) -> None: ...
+    def write(self, tag: Tag, value: float, urgent: bool = False) -> None: ...
+
+
+def writable_tags(cfg: ControlConfig, tags: dict[str, Tag]) -> dict[str, Tag]:
+    """The whitelist, each tag checked to be writable as whole registers of its own; a
+    `ConfigError` (one line) names the first that is not."""
+    whitelist = {}
+    for name in cfg.writable:
+        tag = tags.get(name)
+        if tag is None:
+            raise ConfigError(f"[control] writable: no tag named {name!r}")
+        why = _not_whole(tag, tags.values())
+        if why:
+            raise ConfigError(f"[control] writable: {name!r} {why}: refused")
+        whitelist[name] = tag
+    return whitelist
+
+
+def _not_whole(tag: Tag, tags) -> str:
+    """Why a write of `tag` would touch what is not its own; "" when it would not."""
+    if tag.table is not Table.HOLDING:
+        return f"is a {tag.table.value} tag: only holding registers are written"
+    if tag.type is ValueType.BITFIELD:
+        return (
+            f"is a bitfield (bits {tag.bit}..{tag.bit + tag.width - 1} of register "
+            f"{tag.address}): a whole-register write would clobber the other bits"
+        )
+    for other in tags:
+        shared = other.table is tag.table and other.address < tag.end and tag.address < other.end
+        if shared and other is not tag:
+            return (
+                f"shares holding register {max(tag.address, other.address)} with "
+                f"{other.name!r}: a write would clobber it"
+            )
+    return ""
 
 
 class Actuator:
     def __init__(self, cfg: ControlConfig, tags: dict[str, Tag], writer: RegisterWriter):
         self.cfg = cfg
-        self.whitelist = {name: tags[name] for name in cfg.writable}
+        self.whitelist = writable_tags(cfg, tags)
         self.writer = writer
         self.low, self.high = 0.0, cfg.override_max_pct
         self.counters: Counter[str] = Counter()
         self.value: dict[str, float] = {}  # what was last written, per register
         self._target: dict[str, float] = {}
+        self._urgent: dict[str, bool] = {}  # register -> its target is a safe value or a hold
         self._written_ns: dict[str, int] = {}
         # register -> the writes not yet read back, oldest first: (value, when sent)
         self._unverified: dict[str, deque[tuple[float, int]]] = {}
         self._ramp: dict[str, tuple[float, int]] = {}  # register -> a rise's (position, when)
         self._logged: set[str] = set()
+        # The control thread calls set/tick; the event loop calls close on the way out.
+        self._lock = threading.Lock()
+        self.closed = False
 
-    def set(self, name: str, value: float, now_ns: int) -> float | None:
-        """Ask for `value` in register `name`; the value written now, or None."""
+    def set(self, name: str, value: float, now_ns: int, urgent: bool = False) -> float | None:
+        """Ask for `value` in register `name`; the value written now, or None. `urgent`: a
+        safe override or a feed hold, sent (and re-sent) before anything else waiting."""
+        with self._lock:
+            return None if self.closed else self._set(name, value, now_ns, urgent)
+
+    def tick(self, now_ns: int) -> float | None:
+        """Move each register toward its target (rises at the rate limit), refresh (where
+        `refresh_s` > 0), re-send what was not read back in time. Returns the last value
+        written, if any."""
+        with self._lock:
+            return None if self.closed else self._tick(now_ns)
+
+    def close(self, name: str, safe: float, now_ns: int) -> float | None:
+        """The agent stops: write min(current, `safe`) to `name` now (urgent), then refuse
+        every later call, so a control thread that has not stopped yet cannot write after
+        it. Returns the value written, if any."""
+        with self._lock:
+            if self.closed:
+                return None
+            current = self.value.get(name)
+            written = None
+            if current is not None and current > safe:
+                written = self._set(name, safe, now_ns, urgent=True)
+            self.closed = True
+            return written
+
+    def _set(self, name: str, value: float, now_ns: int, urgent: bool) -> float | None:
         if name not in self.whitelist:
             self._refuse("not_whitelisted", f"{name!r} is not in [control] writable: refused")
             return None
@@ -60,11 +130,10 @@ class Actuator:
             self._refuse("clamped", f"{name}: {value:g} clamped to {self.low:g}..{self.high:g}")
             value = min(self.high, max(self.low, value))
         self._target[name] = value
-        return self.tick(now_ns, only=name)
+        self._urgent[name] = urgent
+        return self._tick(now_ns, only=name)
 
-    def tick(self, now_ns: int, only: str | None = None) -> float | None:
-        """Move each register toward its target (rises at the rate limit), refresh, re-send
-        what was not read back in time. Returns the last value written, if any."""
+    def _tick(self, now_ns: int, only: str | None = None) -> float | None:
         written = None
         for name in [only] if only else list(self._target):
             target, current = self._target[name], self.value.get(name)
@@ -83,7 +152,8 @@ class Actuator:
                 self._ramp.pop(name, None)
             value = self._resolution(name, value)
             due = current is None or value != current
-            due |= now_ns - last_ns >= self.cfg.refresh_s * NS
+            refresh_s = self.cfg.refresh_s
+            due |= refresh_s > 0 and now_ns - last_ns >= refresh_s * NS
             unverified = self._unverified.get(name)
             if unverified and now_ns - unverified[0][1] >= self.cfg.verify_s * NS:
                 self._refuse(
@@ -107,6 +177,10 @@ class Actuator:
         every earlier one (a ramp writes faster than the poll reads, so the value read back
         is often one a little older than the last). Before the first write it is what the
         register holds, so even the first rise is rate-limited."""
+        with self._lock:
+            self._read_back(name, value)
+
+    def _read_back(self, name: str, value: float) -> None:
         if name in self.whitelist and name not in self.value:
             self.value[name] = value
             self._written_ns.setdefault(name, 0)
@@ -121,7 +195,7 @@ class Actuator:
                 return
 
     def _write(self, name: str, value: float, now_ns: int) -> float:
-        self.writer.write(self.whitelist[name], value)
+        self.writer.write(self.whitelist[name], value, urgent=self._urgent.get(name, False))
         self.value[name] = value
         self._written_ns[name] = now_ns
         self._unverified.setdefault(name, deque(maxlen=UNVERIFIED_KEPT)).append((value, now_ns))

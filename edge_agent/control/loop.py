@@ -21,11 +21,14 @@ from collections.abc import Callable
 from ..samples import Quality, Sample
 from ..stats import LatencyWindow
 from .actuator import Actuator
-from .adaptive import AdaptiveController
+from .adaptive import AdaptiveController, State
 
 log = logging.getLogger(__name__)
 
 Arrival = tuple[int, Sample]  # (monotonic ns when the poll delivered it, the sample)
+
+#: States whose override is a safety action: min(current, safe), or the feed hold.
+_URGENT = frozenset((State.FAULT, State.HOLD))
 
 
 class ControlLoop:
@@ -92,7 +95,10 @@ class ControlLoop:
         if command.override is None:
             written = self.actuator.tick(now_ns)
         else:
-            written = self.actuator.set(cfg.override_tag, command.override, now_ns)
+            # A fault's safe override and a feed hold go to the controller before anything
+            # else the link has waiting (docs/safety.md).
+            urgent = self.controller.state in _URGENT
+            written = self.actuator.set(cfg.override_tag, command.override, now_ns, urgent)
         if written is not None:
             self.controller.commanded(written)
             if fresh_ns is not None:  # a write answering a new sample
@@ -139,7 +145,8 @@ class ControlLoop:
         cfg = self.controller.cfg
         current = self.actuator.value.get(cfg.override_tag)
         if current is not None:
-            self.actuator.set(cfg.override_tag, min(current, cfg.safe_override_pct), now_ns)
+            safe = min(current, cfg.safe_override_pct)
+            self.actuator.set(cfg.override_tag, safe, now_ns, urgent=True)
 
 
 def _realtime(priority: int) -> None:

@@ -128,8 +128,10 @@ class ModbusPoller:
             reply = await self.link.read(request)
         except LinkError as exc:
             self.counters[exc.kind] += 1
-            if exc.kind != "down":  # the link logs its own state changes
-                self._note(planned, exc.kind, str(exc))
+            # The link logs its own state changes; a read abandoned for an urgent write
+            # (TCP) is the link's normal work, counted only.
+            if exc.kind not in ("down", "preempted"):
+                self._note(planned, exc.kind, exc.detail)
             return []
         now = self.clock.monotonic_ns()
         if isinstance(reply, int):

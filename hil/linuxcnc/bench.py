@@ -116,14 +116,24 @@ def scenario_for(program: Path) -> Scenario:
     return load_scenario(SCENARIOS_DIR / f"{program.stem}.toml")
 
 
+#: The agent's `[control] refresh_s` against the adapter: half its default refresh timeout.
+AGENT_REFRESH_S = 1.0
+
+
 def agent_toml(port: int, workdir: Path) -> str:
     """The demo configuration (edge_agent/defaults/demo.toml: control on, target 70 %) pointed
-    at the adapter, its spool in `workdir`, no upstream: every event stays in the spool."""
+    at the adapter, its spool in `workdir`, no upstream: every event stays in the spool; the
+    override re-written every AGENT_REFRESH_S for the adapter's watchdog."""
     text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
     spool = workdir / "spool.db"
     for pattern, replacement in (
         (r"\nport = 5020\n", f"\nport = {port}\n"),
-        (r'teach_file = "demo-teach.json"', f'teach_file = "{workdir / "teach.json"}"'),
+        # The adapter falls back when the agent has not written for --refresh-timeout-s
+        # (2 s): its controller-side watchdog needs the re-write the demo does not configure.
+        (
+            r'teach_file = "demo-teach.json"',
+            f'teach_file = "{workdir / "teach.json"}"\nrefresh_s = {AGENT_REFRESH_S}',
+        ),
         (r'\[spool\]\npath = "demo-spool.db"', f'[spool]\npath = "{spool}"'),
         (
             r'\[upstream\]\nkind = "file"\nfile_path = "demo-telemetry.msgpack"',
