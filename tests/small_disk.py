@@ -17,7 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+from tests.tools import missing
 
 PRELUDE = textwrap.dedent("""
     import os, subprocess, sys
@@ -63,11 +63,11 @@ def run_on_small_disk(
     tmp_path: Path, script: str, size: str = "2m", timeout_s: float = 60
 ) -> subprocess.CompletedProcess:
     """Run `script` (Python) as a child with a fresh tmpfs of `size` at a folder under
-    `tmp_path`; skips where no private mount namespace can be had (a container without
-    CAP_SYS_ADMIN, unprivileged user namespaces off)."""
+    `tmp_path`; skips (fails under CI=true) where no private mount namespace can be had (a
+    container without CAP_SYS_ADMIN, unprivileged user namespaces off)."""
     command = _unshare()
     if command is None:
-        pytest.skip("no private mount namespace here (unshare --mount) for a small tmpfs")
+        missing("no private mount namespace here (unshare --mount) for a small tmpfs")
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
     return subprocess.run(

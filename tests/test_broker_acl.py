@@ -28,6 +28,7 @@ from edge_agent.upstream.mqtt_link import REFUSED, MqttError, MqttLink, settings
 from tests import soak
 from tests.collector_process import CollectorProcess
 from tests.mosquitto import COLLECTOR_USER, IDENTITIES, SHIPPED_ACL, Broker, _free_ports
+from tests.tools import missing
 from tests.upstream_helpers import BOOT, TABLE, birth, data
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
@@ -296,7 +297,7 @@ def test_add_machine_takes_what_the_agent_takes(tmp_path, machine):
 def test_add_machine_passes_shellcheck():
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck is not installed")
+        missing("shellcheck is not installed (make test-deps, or sudo apt-get install shellcheck)")
     done = subprocess.run([shellcheck, str(ADD_MACHINE)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
 
