@@ -508,7 +508,7 @@ class Agent:
 
     def _spool_in_trouble(self, error: SpoolError) -> None:
         """The first store the spool refused: log it, hold payloads from now on, retry."""
-        self.store_failures[getattr(error, "reason", "error")] += 1
+        self.store_failures[error.reason] += 1
         self.spool_trouble = error
         self._trouble_since_us = self.clock.stamp_ns() // 1000
         if isinstance(error, SpoolCorrupt):
@@ -571,7 +571,7 @@ class Agent:
             try:
                 await self._write([*items, self._event("spool_outage", detail)])
             except SpoolError as exc:
-                self.store_failures[getattr(exc, "reason", "error")] += 1
+                self.store_failures[exc.reason] += 1
                 if type(exc) is not type(trouble):  # a new kind of trouble: said once
                     log.error("spool: %s; telemetry still held in memory", exc)
                     self.spool_trouble = exc
@@ -598,7 +598,7 @@ class Agent:
         number is missing; their span of time has no samples, and this event says why."""
         dropped = self.held.dropped
         detail = {
-            "reason": getattr(trouble, "reason", "error"),
+            "reason": trouble.reason,
             "error": str(trouble),
             "from_us": self._trouble_since_us,
             "to_us": self.clock.stamp_ns() // 1000,
@@ -660,7 +660,7 @@ class Agent:
         )
         if self.spool_trouble is not None:
             line += (
-                f", spool NOT TAKING PAYLOADS ({getattr(self.spool_trouble, 'reason', 'error')}):"
+                f", spool NOT TAKING PAYLOADS ({self.spool_trouble.reason}):"
                 f" {len(self.held)} held in memory"
             )
         lost = self.held.dropped_total

@@ -19,6 +19,7 @@ from typing import NamedTuple, Protocol, TextIO, runtime_checkable
 
 from ..telemetry import wire
 from ..telemetry.decode import _json_safe
+from ..telemetry.spool_faults import LOCKED, NOT_WRITABLE, primary_code
 
 SCHEMA_VERSION = 2
 #: `PRAGMA application_id` of a collector database ("EAcl"). An agent's spool is an SQLite file
@@ -770,18 +771,13 @@ def write_csv(out: TextIO, samples: Iterable[Sample]) -> int:
     return n
 
 
-#: SQLite's primary result codes for a file that is sound but cannot be used now.
-_LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
-_NOT_WRITABLE = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN}
-
-
 def _open_failure(path: str, exc: sqlite3.Error) -> str:
     """The one line for a database that did not open: a lock or a permission is said as such
     (the file may be fine), only the rest is "not a usable collector database"."""
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-    if code in _LOCKED:
+    code = primary_code(exc)
+    if code in LOCKED:
         return f"{path}: locked by another process ({exc}): a second collector on this file?"
-    if code in _NOT_WRITABLE:
+    if code in NOT_WRITABLE or code == sqlite3.SQLITE_CANTOPEN:
         return f"{path}: cannot be written by this user ({exc})"
     return f"{path}: not a usable collector database: {exc}"
 

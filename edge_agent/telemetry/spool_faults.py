@@ -26,7 +26,10 @@ from pathlib import Path
 
 
 class SpoolError(Exception):
-    """The spool's file cannot be used: one line naming the path and why."""
+    """The spool's file cannot be used: one line naming the path and why. `reason` names the
+    kind (the agent counts and reports by it)."""
+
+    reason = "error"
 
 
 class SpoolUnavailable(SpoolError):
@@ -71,9 +74,11 @@ class SpoolCorrupt(SpoolError):
 #: commits' worth of pages (a commit of one interval's frames and its b-tree pages).
 FULL_BELOW_BYTES = 1 << 20
 
-_LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL}
+#: SQLite's primary result codes by what they say of a file (the collector's store reports
+#: the first two alike).
+LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL}
+NOT_WRITABLE = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH}
 _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
-_NOT_WRITABLE = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH}
 _OS_FAILED = {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOMEM}
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _DENIED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -82,16 +87,16 @@ _DENIED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 def classify(path: Path, exc: BaseException, busy_timeout_s: float) -> SpoolError:
     """The one-line `SpoolError` for an error of SQLite or the OS on the spool at `path`."""
     if isinstance(exc, sqlite3.Error):
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code
+        code = primary_code(exc)
         what = f"{exc} ({getattr(exc, 'sqlite_errorname', None) or type(exc).__name__})"
         if code in _DAMAGED:
             return SpoolCorrupt(f"{path}: damaged: {what}")
-        if code in _LOCKED:
+        if code in LOCKED:
             return SpoolLocked(
                 f"{path}: locked by another process for more than {busy_timeout_s:g} s "
                 f"({what}): a second agent, or an open sqlite3 session, on this spool?"
             )
-        if code in _NOT_WRITABLE or (code == sqlite3.SQLITE_CANTOPEN and _not_writable(path)):
+        if code in NOT_WRITABLE or (code == sqlite3.SQLITE_CANTOPEN and _not_writable(path)):
             return SpoolReadOnly(_not_writable(path) or f"{path}: not writable: {what}")
         if code == sqlite3.SQLITE_FULL or (code in _OS_FAILED and _nearly_full(path)):
             return SpoolFull(_full(path, what))
@@ -106,6 +111,11 @@ def classify(path: Path, exc: BaseException, busy_timeout_s: float) -> SpoolErro
             return SpoolReadOnly(_not_writable(path) or f"{path}: not writable: {what}")
         return SpoolIOError(f"{path}: {what}")
     return SpoolError(f"{path}: {exc}")
+
+
+def primary_code(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code of an error (the extended code's low byte; 0: none)."""
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
 
 
 def _full(path: Path, what: str) -> str:
