@@ -152,3 +152,16 @@ def load_before(run: Run, at_s: float) -> float:
     t, true = run.trace["t_s"], run.trace["load_true_pct"]
     before = [v for at, v in zip(t, true, strict=True) if at < at_s - 1e-9]
     return before[-1] if before else 0.0
+
+
+def fault_reaction_s(run: Run, poll_s: float | None = None) -> float | None:
+    """From a breakage's onset, or an overload's (`overload_onset_s`), to the agent's feed
+    hold; None when the agent did not hold for either."""
+    hold_s = hold_at_s(run)
+    if hold_s is None:
+        return None
+    broken_s = run.result.broken_at_s
+    if broken_s is not None and broken_s <= hold_s:
+        return hold_s - broken_s
+    onset = overload_onset_s(run, hold_s, poll_s)
+    return None if onset is None else hold_s - onset
