@@ -234,7 +234,7 @@ def _steady_cut(load: float, n: int = 300) -> dict:
 
 
 def test_bias_and_rms_are_of_the_load_read_minus_target_over_steady_samples_only():
-    # 1 s settling (not steady: the first 0.99 s), then 2 s at 63 and 77 alternating: bias 0, RMS 10 %
+    # 0.99 s settling (not steady), then 2 s at 63 and 77 alternating: bias 0, RMS 10 %
     rows = [_steady_cut(90.0)] * 99 + [_steady_cut(63.0), _steady_cut(77.0)] * 100
     quality = control_metrics(_run(rows))
     assert quality.bias_pct == pytest.approx(0.0, abs=1e-9)
