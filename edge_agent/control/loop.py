@@ -18,14 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..samples import Quality, Sample
+from ..samples import Arrival, Quality
 from ..stats import LatencyWindow
 from .actuator import Actuator
 from .adaptive import AdaptiveController, State
 
 log = logging.getLogger(__name__)
-
-Arrival = tuple[int, Sample]  # (monotonic ns when the poll delivered it, the sample)
 
 #: States whose override is a safety action: min(current, safe), or the feed hold.
 _URGENT = frozenset((State.FAULT, State.HOLD))
