@@ -42,6 +42,7 @@ class SampleRouter:
         self.filtered: dict[str, Sample] = {}
 
     def route(self, samples: Iterable[Sample], arrived_ns: int) -> Routed:
+        """One delivery from a source, `arrived_ns` on the monotonic clock."""
         control: list[Arrival] = []
         telemetry: list[tuple[str, Sample]] = []
         for sample in samples:
