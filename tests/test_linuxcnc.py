@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -481,3 +482,25 @@ def test_a_breakage_stops_the_feed_through_the_adapter_and_the_program_does_not_
         if t > reaction.stopped_s
     ]
     assert max(override) == 0  # effective override 0 until the run was stopped
+
+
+@pytest.mark.timeout(120)  # LinuxCNC's start, a rejection (about 1 s), one 11 s run
+def test_a_program_linuxcnc_rejects_is_a_failed_row_and_the_other_runs_are_kept(tmp_path):
+    _require_linuxcnc()
+    from hil.linuxcnc.bench import FIXED, run_bench, table, write_report
+
+    rejected = tmp_path / "programs" / PROGRAM.name  # its stem names its scenario
+    rejected.parent.mkdir()
+    rejected.write_text("G21 G90 G999 (no such G code)\n" + PROGRAM.read_text())
+    runs = asyncio.run(run_bench([rejected, PROGRAM], tmp_path / "work", drivers=(FIXED,)))
+    assert [run.rejected for run in runs] == [True, False]
+    assert not runs[0].finished and runs[0].why  # LinuxCNC's own words
+    assert runs[1].finished
+    first, second = table(runs).splitlines()[2:]
+    assert f"failed: rejected: {runs[0].why}" in first
+    assert "failed" not in second
+    report = write_report(runs, tmp_path / "report")
+    assert [r["rejected"] for r in json.loads((report.parent / "report.json").read_text())] == [
+        True,
+        False,
+    ]
