@@ -24,6 +24,7 @@ SHIPPED = {
     "overload",
     "stale_sensor",
     "link_loss",
+    "link_loss_watchdog",
     "stock_facing",
     "demo_part",
 }
