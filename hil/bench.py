@@ -192,7 +192,9 @@ AGENT = "adaptive (agent over Modbus)"
 
 
 #: The agent's control settings on the bench: the defaults, aimed at the scenario's target.
-#: Tags are the simulated controller's register map (hil/register_map.py).
+#: Tags are the simulated controller's register map (hil/register_map.py). A machine with an
+#: override watchdog gets its override re-written every third of the watchdog's time, so
+#: that two refreshes may be lost before it trips (docs/safety.md).
 def control_config(scenario: Scenario, **change) -> ControlConfig:
     c = scenario.control
     return dataclasses.replace(
@@ -203,6 +205,7 @@ def control_config(scenario: Scenario, **change) -> ControlConfig:
             override_min_pct=c.override_min_pct,
             override_max_pct=c.override_max_pct,
             air_override_pct=c.override_max_pct,
+            refresh_s=scenario.machine.override_watchdog_s / 3,
         ),
         **change,
     )

@@ -120,9 +120,15 @@ def test_a_command_that_never_shows_counts_the_knob_as_the_operators():
     assert rule.command(0.6).knob_pct == pytest.approx(70)
 
 
-def test_before_the_agents_first_write_the_override_is_min_100_and_fallback():
+def test_before_the_agents_first_write_the_override_is_the_fallback():
     assert ruled(fallback_pct=80).command(0.0).override_pct == 80
-    assert ruled(fallback_pct=120).command(0.0).override_pct == 100
+    assert ruled().command(0.0).override_pct == 100
+
+
+def test_a_fallback_above_100_is_refused():
+    """With the agent silent nothing may keep the feed above the programmed one."""
+    with pytest.raises(ValueError, match=r"fallback_pct: must be in 0 \.\.\. 100 %, got 120"):
+        FeedRule(fallback_pct=120)
 
 
 def test_silence_past_the_refresh_timeout_falls_back_to_min_current_and_fallback():
@@ -152,7 +158,7 @@ def test_a_write_after_the_fallback_is_followed_again():
 
 
 def test_release_leaves_nothing_raised():
-    rule = ruled(fallback_pct=150)
+    rule = ruled()
     rule.agent_write(140, 0.0)
     rule.command(0.0)
     rule.observe(1.4, 0.01)
