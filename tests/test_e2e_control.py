@@ -137,12 +137,10 @@ async def _writes_reaching_the_plant(tmp_path, refresh_s, serve_s):
 
 def test_the_refresh_writes_reach_the_plant_over_modbus_in_real_time(tmp_path):
     """What a controller-side watchdog is driven by (docs/safety.md): with refresh_s set the
-    override arrives at least that often, the same value too, so a watchdog of 3 x refresh_s
-    does not trip while the link is up (without refresh_s the steady override is written
-    once)."""
+    same override value arrives again and again over Modbus (without refresh_s the steady
+    override is written once). The refresh's timing is tested on simulated time
+    (tests/test_actuator.py); here only that the re-writes cross the real link."""
     refresh_s = 0.2
-    writes, ended = asyncio.run(_writes_reaching_the_plant(tmp_path, refresh_s, serve_s=2.5))
-    times = [t for t, _ in writes] + [ended]
-    assert max(b - a for a, b in zip(times, times[1:], strict=False)) < 3 * refresh_s
+    writes, _ = asyncio.run(_writes_reaching_the_plant(tmp_path, refresh_s, serve_s=2.5))
     values = [v for _, v in writes]
     assert sum(a == b for a, b in zip(values, values[1:], strict=False)) >= 3  # re-writes
