@@ -1,6 +1,8 @@
 """Adaptive control closed around the cutting plant, on simulated time: the agent's own control
 loop, actuator and filter chain against the HIL scenarios. What the issue asks of it."""
 
+import dataclasses
+
 import pytest
 
 from hil.bench import run_adaptive_simulated, run_simulated
@@ -139,6 +141,38 @@ def test_a_lost_link_sets_min_current_safe_within_one_period_of_the_staleness_li
     )
     assert first_after <= cfg.safe_override_pct  # the first write once the link is back
     assert run.result.finished
+
+
+def override_between(run, start_s, end_s):
+    return [
+        o
+        for t, o in zip(run.trace["t_s"], run.trace["override_pct"], strict=True)
+        if start_s <= t < end_s
+    ]
+
+
+def test_the_controllers_watchdog_drops_the_override_of_a_lost_link_within_its_time():
+    """The agent cannot lower the feed through a dead link; the controller's watchdog does,
+    driven by the agent's refresh writes (docs/safety.md). Without the watchdog the boosted
+    override stays for the whole loss."""
+    scenario = load_scenario(scenario_path("link_loss"))
+    loss = next(e for e in scenario.events if e.kind == "link_loss")
+    watchdog_s = 1.0
+    watched = dataclasses.replace(
+        scenario, machine=dataclasses.replace(scenario.machine, override_watchdog_s=watchdog_s)
+    )
+    step_s = scenario.machine.step_s
+    back_s = loss.start_s + loss.duration_s
+    run, loop = run_adaptive_simulated(watched)
+    assert loop.actuator.cfg.refresh_s == pytest.approx(watchdog_s / 3)
+    before = override_between(run, loss.start_s - 2 * watchdog_s, loss.start_s)
+    assert min(before) > 100  # boosted, kept through a steady spell by the refresh writes
+    fallen = override_between(run, loss.start_s + watchdog_s + step_s, back_s)
+    assert fallen and max(fallen) <= 100
+    assert run.result.finished
+    unwatched, _ = run_adaptive_simulated(scenario)
+    kept = override_between(unwatched, loss.start_s, back_s)
+    assert min(kept) == max(kept) > 100
 
 
 def test_air_moves_run_boosted_and_cuts_at_the_target():

@@ -370,6 +370,36 @@ def test_a_sample_arriving_between_deadlines_is_answered_at_once_off_the_schedul
     assert sleep.asked_s[2] == pytest.approx(0.007)  # the rest of the period, not a new one
 
 
+def test_an_early_tick_that_raises_holds_the_safe_override_and_the_loop_keeps_its_schedule(
+    caplog,
+):
+    r = rig()
+    r.loop.actuator.set(OVERRIDE, 140.0, T0 - PERIOD_NS)
+    r.writer.writes.clear()
+    r.writer.urgent.clear()
+    real_update = r.loop.controller.update
+    early_ns = T0 + PERIOD_NS + 3_000_000
+    written_before = []
+
+    def update_failing_early(now_ns, arrivals):
+        if now_ns == early_ns:
+            written_before.append(len(r.writer.writes))
+            raise RuntimeError("a bug in the control law")
+        return real_update(now_ns, arrivals)
+
+    r.loop.controller.update = update_failing_early
+    sleep = WakingSleep(r.clock, ticks=5, wake_at=1, after_ns=3_000_000)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.control.loop"):
+        times = run_for(r, sleep)
+    assert times == [T0, T0 + PERIOD_NS, early_ns] + [T0 + k * PERIOD_NS for k in (2, 3)]
+    assert r.loop.early_ticks == 1
+    assert written_before == [0]  # the scheduled ticks before it wrote nothing
+    assert r.writer.values[0] == CFG.safe_override_pct  # min(140, safe), by the early tick
+    assert r.writer.urgent[0] is True
+    assert all(value <= CFG.safe_override_pct for value in r.writer.values)
+    assert any("tick failed" in rec.getMessage() for rec in caplog.records)
+
+
 def test_notify_wakes_the_real_wait():
     r = rig()
     loop = r.loop
