@@ -16,7 +16,10 @@ light cut spikes to a multiple of that light load, not of the target's):
   the entry; a broken tool sheds it at once, and the reading falls as fast as the sensor lets it.
 
 Loads are specific: the cutting load per 100 % of applied feed (override x knob), so the agent's
-own feed changes, and the operator's, are not mistaken for a loss or a spike.
+own feed changes, and the operator's, are not mistaken for a loss or a spike. The reading shows
+the feed of `FEED_DELAY_NS` ago (the axes, the drive's dead time and lag), so that is the feed
+a sample is divided by: divided by the feed of now, the law's own cut after a spike would
+inflate the broken tool's rub and delay the hold.
 
 Neither counts a fall the program made: a block change is where a program leaves the
 material (an exit), steps down in depth or width, or changes path, and the controller reports it
@@ -41,6 +44,8 @@ NS = 1_000_000_000
 
 #: How long before the window the level is taken from.
 REFERENCE_NS = 300_000_000
+#: How old the feed is that a load reading shows: about the default sensor's delay.
+FEED_DELAY_NS = 200_000_000
 #: How much of a cut's start is kept to time its rise.
 START_NS = 1_500_000_000
 #: A block that starts in the material: its first samples still show the last block's load.
@@ -77,6 +82,7 @@ class BreakageWatch:
         # (t_ns, specific cutting load) in this block, window and reference long
         self._samples: deque[tuple[int, float]] = deque()
         self._block: int | None = None
+        self._feeds: deque[tuple[int, float]] = deque()  # (t_ns, feed %), FEED_DELAY_NS long
         self._settling = False  # the block started in the material; its level is not known yet
         self._settled_ns = 0  # when it was known: the level counts samples from here
         self._best = 0.0  # the highest 3-sample median since then
@@ -97,6 +103,11 @@ class BreakageWatch:
         """One sample of the cutting load (load - idle) at `feed_pct` of the programmed feed.
         Returns None, or the breakage event's detail."""
         rule = self.rule
+        feeds = self._feeds
+        feeds.append((t_ns, feed_pct))
+        while len(feeds) > 1 and feeds[1][0] <= t_ns - FEED_DELAY_NS:
+            feeds.popleft()
+        feed_pct = feeds[0][1]  # the feed the reading shows
         if feed_pct <= 0.0:
             self.reset()
             return None
