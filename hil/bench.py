@@ -204,7 +204,6 @@ def control_config(scenario: Scenario, **change) -> ControlConfig:
             hard_limit_pct=c.hard_limit_pct,
             override_min_pct=c.override_min_pct,
             override_max_pct=c.override_max_pct,
-            air_override_pct=c.override_max_pct,
             refresh_s=scenario.machine.override_watchdog_s / 3,
         ),
         **change,

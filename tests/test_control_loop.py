@@ -20,7 +20,8 @@ from tests.test_actuator import FakeWriter
 pytestmark = pytest.mark.timeout(60)
 
 # The load does not vary in these tests: the frozen-sensor check is off.
-CFG = ControlConfig(enabled=True, idle_load_pct=8.0, frozen_s=0.0)
+# The air boost opted in (150 %): these tests watch the writes it makes in air.
+CFG = ControlConfig(enabled=True, idle_load_pct=8.0, frozen_s=0.0, air_override_pct=150.0)
 OVERRIDE = CFG.override_tag
 PERIOD_NS = round(CFG.period_s * 1e9)
 T0 = 5_000_000_123  # an arbitrary monotonic start, ns: the schedule is relative to it
