@@ -188,7 +188,9 @@ class ControlConfig:
     override_max_pct: float = 150.0
     safe_override_pct: float = 100.0  # a fault: override := min(current, this)
     neutral_override_pct: float = 100.0  # written once when control ends
-    air_override_pct: float = 150.0
+    # Above 100 % a cut that starts where the program's air move ends meets the material
+    # boosted before the reading shows it: off (100) unless the part's air moves are known.
+    air_override_pct: float = 100.0
     entry_override_pct: float = 0.0  # 0: the override the last cut ended with (100 at first)
     entry_margin_pct: float = 2.0  # load this far over idle: the tool enters the material
     entry_s: float = 0.2  # hold the entry override this long (about a cutter radius)
@@ -200,9 +202,11 @@ class ControlConfig:
     rise_pct_per_s: float = 60.0  # raise slowly ...
     fall_pct_per_s: float = 1000.0  # ... cut fast
     overload_persist_s: float = 1.0
-    breakage_spike_ratio: float = 1.3  # cutting load rising to this x the target's ...
-    breakage_drop_fraction: float = 0.3  # ... then falling below this share of it ...
-    breakage_window_s: float = 0.5  # ... within this time: the tool broke
+    # Breakage, relative to the level the tool was cutting at (docs/adaptive-control.md):
+    breakage_spike_ratio: float = 1.15  # cutting load spiking to this x its level ...
+    breakage_drop_fraction: float = 0.5  # ... then falling below this share of it ...
+    breakage_window_s: float = 0.5  # ... within this time: the tool broke; or, with no
+    breakage_loss_fraction: float = 0.3  # spike, the load falling under this share of it
     # 0: write on change only (and re-send what is not read back); > 0: re-write this often,
     # for a controller-side watchdog that reverts an override nobody refreshes.
     refresh_s: float = 0.0

@@ -22,3 +22,7 @@ class Sample(NamedTuple):
     stamp_ns: int
     value: float
     quality: Quality = Quality.GOOD
+
+
+#: A sample as the control loop receives it: (monotonic ns when its source delivered it, it).
+Arrival = tuple[int, Sample]

@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 import queue
 from collections import Counter
@@ -28,8 +27,8 @@ from .control.actuator import Actuator, writable_tags
 from .control.adaptive import AdaptiveController
 from .control.loop import ControlLoop
 from .control.teach import TeachError, TeachStore
-from .filters.chain import FilterChain
-from .samples import Quality, Sample
+from .routing import SampleRouter
+from .samples import Sample
 from .sources.bridge import BridgeSource
 from .sources.modbus import ModbusPoller
 from .sources.modbus_link import ModbusLink, make_client
@@ -81,13 +80,7 @@ class Agent:
         )
         self._birth_firmware: str | None = None  # the bridge firmware the last birth named
         self._spool_open = False
-        self.latest: dict[str, Sample] = {}
-        self.filtered: dict[str, Sample] = {}
-        self.chains = {
-            name: FilterChain(channel)
-            for name, channel in config.channels.items()
-            if channel.filters
-        }  # a channel section with wire settings only has no chain to run
+        self.router = SampleRouter(config.channels)  # control tags once control exists
         self.table = channel_table(config)
         self.builder = FrameBuilder(
             self.table, change_filters(config, self.table), config.telemetry.max_points_per_frame
@@ -129,7 +122,6 @@ class Agent:
         self._teach_watch: asyncio.Task | None = None
         self.control_events: Counter[str] = Counter()
         self._control_inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._control_tags: frozenset[str] = frozenset()
         self._teach = TeachStore(config.control.teach_file)
         self.up = asyncio.Event()
         self.polling = False
@@ -192,7 +184,7 @@ class Agent:
             except TeachError as exc:
                 log.error("%s; teach-in starts afresh for every tool", exc)
         controller = AdaptiveController(cfg, taught)
-        self._control_tags = frozenset(controller.inputs)
+        self.router.control_tags = frozenset(controller.inputs)
         tags = {t.name: t for t in self.config.tags}
         actuator = Actuator(cfg, tags, self.link.take_writer(loop))
         self.control = ControlLoop(
@@ -262,31 +254,27 @@ class Agent:
         if identity["firmware"] != self._birth_firmware:
             self._background(self.store_birth())
 
+    @property
+    def latest(self) -> dict[str, Sample]:
+        """Each channel's latest sample as its source delivered it."""
+        return self.router.latest
+
+    @property
+    def filtered(self) -> dict[str, Sample]:
+        """Each filtered channel's latest output of its chain."""
+        return self.router.filtered
+
     def _on_samples(self, samples: list[Sample]) -> None:
         arrived_ns = self.clock.monotonic_ns()
-        for_control = []
-        for sample in samples:
-            name = sample.channel
-            self.latest[name] = sample
-            chain = self.chains.get(name)
-            filtered = _filter(chain, sample) if chain else None
-            if filtered is not None:
-                self.filtered[name] = filtered
-            if name in self._control_tags and (chain is None or filtered is not None):
-                for_control.append((arrived_ns, filtered or sample))
-            # The builder drops samples of channels the table does not publish.
-            mode = self.config.channels[name].telemetry if chain else "raw"
-            full = False
-            if mode in ("raw", "both"):
-                full |= self.builder.add(name, sample, arrived_ns)
-            if filtered is not None and mode == "filtered":
-                full |= self.builder.add(name, filtered, arrived_ns)
-            elif filtered is not None and mode == "both":
-                full |= self.builder.add(f"{name}_filtered", filtered, arrived_ns)
-            if full:
-                self._full.set()
-        if for_control:
-            self._control_inbox.put(for_control)
+        routed = self.router.route(samples, arrived_ns)
+        # The builder drops samples of channels the table does not publish.
+        full = False
+        for channel, sample in routed.telemetry:
+            full |= self.builder.add(channel, sample, arrived_ns)
+        if full:
+            self._full.set()
+        if routed.control:
+            self._control_inbox.put(routed.control)
             if self.control is not None:
                 self.control.notify()
 
@@ -689,15 +677,3 @@ class Agent:
 
 def _size(n: int) -> str:
     return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
-
-
-def _filter(chain: FilterChain, sample: Sample) -> Sample | None:
-    """The chain's output for one sample: a stale sample passes unfiltered (there is no new
-    value to feed); a non-finite output is bad; None when decimation keeps no sample."""
-    if sample.quality is Quality.STALE:
-        return sample
-    value = chain.push(sample.value)
-    if value is None:
-        return None
-    quality = Quality.GOOD if math.isfinite(value) else Quality.BAD
-    return sample._replace(value=value, quality=quality)

@@ -29,7 +29,7 @@ from edge_agent.control.actuator import Actuator
 from edge_agent.control.adaptive import AdaptiveController, State
 from edge_agent.control.loop import ControlLoop
 from edge_agent.demo import demo_config
-from edge_agent.filters.chain import FilterChain
+from edge_agent.routing import SampleRouter
 from edge_agent.samples import Sample
 from edge_agent.service import Agent
 from hil.controller import SimulatedController
@@ -193,7 +193,9 @@ AGENT = "adaptive (agent over Modbus)"
 
 
 #: The agent's control settings on the bench: the defaults, aimed at the scenario's target.
-#: Tags are the simulated controller's register map (hil/register_map.py).
+#: Tags are the simulated controller's register map (hil/register_map.py). A machine with an
+#: override watchdog gets its override re-written every third of the watchdog's time, so
+#: that two refreshes may be lost before it trips (docs/safety.md).
 def control_config(scenario: Scenario, **change) -> ControlConfig:
     c = scenario.control
     return dataclasses.replace(
@@ -203,7 +205,7 @@ def control_config(scenario: Scenario, **change) -> ControlConfig:
             hard_limit_pct=c.hard_limit_pct,
             override_min_pct=c.override_min_pct,
             override_max_pct=c.override_max_pct,
-            air_override_pct=c.override_max_pct,
+            refresh_s=scenario.machine.override_watchdog_s / 3,
         ),
         **change,
     )
@@ -233,7 +235,6 @@ def run_adaptive_simulated(
     agent's own control loop ticked every period; `observe(now_ns, loop)` after each tick
     (what the controller decided: its state, learned idle, the law's override)."""
     cfg = cfg or control_config(scenario)
-    chain = FilterChain(ChannelConfig(cfg.signal, filters, sample_rate_hz=1 / poll_s))
     ideal = oracle(scenario).cycle_time_s
     plant = CuttingPlant(scenario, record=True)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -247,6 +248,10 @@ def run_adaptive_simulated(
         clock_ns=lambda: now_ns,
     )
     loop.events = []
+    router = SampleRouter(  # the agent's own routing: its filter chain, qualities, control tags
+        {cfg.signal: ChannelConfig(cfg.signal, filters, sample_rate_hz=1 / poll_s)},
+        loop.controller.inputs,
+    )
     period_ns, poll_ns = round(cfg.period_s * 1e9), round(poll_s * 1e9)
     limit_ns = round(time_limit_s(ideal) * 1e9)
     next_poll_ns = 0
@@ -256,11 +261,11 @@ def run_adaptive_simulated(
         plant.advance_to(now_ns / 1e9)
         if now_ns >= next_poll_ns:
             next_poll_ns += poll_ns
-            if not plant.link_down():
-                values = plant.values()
-                values[cfg.signal] = chain.push(values[cfg.signal])
-                polled = loop.controller.inputs  # what the agent's poll groups would read
-                inbox.put([(now_ns, Sample(name, now_ns, values[name])) for name in polled])
+            if not plant.link_down():  # every tag, as the agent's poll groups read them
+                polled = [Sample(name, now_ns, v) for name, v in plant.values().items()]
+                arrivals = router.route(polled, now_ns).control
+                if arrivals:
+                    inbox.put(arrivals)
         loop.tick(now_ns)
         if observe is not None:
             observe(now_ns, loop)

@@ -3,7 +3,9 @@ milling machine whose spindle load comes from cutting physics.
 
 Spindle power = idle + Kc x MRR / (60e6 x eta), MRR from the engagement: given per segment,
 or worked out by the stock model as the tool moves (hil/scenario.py). Actual feed =
-programmed x operator knob x agent override, in 1 % steps, within the controller's clamps.
+programmed x operator knob x agent override, in 1 % steps, within the controller's clamps;
+with `[machine] override_watchdog_s` set, an override the agent has not written for that long
+falls to min(current, 100 %), as a controller-side watchdog does (docs/safety.md).
 The controller reads the load through a sensor with lag, dead time, noise and quantisation.
 
 Never reads the wall clock and never does I/O: whoever owns time calls `advance_to`. Time
@@ -171,6 +173,7 @@ class CuttingPlant:
         self.program = program_of(scenario)
         self.feed_knob_pct = 100.0  # the operator's knob; the agent only reads it
         self._override_pct = 100.0
+        self._written_s = 0.0  # the agent's last write, for the override watchdog
         self._rng = random.Random(scenario.seed)
         self.sensor = self._new_sensor()
         self.trace = {name: array.array("d") for name in TRACE_COLUMNS} if record else None
@@ -204,6 +207,7 @@ class CuttingPlant:
             raise NotWritable(f"{name}: read-only, only {AGENT_OVERRIDE} is writable")
         lo, hi = AGENT_OVERRIDE_RANGE_PCT
         self._override_pct = min(hi, max(lo, float(value)))
+        self._written_s = self.time_s
 
     def values(self) -> dict[str, float]:
         running = self.running
@@ -341,6 +345,10 @@ class CuttingPlant:
 
     def _step(self) -> None:
         m, dt = self.machine, self.machine.step_s
+        watchdog_s = m.override_watchdog_s
+        if watchdog_s and self.time_s - self._written_s >= watchdog_s - 1e-9:
+            # The controller's watchdog: an override nobody refreshes falls, never rises.
+            self._override_pct = min(self._override_pct, 100.0)
         motion, area, cutting_kw = "idle", 0.0, 0.0
         self._engaged_kc = 0.0
         if self.running:

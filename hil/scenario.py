@@ -41,6 +41,10 @@ class Machine:
     overload_alarm_pct: float = 150.0  # the spindle drive trips above this ...
     overload_alarm_s: float = 1.0  # ... held this long: feed and spindle stop, alarm latched
     step_s: float = 0.01  # the plant's fixed step: finer than any poll, coarse enough to be cheap
+    # The controller's watchdog on the agent's override: with no write for this long the
+    # override falls to min(current, 100 %) (docs/safety.md). 0, the default: none, the
+    # last override stays, as on a controller without one.
+    override_watchdog_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -217,7 +221,7 @@ class _ScenarioChecker(TomlChecker):
     def scenario(self, data: dict) -> Scenario:
         self.table(data, (), _TOP)
         materials = self.materials(data)
-        machine = self.positive_section(data, "machine", Machine)
+        machine = self.positive_section(data, "machine", Machine, zero_ok=("override_watchdog_s",))
         sensor = self.section(data, "sensor", Sensor)
         for key in ("lag_s", "dead_time_s", "quantum_pct", "noise_pct"):
             if getattr(sensor, key) < 0:
@@ -255,11 +259,13 @@ class _ScenarioChecker(TomlChecker):
             scenario = replace(scenario, stock=stock, start=start, moves=self.moves(data, start))
         return replace(scenario, events=self.events(data, scenario))
 
-    def positive_section(self, data: dict, name: str, cls: type):
+    def positive_section(self, data: dict, name: str, cls: type, zero_ok: tuple[str, ...] = ()):
+        """The section, every value above 0 (0 too for the keys in `zero_ok`: off)."""
         section = self.section(data, name, cls)
         for key, value in vars(section).items():
-            if value <= 0:
-                raise self.fail((name, key), f"must be greater than 0, got {value}")
+            if value < 0 or (value == 0 and key not in zero_ok):
+                bound = "must not be negative" if key in zero_ok else "must be greater than 0"
+                raise self.fail((name, key), f"{bound}, got {value}")
         return section
 
     def materials(self, data: dict) -> dict[str, float]:

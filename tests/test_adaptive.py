@@ -14,7 +14,9 @@ from edge_agent.samples import Quality, Sample
 
 pytestmark = pytest.mark.timeout(60)
 
-CFG = ControlConfig(enabled=True, idle_load_pct=8.0, frozen_s=0.0)
+# The air boost opted in (150 %) unless a test says otherwise: most tests watch its writes.
+CFG = ControlConfig(enabled=True, idle_load_pct=8.0, frozen_s=0.0, air_override_pct=150.0)
+DEFAULTS = ControlConfig(enabled=True, idle_load_pct=8.0, frozen_s=0.0)
 MACHINE = {
     "spindle_on": 1.0,
     "program_running": 1.0,
@@ -125,7 +127,7 @@ def test_cutting_lowers_the_feed_over_target_and_raises_it_under():
     start = bench.written[-1]
     assert bench.run(90.0, 0.3) < start
     low = bench.written[-1]
-    assert bench.run(50.0, 0.5) > low
+    assert bench.run(60.0, 0.5) > low
 
 
 def test_the_next_entry_starts_at_the_override_the_last_cut_ended_with():
@@ -206,8 +208,52 @@ def test_after_a_fault_control_resumes_from_the_override_it_left():
     bench.run(95.0, 1.0)
     held = bench.poll(95.0, in_alarm=1.0)
     bench.poll(70.0, in_alarm=0.0)
-    assert bench.ctrl.state is State.AIR
+    assert bench.ctrl.state is State.CUTTING  # still in the material
     assert bench.written[-1] == held
+
+
+def test_after_a_fault_in_a_cut_the_idle_load_is_not_learned_from_the_cutting_load():
+    bench = Bench(cfg=dataclasses.replace(DEFAULTS, idle_load_pct=0.0))
+    bench.run(8.0, 1.0)
+    bench.run(70.0, 0.5)
+    idle = bench.ctrl.idle_pct
+    assert idle == pytest.approx(8.0, abs=0.5)
+    bench.run(70.0, 0.5, in_alarm=1.0)
+    assert bench.ctrl.state is State.FAULT
+    bench.run(87.0, 0.5, in_alarm=0.0)  # recovered in the material, over target
+    assert bench.ctrl.idle_pct == idle and bench.ctrl.state is State.CUTTING
+    assert bench.written[-1] < CFG.safe_override_pct  # regulating: lowered for the 87 %
+
+
+def test_no_raise_while_the_load_read_is_over_the_target_in_any_state():
+    bench = cutting_bench()
+    bench.run(95.0, 0.5)
+    for load in (93.0, 90.0, 85.0, 80.0, 76.0, 73.0):  # falling, still over target: the
+        before = bench.written[-1]  # law's proportional term would raise
+        bench.poll(load)
+        assert bench.written[-1] <= before
+
+
+def test_by_default_air_is_not_boosted_and_a_boosted_cut_leaves_it_at_once():
+    bench = Bench(cfg=DEFAULTS)
+    bench.run(8.0, 3.0)
+    assert max(bench.written, default=100.0) <= 100.0  # nothing over neutral in air
+    bench.run(30.0, 2.0)  # a light cut: the law raises the feed
+    assert bench.written[-1] > 100.0
+    bench.run(8.0, DEFAULTS.exit_s + 0.1)  # exit
+    assert bench.ctrl.state is State.AIR and bench.written[-1] == DEFAULTS.air_override_pct
+    bench.run(30.0, 0.04)  # the next entry meets the material at 100 %, not boosted
+    assert bench.ctrl.state is State.ENTRY and bench.written[-1] <= 100.0
+
+
+def test_overload_at_the_floor_fires_though_noise_moves_the_override_off_the_clamp():
+    bench = cutting_bench()
+    for i in range(int(4.0 / 0.02)):  # over target + 10 % at the floor, noisy
+        bench.poll(80.0 + (1.5 if i % 3 == 0 else -1.0))
+        if bench.ctrl.state is State.HOLD:
+            break
+    assert "overload" in bench.kinds()
+    assert bench.t < 0.5 + 1.0 + 1.0 + CFG.overload_persist_s + 0.05
 
 
 def test_overload_persisting_holds_the_feed_within_two_periods():

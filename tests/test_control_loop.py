@@ -20,7 +20,8 @@ from tests.test_actuator import FakeWriter
 pytestmark = pytest.mark.timeout(60)
 
 # The load does not vary in these tests: the frozen-sensor check is off.
-CFG = ControlConfig(enabled=True, idle_load_pct=8.0, frozen_s=0.0)
+# The air boost opted in (150 %): these tests watch the writes it makes in air.
+CFG = ControlConfig(enabled=True, idle_load_pct=8.0, frozen_s=0.0, air_override_pct=150.0)
 OVERRIDE = CFG.override_tag
 PERIOD_NS = round(CFG.period_s * 1e9)
 T0 = 5_000_000_123  # an arbitrary monotonic start, ns: the schedule is relative to it
@@ -368,6 +369,36 @@ def test_a_sample_arriving_between_deadlines_is_answered_at_once_off_the_schedul
     assert r.loop.lateness.count == 4  # only the scheduled ticks are measured for lateness
     assert r.loop.lateness.percentile(100) == 0.0
     assert sleep.asked_s[2] == pytest.approx(0.007)  # the rest of the period, not a new one
+
+
+def test_an_early_tick_that_raises_holds_the_safe_override_and_the_loop_keeps_its_schedule(
+    caplog,
+):
+    r = rig()
+    r.loop.actuator.set(OVERRIDE, 140.0, T0 - PERIOD_NS)
+    r.writer.writes.clear()
+    r.writer.urgent.clear()
+    real_update = r.loop.controller.update
+    early_ns = T0 + PERIOD_NS + 3_000_000
+    written_before = []
+
+    def update_failing_early(now_ns, arrivals):
+        if now_ns == early_ns:
+            written_before.append(len(r.writer.writes))
+            raise RuntimeError("a bug in the control law")
+        return real_update(now_ns, arrivals)
+
+    r.loop.controller.update = update_failing_early
+    sleep = WakingSleep(r.clock, ticks=5, wake_at=1, after_ns=3_000_000)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.control.loop"):
+        times = run_for(r, sleep)
+    assert times == [T0, T0 + PERIOD_NS, early_ns] + [T0 + k * PERIOD_NS for k in (2, 3)]
+    assert r.loop.early_ticks == 1
+    assert written_before == [0]  # the scheduled ticks before it wrote nothing
+    assert r.writer.values[0] == CFG.safe_override_pct  # min(140, safe), by the early tick
+    assert r.writer.urgent[0] is True
+    assert all(value <= CFG.safe_override_pct for value in r.writer.values)
+    assert any("tick failed" in rec.getMessage() for rec in caplog.records)
 
 
 def test_notify_wakes_the_real_wait():

@@ -5,6 +5,7 @@ time, with teach-in; it writes through its one actuator and leaves the feed safe
 import asyncio
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -84,3 +85,62 @@ def test_the_agent_teaches_in_then_adapts_and_leaves_the_feed_safe_when_it_stops
     plant, agent = asyncio.run(_teach_then_adapt(tmp_path))
     assert plant.values()[AGENT_OVERRIDE] <= agent.config.control.safe_override_pct
     assert agent.control_events["teach_in_learned"] == 1
+
+
+#: A 5 s dwell first: the agent settles on one override and holds it.
+DWELL_FIRST = parse_scenario(
+    """
+name = "dwell first"
+description = "a 5 s dwell, then 80 mm in steel"
+[[segments]]
+kind = "dwell"
+seconds = 5
+[[segments]]
+kind = "cut"
+length_mm = 80
+depth_mm = 5
+width_mm = 10
+feed_mm_min = 1500
+"""
+)
+
+
+async def _writes_reaching_the_plant(tmp_path, refresh_s, serve_s):
+    """Every write the plant took from the agent over Modbus (wall time, value), and when
+    serving ended."""
+    plant = CuttingPlant(DWELL_FIRST)
+    writes = []
+    take = plant.write
+
+    def write(name, value):
+        writes.append((time.monotonic(), value))
+        take(name, value)
+
+    plant.write = write
+    controller = SimulatedController(plant)
+    port = await controller.start_tcp("127.0.0.1", 0)
+    config = demo_config(port=port, spool=str(tmp_path / "spool.db"))
+    control = dataclasses.replace(
+        config.control, refresh_s=refresh_s, teach_file=str(tmp_path / "teach.json")
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(Agent(dataclasses.replace(config, control=control)).run(stop))
+    try:
+        await asyncio.sleep(serve_s)
+        ended = time.monotonic()
+    finally:
+        stop.set()
+        await run
+        await controller.stop()
+    return [w for w in writes if w[0] <= ended], ended
+
+
+def test_the_refresh_writes_reach_the_plant_over_modbus_in_real_time(tmp_path):
+    """What a controller-side watchdog is driven by (docs/safety.md): with refresh_s set the
+    same override value arrives again and again over Modbus (without refresh_s the steady
+    override is written once). The refresh's timing is tested on simulated time
+    (tests/test_actuator.py); here only that the re-writes cross the real link."""
+    refresh_s = 0.2
+    writes, _ = asyncio.run(_writes_reaching_the_plant(tmp_path, refresh_s, serve_s=2.5))
+    values = [v for _, v in writes]
+    assert sum(a == b for a, b in zip(values, values[1:], strict=False)) >= 3  # re-writes

@@ -124,3 +124,21 @@ def test_the_loop_gain_is_the_same_at_any_override():
 def test_bad_parameters_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         FeedLaw(**{**PARAMS, **change})
+
+
+@pytest.mark.parametrize("noise", [0.0, 1.0, 3.0])
+def test_noise_does_not_bias_the_load_below_target(noise):
+    """The rate limits act on the override written, not on the law's own state: at 3 % noise
+    the asymmetric limits (60 %/s up, 1000 %/s down) used to ratchet the load to 50-55 % for a
+    70 % target. A plant whose cutting load follows the override, read with Gaussian noise."""
+    import random
+
+    rng = random.Random(7)
+    law = FeedLaw(0.6, 4.0, 50.0, 150.0, 60.0, 1000.0, 100.0, 0.01, 100.0)
+    idle, cutting_at_100, loads = 8.0, 45.0, []
+    for i in range(3000):  # 60 s at 50 Hz
+        load = idle + cutting_at_100 * law.override / 100 + rng.gauss(0.0, noise)
+        law.step(load, 70.0, idle, 0.02)
+        if i >= 1000:
+            loads.append(idle + cutting_at_100 * law.override / 100)
+    assert sum(loads) / len(loads) == pytest.approx(70.0, abs=0.03 * 70.0)

@@ -393,6 +393,46 @@ def test_link_loss_is_reported_for_the_bench_to_apply():
     assert not plant.link_down()
 
 
+WATCHDOG = "[machine]\noverride_watchdog_s = 0.5"
+
+
+def test_an_override_nobody_refreshes_falls_to_100_after_the_watchdogs_time():
+    plant = CuttingPlant(one_cut(extra=WATCHDOG))
+    plant.advance_to(1.0)
+    plant.write(AGENT_OVERRIDE, 130)
+    plant.advance_to(1.49)
+    assert plant.values()[AGENT_OVERRIDE] == 130
+    plant.advance_to(1.5)
+    assert plant.values()[AGENT_OVERRIDE] == 100
+
+
+def test_a_refresh_keeps_the_override_and_a_write_after_the_fallback_is_followed():
+    plant = CuttingPlant(one_cut(extra=WATCHDOG))
+    plant.write(AGENT_OVERRIDE, 130)
+    for t in (0.3, 0.6, 0.9):
+        plant.advance_to(t)
+        plant.write(AGENT_OVERRIDE, 130)  # the same value, re-written
+    plant.advance_to(1.3)
+    assert plant.values()[AGENT_OVERRIDE] == 130
+    plant.advance_to(2.0)
+    plant.write(AGENT_OVERRIDE, 120)
+    assert plant.values()[AGENT_OVERRIDE] == 120
+
+
+def test_the_watchdog_never_raises_an_override_below_100():
+    plant = CuttingPlant(one_cut(extra=WATCHDOG))
+    plant.write(AGENT_OVERRIDE, 60)
+    plant.advance_to(3.0)
+    assert plant.values()[AGENT_OVERRIDE] == 60
+
+
+def test_without_the_watchdog_the_last_override_stays():
+    plant = CuttingPlant(one_cut())
+    plant.write(AGENT_OVERRIDE, 130)
+    plant.advance_to(10.0)
+    assert plant.values()[AGENT_OVERRIDE] == 130
+
+
 def test_the_run_ends_idle_with_its_cycle_time_or_loops_again():
     plant = CuttingPlant(one_cut())
     plant.advance_to(30.0)

@@ -24,6 +24,7 @@ SHIPPED = {
     "overload",
     "stale_sensor",
     "link_loss",
+    "link_loss_watchdog",
     "stock_facing",
     "demo_part",
 }
@@ -46,6 +47,12 @@ def test_every_scenario_the_issue_names_is_shipped_and_loads():
         scenario = load_scenario(path)
         assert scenario.name and scenario.description
         assert bool(scenario.segments) != bool(scenario.moves)
+
+
+def test_the_override_watchdog_is_off_unless_set():
+    assert parse_scenario(GOOD).machine.override_watchdog_s == 0
+    on = parse_scenario(GOOD + "[machine]\noverride_watchdog_s = 1\n")
+    assert on.machine.override_watchdog_s == 1.0
 
 
 def test_moves_keep_modal_coordinates_and_feed():
@@ -98,6 +105,10 @@ def error_of(text, source="s.toml"):
         (
             GOOD + "[machine]\nrated_power_kw = 0\n",
             "machine.rated_power_kw: must be greater than 0",
+        ),
+        (
+            GOOD + "[machine]\noverride_watchdog_s = -1\n",
+            "machine.override_watchdog_s: must not be negative, got -1.0",
         ),
         (
             GOOD + "hard_zones = [{from_mm = 50, to_mm = 150, kc_factor = 2}]\n",

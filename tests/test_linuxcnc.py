@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -119,9 +120,15 @@ def test_a_command_that_never_shows_counts_the_knob_as_the_operators():
     assert rule.command(0.6).knob_pct == pytest.approx(70)
 
 
-def test_before_the_agents_first_write_the_override_is_min_100_and_fallback():
+def test_before_the_agents_first_write_the_override_is_the_fallback():
     assert ruled(fallback_pct=80).command(0.0).override_pct == 80
-    assert ruled(fallback_pct=120).command(0.0).override_pct == 100
+    assert ruled().command(0.0).override_pct == 100
+
+
+def test_a_fallback_above_100_is_refused():
+    """With the agent silent nothing may keep the feed above the programmed one."""
+    with pytest.raises(ValueError, match=r"fallback_pct: must be in 0 \.\.\. 100 %, got 120"):
+        FeedRule(fallback_pct=120)
 
 
 def test_silence_past_the_refresh_timeout_falls_back_to_min_current_and_fallback():
@@ -151,7 +158,7 @@ def test_a_write_after_the_fallback_is_followed_again():
 
 
 def test_release_leaves_nothing_raised():
-    rule = ruled(fallback_pct=150)
+    rule = ruled()
     rule.agent_write(140, 0.0)
     rule.command(0.0)
     rule.observe(1.4, 0.01)
@@ -481,3 +488,25 @@ def test_a_breakage_stops_the_feed_through_the_adapter_and_the_program_does_not_
         if t > reaction.stopped_s
     ]
     assert max(override) == 0  # effective override 0 until the run was stopped
+
+
+@pytest.mark.timeout(120)  # LinuxCNC's start, a rejection (about 1 s), one 11 s run
+def test_a_program_linuxcnc_rejects_is_a_failed_row_and_the_other_runs_are_kept(tmp_path):
+    _require_linuxcnc()
+    from hil.linuxcnc.bench import FIXED, run_bench, table, write_report
+
+    rejected = tmp_path / "programs" / PROGRAM.name  # its stem names its scenario
+    rejected.parent.mkdir()
+    rejected.write_text("G21 G90 G999 (no such G code)\n" + PROGRAM.read_text())
+    runs = asyncio.run(run_bench([rejected, PROGRAM], tmp_path / "work", drivers=(FIXED,)))
+    assert [run.rejected for run in runs] == [True, False]
+    assert not runs[0].finished and runs[0].why  # LinuxCNC's own words
+    assert runs[1].finished
+    first, second = table(runs).splitlines()[2:]
+    assert f"failed: rejected: {runs[0].why}" in first
+    assert "failed" not in second
+    report = write_report(runs, tmp_path / "report")
+    assert [r["rejected"] for r in json.loads((report.parent / "report.json").read_text())] == [
+        True,
+        False,
+    ]

@@ -16,7 +16,6 @@ controller alarm: override := min(current, safe) at once; a fault never raises t
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -24,6 +23,8 @@ from enum import StrEnum
 from ..config import ControlConfig
 from ..kernels.feedlaw import FeedLaw
 from ..samples import Quality, Sample
+from .breakage import BreakageRule, BreakageWatch
+from .noise import NoiseEstimate
 from .teach import TeachIn, ToolRecord
 
 NS = 1_000_000_000
@@ -37,6 +38,21 @@ ENTRY_SAMPLES = 2
 
 #: The override that stops the feed: a feed hold through the agent's own register.
 FEED_HOLD = 0.0
+
+#: Margins over the idle load (entry, learning idle) are at least this many noise sigmas.
+NOISE_SIGMAS = 4.0
+
+#: "At the lowest override" for the overload rule: within this share of it (noise moves the
+#: law's output a little off the clamp; 50.1 % is still at the 50 % floor).
+AT_FLOOR_SHARE = 1.05
+
+#: An overload's persistence timer restarts only after the load has been back under the
+#: line this long: one noisy sample under it does not restart the count.
+OVERLOAD_GRACE_NS = 200_000_000
+
+#: A breakage's level must be at least this share of the target's cutting load: a tool
+#: barely touching the part has no load to lose.
+BREAKAGE_MIN_SHARE = 0.25
 
 
 class State(StrEnum):
@@ -123,7 +139,18 @@ class AdaptiveController:
         self._entry_until_ns = 0
         self._exit_since_ns: int | None = None
         self._over_since_ns: int | None = None
-        self._recent: deque[tuple[int, float]] = deque()
+        self._under_since_ns: int | None = None
+        self.noise = NoiseEstimate()
+        self.breakage = BreakageWatch(
+            BreakageRule(
+                window_ns=round(cfg.breakage_window_s * NS),
+                spike_ratio=cfg.breakage_spike_ratio,
+                drop_fraction=cfg.breakage_drop_fraction,
+                loss_fraction=cfg.breakage_loss_fraction,
+                min_share=BREAKAGE_MIN_SHARE,
+            )
+        )
+        self._signal_load = math.nan  # the last load reading taken
         self._teach: TeachIn | None = None
         self._block: int | None = None
         self._cut_in_block = False
@@ -154,7 +181,7 @@ class AdaptiveController:
         if not self._active():
             return self._command(self._enter_idle())
         if self.state in (State.IDLE, State.FAULT):
-            self._start_control()
+            self._start_control(recovered=self.state is State.FAULT)
         self._watch_block()
         for arrived_ns, sample in arrivals:
             if sample.channel == signal and self.state is not State.HOLD:
@@ -236,22 +263,29 @@ class AdaptiveController:
         # The one write outside active control: leave the programmed feed as it was written.
         return self.cfg.neutral_override_pct
 
-    def _start_control(self) -> None:
+    def _start_control(self, recovered: bool) -> None:
+        """Control starts (the program started, or was enabled), or resumes after a fault.
+        A resumption keeps the idle load learned before: the tool may be in the material
+        now, and its load is not the spindle turning in air (docs/adaptive-control.md)."""
         cfg = self.cfg
         if self._pending_taught is not None:
             self.taught, self._pending_taught = self._pending_taught, None
         tool = int(self._value(cfg.tool_tag)) if cfg.tool_tag else 0
-        self._recent.clear()
+        self.breakage.reset()
         self._over_since_ns = self._exit_since_ns = self._last_signal_ns = None
-        self._settled_ns = self._now_ns + round(cfg.idle_settle_s * NS)
-        self._last_cut_override = None
+        resume = recovered and self.idle_pct is not None
+        if not resume:
+            self._settled_ns = self._now_ns + round(cfg.idle_settle_s * NS)
+            self._last_cut_override = None
         self.law.reset(self.override if self.override is not None else cfg.neutral_override_pct)
         if cfg.target_mode == "teach_in" and tool not in self.taught:
             program = int(self._value(cfg.program_tag)) if cfg.program_tag else 0
             self._teach = TeachIn(tool, program, self.idle_pct or 0.0)
             self._go(State.TEACH, "no teach-in for this tool yet", tool=tool)
+        elif resume and self._signal_load > self.idle_pct + self._margin():
+            self._go(State.CUTTING, "resumed in the material", load_pct=self._signal_load)
         else:
-            self._go(State.AIR, "program running")
+            self._go(State.AIR, "resumed in air" if resume else "program running")
 
     def _finish_teach(self) -> None:
         if self._teach is None:
@@ -278,15 +312,21 @@ class AdaptiveController:
                 return record.target_pct(cfg.teach_fraction, cfg.hard_limit_pct)
         return cfg.target_load_pct
 
+    def _margin(self) -> float:
+        """How far over idle the load must be to be cutting: the configured margin, or more
+        on a noisy reading."""
+        return max(self.cfg.entry_margin_pct, NOISE_SIGMAS * self.noise.sigma)
+
     def _on_signal(self, t_ns: int, load: float) -> None:
         cfg = self.cfg
         dt = (t_ns - self._last_signal_ns) / NS if self._last_signal_ns is not None else 0.0
         self._last_signal_ns = t_ns
+        self._signal_load = load
+        self.noise.add(load)
         idle = self._track_idle(t_ns, load)
         target = self.target_pct()
         span = target - idle
-        margin = cfg.entry_margin_pct
-        cutting = load > idle + margin
+        cutting = load > idle + self._margin()
         self._over_idle = self._over_idle + 1 if cutting else 0
         if t_ns < self._settled_ns:
             return
@@ -301,11 +341,15 @@ class AdaptiveController:
                 self._entry_until_ns = t_ns + round(cfg.entry_s * NS)
                 self.law.reset(min(self.law.override, self._entry_override()))
                 self._go(State.ENTRY, "load rose over idle", load_pct=load)
+            elif self.law.override > cfg.air_override_pct:
+                self.law.reset(cfg.air_override_pct)  # out of a boosted cut: down at once
             elif dt > 0:
                 boost = self.law.override + cfg.rise_pct_per_s * dt
-                self.law.reset(min(cfg.air_override_pct, self._no_raise(boost, self.law.override)))
+                wanted = min(cfg.air_override_pct, self._no_raise(boost, self.law.override))
+                self.law.reset(wanted)
         elif self.state is State.ENTRY:
             if not cutting:
+                self.breakage.reset()
                 self._go(State.AIR, "load fell back to idle")
             elif t_ns >= self._entry_until_ns:
                 self._go(State.CUTTING, "entry done")
@@ -313,13 +357,14 @@ class AdaptiveController:
             before = self.law.override
             after = self.law.step(load, target, idle, dt) if dt > 0 else before
             if after > self._no_raise(after, before):
-                self.law.reset(before)  # the operator turned the knob down: do not fight it
+                self.law.reset(before)  # the knob is down, or the load is over target
             if load - idle < cfg.exit_fraction * span:
                 if self._exit_since_ns is None:
                     self._exit_since_ns, self._exit_override = t_ns, before
                 if t_ns - self._exit_since_ns >= cfg.exit_s * NS:
                     self._exit_since_ns = None
                     self._last_cut_override = self._exit_override
+                    self.breakage.reset()
                     self._go(State.AIR, "load fell to the exit level", load_pct=load)
             else:
                 self._exit_since_ns = None
@@ -334,9 +379,13 @@ class AdaptiveController:
         return self._last_cut_override
 
     def _no_raise(self, wanted: float, current: float) -> float:
-        """While the operator's knob is below 100 %, the agent lowers but never raises."""
+        """The agent lowers but never raises while the operator's knob is below 100 % (they
+        asked for less), or while the load read is over the target (whatever the state or the
+        law's memory says, a raise then can only make it worse)."""
         cfg = self.cfg
-        if cfg.knob_tag and self._value(cfg.knob_tag) < 100.0:
+        knob_down = cfg.knob_tag and self._value(cfg.knob_tag) < 100.0
+        over = self._signal_load > self.target_pct() + cfg.deadband * 100.0
+        if knob_down or over:
             return min(wanted, current)
         return wanted
 
@@ -344,17 +393,15 @@ class AdaptiveController:
         """The spindle's load turning in air: configured, or learned. While the spindle
         settles after control starts, the idle level is the load itself (no entry can be
         seen); then, in air, an average of the samples near it (noise averages out, a warming
-        spindle drifts), snapping down to any sample clearly below it."""
+        spindle drifts), snapping down to any sample clearly below it. Never learned from a
+        load over it: after a fault the tool may be in the material."""
         cfg = self.cfg
         if cfg.idle_load_pct:
             return cfg.idle_load_pct
-        if (
-            self.idle_pct is None
-            or t_ns < self._settled_ns
-            or load < self.idle_pct - cfg.entry_margin_pct
-        ):
+        margin = self._margin()
+        if self.idle_pct is None or t_ns < self._settled_ns or load < self.idle_pct - margin:
             self.idle_pct = load
-        elif self.state is State.AIR and load < self.idle_pct + cfg.entry_margin_pct:
+        elif self.state is State.AIR and abs(load - self.idle_pct) < margin:
             self.idle_pct += (load - self.idle_pct) * IDLE_AVERAGING
         return self.idle_pct
 
@@ -363,26 +410,29 @@ class AdaptiveController:
         cfg = self.cfg
         if self.state not in _WATCHED:
             return False
-        at_min = self.state is State.CUTTING and self.law.override <= cfg.override_min_pct
-        overloaded = load > cfg.hard_limit_pct or (at_min and load > idle + 1.1 * span)
-        if overloaded:
+        at_min = (
+            self.state is State.CUTTING
+            and self.law.override <= cfg.override_min_pct * AT_FLOOR_SHARE
+        )
+        if load > cfg.hard_limit_pct or (at_min and load > idle + 1.1 * span):
+            self._under_since_ns = None
             self._over_since_ns = self._over_since_ns or t_ns
             if t_ns - self._over_since_ns >= cfg.overload_persist_s * NS:
                 self._hold("overload", load_pct=load, since_ns=self._over_since_ns, at_ns=t_ns)
                 return True
-        else:
-            self._over_since_ns = None
-        window_ns = cfg.breakage_window_s * NS
-        self._recent.append((t_ns, load))
-        while self._recent and t_ns - self._recent[0][0] > window_ns:
-            self._recent.popleft()
-        peak = max(value for _, value in self._recent)
-        if (
-            self.state in (State.ENTRY, State.CUTTING)
-            and peak - idle >= cfg.breakage_spike_ratio * span
-            and load - idle < cfg.breakage_drop_fraction * span
-        ):
-            self._hold("breakage", peak_pct=peak, load_pct=load, idle_pct=idle, at_ns=t_ns)
+        elif self._over_since_ns is not None:
+            self._under_since_ns = self._under_since_ns or t_ns
+            if t_ns - self._under_since_ns >= OVERLOAD_GRACE_NS:
+                self._over_since_ns = self._under_since_ns = None
+        if self.state not in (State.ENTRY, State.CUTTING):
+            return False
+        feed = self.law.override
+        if self.cfg.knob_tag:
+            feed *= self._value(self.cfg.knob_tag) / 100.0
+        block = self._block if self.cfg.block_tag else None
+        seen = self.breakage.observe(t_ns, load - idle, feed, block, span, self.noise.sigma)
+        if seen is not None:
+            self._hold("breakage", load_pct=load, idle_pct=idle, at_ns=t_ns, **seen)
             return True
         return False
 

@@ -18,14 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..samples import Quality, Sample
+from ..samples import Arrival, Quality
 from ..stats import LatencyWindow
 from .actuator import Actuator
 from .adaptive import AdaptiveController, State
 
 log = logging.getLogger(__name__)
-
-Arrival = tuple[int, Sample]  # (monotonic ns when the poll delivered it, the sample)
 
 #: States whose override is a safety action: min(current, safe), or the feed hold.
 _URGENT = frozenset((State.FAULT, State.HOLD))
@@ -117,11 +115,7 @@ class ControlLoop:
         while not self._stop.is_set():
             now = self.clock_ns()
             self.lateness.add(max(0, now - deadline) / 1e9)
-            try:
-                self.tick(now)
-            except Exception:  # a bug must not leave the machine at a boosted feed
-                log.exception("control loop: tick failed; holding the safe override")
-                self._fail_safe(now)
+            self._guarded_tick(now)
             deadline += self.period_ns
             now = self.clock_ns()
             if now > deadline:
@@ -139,7 +133,16 @@ class ControlLoop:
                 return
             self._wake.clear()
             self.early_ticks += 1
-            self.tick(self.clock_ns())
+            self._guarded_tick(self.clock_ns())
+
+    def _guarded_tick(self, now_ns: int) -> None:
+        """The thread's only way to tick, on schedule or early: a bug in a tick must not
+        leave the machine at a boosted feed nor end the thread (docs/safety.md)."""
+        try:
+            self.tick(now_ns)
+        except Exception:
+            log.exception("control loop: tick failed; holding the safe override")
+            self._fail_safe(now_ns)
 
     def _fail_safe(self, now_ns: int) -> None:
         cfg = self.controller.cfg

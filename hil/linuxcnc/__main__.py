@@ -21,16 +21,21 @@ from pathlib import Path
 from hil import host_port
 from hil.linuxcnc import PROGRAMS_DIR
 from hil.linuxcnc.adapter import LinuxCNCAdapter, load_source
+from hil.linuxcnc.override import FALLBACK_MAX_PCT
 from hil.linuxcnc.runner import LinuxCNC, LinuxCNCError
 
 log = logging.getLogger("hil.linuxcnc")
 
 
-def _pct(text: str) -> float:
+def _pct(text: str, high: float = 150.0) -> float:
     value = float(text)
-    if not 0 <= value <= 150:
-        raise argparse.ArgumentTypeError(f"{text}: must be a percentage in 0 ... 150")
+    if not 0 <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text}: must be a percentage in 0 ... {high:g}")
     return value
+
+
+def _fallback_pct(text: str) -> float:
+    return _pct(text, FALLBACK_MAX_PCT)
 
 
 def _adapter_options(parser: argparse.ArgumentParser, load_default: str) -> None:
@@ -41,7 +46,7 @@ def _adapter_options(parser: argparse.ArgumentParser, load_default: str) -> None
         help=f"scenario:NAME|PATH (the cutting plant) or hal:PIN (default {load_default})",
     )
     parser.add_argument("--refresh-timeout-s", type=float, default=2.0, metavar="S")
-    parser.add_argument("--fallback-pct", type=_pct, default=100.0, metavar="PCT")
+    parser.add_argument("--fallback-pct", type=_fallback_pct, default=100.0, metavar="PCT")
     parser.add_argument("--program-number", type=int, default=1)
     parser.add_argument("--unit-id", type=int, default=1)
 

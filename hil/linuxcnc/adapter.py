@@ -306,8 +306,8 @@ class LinuxCNCAdapter:
         return self.port
 
     async def stop(self) -> None:
-        """Stop serving; the machine side releases the override (never above min(fallback,
-        100 %)) and exits, or is killed after CHILD_STOP_S."""
+        """Stop serving; the machine side releases the override (never above the fallback,
+        at most 100 %) and exits, or is killed after CHILD_STOP_S."""
         await self.controller.stop()
         child = self._child
         if child is not None and child.returncode is None:

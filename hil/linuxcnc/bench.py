@@ -32,7 +32,7 @@ from pathlib import Path
 
 from hil.linuxcnc import PROGRAMS_DIR, REPO_ROOT, SCENARIOS_DIR
 from hil.linuxcnc.adapter import LinuxCNCAdapter, PlantLoad
-from hil.linuxcnc.runner import LinuxCNC, ProgramRun
+from hil.linuxcnc.runner import LinuxCNC, LinuxCNCError, ProgramRun
 from hil.plant import MOTION, RunResult
 from hil.scenario import Scenario, load_scenario
 
@@ -84,7 +84,9 @@ class BenchRun:
     driver: str
     scenario: Scenario
     done: ProgramRun  # LinuxCNC's: cycle time, ok (False: aborted, unfinished)
-    result: RunResult  # the plant's: peak load, time above the hard limit, breakage
+    #: the plant's: peak load, time above the hard limit, breakage; None: the machine never
+    #: moved (LinuxCNC rejected the program, `done.messages` say why)
+    result: RunResult | None
     trace: dict  # the plant's (hil.plant.TRACE_COLUMNS); override_pct: the feed in effect
     states_s: dict[str, float]  # agent only: seconds in each control state during the run
     events: list[dict]  # agent only: its control events during the run
@@ -95,6 +97,15 @@ class BenchRun:
         return self.done.ok
 
     @property
+    def rejected(self) -> bool:
+        return self.result is None
+
+    @property
+    def why(self) -> str:
+        """What LinuxCNC (or the runner) said about the run, if anything."""
+        return "; ".join(self.done.messages)
+
+    @property
     def held(self) -> str:
         kinds = [e["event"] for e in self.events if e["event"] in ("breakage", "overload")]
         return ", ".join(kinds)
@@ -102,9 +113,10 @@ class BenchRun:
     def load_errors(self) -> tuple[float, float]:
         """(peak, RMS) of the load read minus the target, % points, while cutting."""
         target = self.scenario.control.target_load_pct
+        trace = self.trace
         cut = [
             load - target
-            for load, motion in zip(self.trace["load_pct"], self.trace["motion"], strict=True)
+            for load, motion in zip(trace.get("load_pct", ()), trace.get("motion", ()), strict=True)
             if motion == MOTION["cut"]
         ]
         if not cut:
@@ -116,8 +128,9 @@ def scenario_for(program: Path) -> Scenario:
     return load_scenario(SCENARIOS_DIR / f"{program.stem}.toml")
 
 
-#: The agent's `[control] refresh_s` against the adapter: half its default refresh timeout.
-AGENT_REFRESH_S = 1.0
+#: The agent's `[control] refresh_s` against the adapter: three refreshes and a reply's time
+#: fit in its default 2 s refresh timeout, so two lost ones do not trip it (docs/safety.md).
+AGENT_REFRESH_S = 0.5
 
 
 def agent_toml(port: int, workdir: Path) -> str:
@@ -231,9 +244,7 @@ async def run_program(
             config.write_text(agent_toml(port, workdir))
             child = await start_agent(config, workdir / "agent.log", adapter)
         started = time.time()
-        running = loop.run_in_executor(
-            None, lambda: cnc.run(program, feed_override=1.0, timeout_s=RUN_TIMEOUT_S)
-        )
+        running = loop.run_in_executor(None, _run_on, cnc, program)
         stopped_since = None
         while not running.done():
             await asyncio.sleep(0.05)
@@ -255,13 +266,15 @@ async def run_program(
             await asyncio.wait_for(child.wait(), AGENT_STOP_S)
         await adapter.stop()
     machine = adapter.machine
-    result = dataclasses.replace(machine.plant.result, finished=done.ok)
+    result = None  # the machine never moved: LinuxCNC rejected the program
+    if machine.plant is not None:
+        result = dataclasses.replace(machine.plant.result, finished=done.ok)
     events, states = [], {}
     if agent:
         events = [e for e in spool_events(workdir / "spool.db") if started <= e["t"] <= ended]
         states = state_times(spool_events(workdir / "spool.db"), started, ended)
     reaction = None
-    if result.broken_at_s is not None:
+    if result is not None and result.broken_at_s is not None:
         reaction = _reaction(
             result.broken_at_s, machine.run_clocks_s[-1], machine.status_traces[-1]
         )
@@ -271,13 +284,25 @@ async def run_program(
         scenario,
         done,
         result,
-        machine.plant.trace,
+        machine.plant.trace if result is not None else {},
         states,
         events,
         reaction,
     )
-    log(f"{run.program}, {run.driver}: {_cycle(run)} s{'' if done.ok else ' (unfinished)'}")
+    if run.rejected:
+        log(f"{run.program}, {run.driver}: rejected: {run.why}")
+    else:
+        log(f"{run.program}, {run.driver}: {_cycle(run)} s{'' if done.ok else ' (unfinished)'}")
     return run
+
+
+def _run_on(cnc: LinuxCNC, program: Path) -> ProgramRun:
+    """`program` to its end at 100 %; a program the runner refuses (no such file) is a run
+    that failed, with the reason, like one LinuxCNC's interpreter rejects."""
+    try:
+        return cnc.run(program, feed_override=1.0, timeout_s=RUN_TIMEOUT_S)
+    except LinuxCNCError as exc:
+        return ProgramRun(str(program), 0.0, False, (str(exc),))
 
 
 def _reaction(onset_s: float, clock0_s: float, statuses: list[tuple]) -> Reaction:
@@ -293,7 +318,10 @@ def _reaction(onset_s: float, clock0_s: float, statuses: list[tuple]) -> Reactio
 async def run_bench(
     programs: list[Path], workdir: Path, *, drivers=(FIXED, AGENT), log=lambda text: None
 ) -> list[BenchRun]:
-    """Every program with every driver, one at a time, on one LinuxCNC."""
+    """Every program with every driver, one at a time, on one LinuxCNC. A program without
+    its scenario is refused here, before any run, rather than after the runs before it."""
+    for program in programs:
+        scenario_for(program)
     loop = asyncio.get_running_loop()
     cnc = LinuxCNC()
     await loop.run_in_executor(None, cnc.start)
@@ -332,6 +360,14 @@ def _cycle(run: BenchRun) -> str:
 
 
 def _row(run: BenchRun, fixed: BenchRun | None) -> tuple[str, ...]:
+    if run.rejected:
+        blank = ("-",) * (len(HEADER) - 3)
+        return (
+            run.program,
+            run.driver,
+            *blank,
+            f"failed: rejected: {run.why or 'no reason given'}",
+        )
     versus = ""
     if fixed is not None and run is not fixed:
         versus = (
@@ -349,7 +385,8 @@ def _row(run: BenchRun, fixed: BenchRun | None) -> tuple[str, ...]:
     if run.held:
         notes.append(f"agent held the feed: {run.held}")
     if not run.finished:
-        notes.append(f"unfinished, stopped at {run.done.cycle_s:.1f} s")
+        said = f" ({run.why})" if run.why else ""
+        notes.append(f"unfinished, stopped at {run.done.cycle_s:.1f} s{said}")
     if run.result.broken_at_s is not None:
         notes.append(f"tool broke at {run.result.broken_at_s:.2f} s")
     if run.reaction is not None and run.reaction.cycles is not None:
@@ -425,7 +462,8 @@ def write_report(runs: list[BenchRun], out: Path) -> Path:
     ]
     by_program: dict[str, list[BenchRun]] = {}
     for run in runs:
-        by_program.setdefault(run.program, []).append(run)
+        if not run.rejected:  # nothing ran: nothing to plot
+            by_program.setdefault(run.program, []).append(run)
     for program, group in by_program.items():
         png = out / f"{program}.png"
         ideal = oracle(group[0].scenario).cycle_time_s
@@ -442,12 +480,13 @@ def write_report(runs: list[BenchRun], out: Path) -> Path:
             "program": r.program,
             "driver": r.driver,
             "finished": r.finished,
+            "rejected": r.rejected,
             "cycle_s": r.done.cycle_s,
-            "peak_load_pct": r.result.peak_load_pct,
+            "peak_load_pct": None if r.rejected else r.result.peak_load_pct,
             "load_errors_pct": r.load_errors(),
-            "above_limit_s": r.result.above_limit_s,
+            "above_limit_s": None if r.rejected else r.result.above_limit_s,
             "states_s": r.states_s,
-            "broken_at_s": r.result.broken_at_s,
+            "broken_at_s": None if r.rejected else r.result.broken_at_s,
             "reaction_cycles": r.reaction.cycles if r.reaction else None,
             "messages": list(r.done.messages),
         }

@@ -6,8 +6,8 @@ it reads on stdin is one agent write of the override ({"override": PCT}) and goe
 rule (override.py), whose commands it applies: the component's pin `adaptive-feed`, linked to
 the signal that drives motion.adaptive-feed, and the feed override through `linuxcnc.command()`.
 It never raises the feed on its own: when the agent stops writing, the rule falls back; when
-stdin closes (the adapter went away) or on SIGTERM, it releases (override <= min(fallback,
-100 %), the operator's knob given back) and exits, and the signal keeps that value.
+stdin closes (the adapter went away) or on SIGTERM, it releases (override <= the fallback,
+at most 100 %, the operator's knob given back) and exits, and the signal keeps that value.
 
 Pins of the component (`edge-adapter` by default), for halscope and for a real machine's HAL:
     adaptive-feed    float out  the agent's reductions, 0 ... 1 (linked to --signal)

@@ -15,7 +15,9 @@ LinuxCNC 2.9 a value above 1 does nothing). So the agent's override A is split i
   wins: the adapter never moves the knob back against it;
 - the agent must write its override at least every `refresh_timeout_s`; when it does not,
   A := min(A, fallback), and A stays there (the adapter never raises the feed on its own) until
-  the agent writes again. Before the agent's first write, A = min(100 %, fallback).
+  the agent writes again. Before the agent's first write, A = fallback. The fallback is at most
+  100 %: nobody supervises the cut then, so nothing above the programmed feed is kept
+  (docs/safety.md).
 
 So effective feed = programmed x K x A, as on the simulated controller, except that while the
 operator holds the knob against a raise, the raise waits.
@@ -33,6 +35,9 @@ from dataclasses import dataclass
 #: The agent's override range, % (hil/register_map.py AGENT_OVERRIDE_RANGE_PCT; repeated here
 #: because that module needs the agent's package, which this interpreter may not have).
 OVERRIDE_RANGE_PCT = (0.0, 150.0)
+
+#: The highest fallback: with the agent silent nothing above the programmed feed is kept.
+FALLBACK_MAX_PCT = 100.0
 
 #: Feed overrides closer than this are the same: LinuxCNC keeps a double, GUIs show whole %.
 SAME_SCALE = 1e-4
@@ -77,14 +82,15 @@ class FeedRule:
         ):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: must be a number above 0, got {value!r}")
-        lo, hi = OVERRIDE_RANGE_PCT
-        if not (math.isfinite(fallback_pct) and lo <= fallback_pct <= hi):
-            raise ValueError(f"fallback_pct: must be in {lo:g} ... {hi:g} %, got {fallback_pct!r}")
+        if not (math.isfinite(fallback_pct) and 0 <= fallback_pct <= FALLBACK_MAX_PCT):
+            raise ValueError(
+                f"fallback_pct: must be in 0 ... {FALLBACK_MAX_PCT:g} %, got {fallback_pct!r}"
+            )
         self.max_feed_override = max_feed_override
         self.refresh_timeout_s = refresh_timeout_s
         self.fallback_pct = fallback_pct
         self.settle_s = settle_s
-        self._override_pct = min(100.0, fallback_pct)
+        self._override_pct = fallback_pct
         self._written_s: float | None = None  # the agent's last write
         self._link_ok = False
         self._knob: float | None = None  # the operator's feed override; None until observed
@@ -141,10 +147,10 @@ class FeedRule:
         return self._split(now_s, self._override_pct)
 
     def release(self, now_s: float) -> FeedCommand:
-        """The adapter is going away: A := min(A, fallback, 100 %) and the knob given back, so
-        that nothing it leaves behind raises the feed."""
+        """The adapter is going away: A := min(A, fallback) and the knob given back, so that
+        nothing it leaves behind raises the feed."""
         self._link_ok = False
-        self._override_pct = min(self._override_pct, self.fallback_pct, 100.0)
+        self._override_pct = min(self._override_pct, self.fallback_pct)
         return self._split(now_s, self._override_pct)
 
     def _split(self, now_s: float, pct: float) -> FeedCommand:

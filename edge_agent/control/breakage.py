@@ -1,0 +1,197 @@
+"""Tool breakage from the cutting load, relative to the level the tool was cutting at.
+
+A breaking tool chips (the load spikes for some tens of milliseconds), then the broken tool only
+rubs: the cutting load falls to a small share of what it was, in the middle of a block that is
+still feeding. Read through the drive's dead time and lag, a short spike may not show at all,
+so two signatures count, each relative to the tool's own recent cutting level (a breakage in a
+light cut spikes to a multiple of that light load, not of the target's):
+
+- **spike, then drop**: within `window_ns` the cutting load rose `spike_ratio` times over the
+  level, then fell below `drop_fraction` of it;
+- **lost load**: the mean of the last few samples fell below `loss_fraction` of the level, with
+  no spike seen; the noisier the reading against the level, the more samples (`loss_samples`);
+  and the reading fell from 90 % to 50 % of the level faster than it rose from 10 % to 50 %
+  when this cut began. A tool leaving the material in the middle of a block (a slot run out
+  through the side of the stock) sheds its engagement over its diameter, as it took it on at
+  the entry; a broken tool sheds it at once, and the reading falls as fast as the sensor lets it.
+
+Loads are specific: the cutting load per 100 % of applied feed (override x knob), so the agent's
+own feed changes, and the operator's, are not mistaken for a loss or a spike. The reading shows
+the feed of `FEED_DELAY_NS` ago (the axes, the drive's dead time and lag), so that is the feed
+a sample is divided by: divided by the feed of now, the law's own cut after a spike would
+inflate the broken tool's rub and delay the hold.
+
+Neither counts a fall the program made: a block change is where a program leaves the
+material (an exit), steps down in depth or width, or changes path, and the controller reports it
+before the load reading falls (the reading lags). So the level is measured within the block the
+tool is in now; when a block starts while the tool was cutting, its first `BLOCK_SETTLE_NS`,
+and then as long as the reading keeps falling, are the last block's load still passing through
+the sensor, and do not count. The level is the median of the cutting load over `REFERENCE_NS`
+before the window, or, early in a block, its highest 3-sample median so far; it must be at
+least `min_share` of the target's cutting load, so a barely-cutting tool is not watched.
+Noise: a spike must clear the level by 4 sigma, and a lost load is a mean over enough samples.
+docs/adaptive-control.md measures these choices on the randomized scenario family.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+NS = 1_000_000_000
+
+#: How long before the window the level is taken from.
+REFERENCE_NS = 300_000_000
+#: How old the feed is that a load reading shows: about the default sensor's delay.
+FEED_DELAY_NS = 200_000_000
+#: How much of a cut's start is kept to time its rise.
+START_NS = 1_500_000_000
+#: A block that starts in the material: its first samples still show the last block's load.
+BLOCK_SETTLE_NS = 300_000_000
+#: ... and it has settled when the reading no longer falls over this long ...
+SETTLE_STEP_NS = 100_000_000
+#: ... comparing the samples of the last this long (about 3 at the usual polls) with before.
+SAMPLES_3_NS = 60_000_000
+#: The fewest and the most samples a lost-load mean is taken over.
+LOSS_SAMPLES = (3, 40)
+#: A lost load's mean must be this sure (sigmas of its standard error) to be under the line by
+#: a tenth of the level: half the gap between a broken tool's rub (up to 0.2 of the level) and
+#: the lightest step down in engagement a program makes within a block (0.4).
+LOSS_SIGMAS = 3.0
+LOSS_MARGIN = 0.1
+#: Noise sigmas a spike must clear the level by.
+SPIKE_SIGMAS = 4.0
+
+
+@dataclass(frozen=True)
+class BreakageRule:
+    window_ns: int
+    spike_ratio: float
+    drop_fraction: float
+    loss_fraction: float
+    min_share: float
+
+
+class BreakageWatch:
+    """Fed every cutting-load sample while the tool may be cutting; says when it broke."""
+
+    def __init__(self, rule: BreakageRule):
+        self.rule = rule
+        # (t_ns, specific cutting load) in this block, window and reference long
+        self._samples: deque[tuple[int, float]] = deque()
+        self._block: int | None = None
+        self._feeds: deque[tuple[int, float]] = deque()  # (t_ns, feed %), FEED_DELAY_NS long
+        self._settling = False  # the block started in the material; its level is not known yet
+        self._settled_ns = 0  # when it was known: the level counts samples from here
+        self._best = 0.0  # the highest 3-sample median since then
+        # This cut's first samples, until its level is known; then how long the reading took to
+        # rise from 10 % to 50 % of it (None: the cut's start was not seen).
+        self._start: list[tuple[int, float]] | None = []
+        self._rise_ns: int | None = None
+
+    def reset(self) -> None:
+        """The tool left the material, or control restarted: a new cut, a new level."""
+        self._samples.clear()
+        self._best = 0.0
+        self._start, self._rise_ns = [], None
+
+    def observe(
+        self, t_ns: int, cut: float, feed_pct: float, block: int | None, span: float, sigma: float
+    ) -> dict | None:
+        """One sample of the cutting load (load - idle) at `feed_pct` of the programmed feed.
+        Returns None, or the breakage event's detail."""
+        rule = self.rule
+        feeds = self._feeds
+        feeds.append((t_ns, feed_pct))
+        while len(feeds) > 1 and feeds[1][0] <= t_ns - FEED_DELAY_NS:
+            feeds.popleft()
+        feed_pct = feeds[0][1]  # the feed the reading shows
+        if feed_pct <= 0.0:
+            self.reset()
+            return None
+        scale = 100.0 / feed_pct  # to specific load, % per 100 % feed
+        specific, noise = cut * scale, sigma * scale
+        if block != self._block:
+            self._block = block
+            settling = bool(self._samples) and self._samples[-1][1] >= rule.min_share * span
+            self._settled_ns = t_ns
+            self.reset()
+            if settling:  # no entry to time in a block that starts in the material
+                self._settling, self._start = True, None
+        samples = self._samples
+        samples.append((t_ns, specific))
+        horizon = t_ns - rule.window_ns - REFERENCE_NS
+        while samples[0][0] < horizon:
+            samples.popleft()
+        if self._settling and not self._settled(t_ns, noise):
+            return None
+        if len(samples) >= 3 and samples[-3][0] >= self._settled_ns:
+            self._best = max(self._best, statistics.median(c for _, c in list(samples)[-3:]))
+        level = self._level(t_ns)
+        if level < rule.min_share * span * scale:
+            return None
+        window = [c for t, c in samples if t > t_ns - rule.window_ns]
+        detail = {"level_pct": level / scale, "cut_pct": cut}
+        peak = max(window)
+        if (
+            peak >= rule.spike_ratio * level + SPIKE_SIGMAS * noise
+            and specific < rule.drop_fraction * level
+        ):
+            return {"signature": "spike", "peak_pct": peak / scale, **detail}
+        self._time_rise(t_ns, level)
+        wanted = math.ceil((LOSS_SIGMAS * noise / (LOSS_MARGIN * level)) ** 2)
+        count = min(len(window), max(LOSS_SAMPLES[0], min(LOSS_SAMPLES[1], wanted)))
+        if count >= LOSS_SAMPLES[0] and sum(window[-count:]) / count < rule.loss_fraction * level:
+            fall_ns = self._crossing(level, 0.5, falling=True) - self._crossing(
+                level, 0.9, falling=True
+            )
+            if self._rise_ns is not None and fall_ns < self._rise_ns:
+                return {"signature": "lost load", **detail}
+        return None
+
+    def _time_rise(self, t_ns: int, level: float) -> None:
+        """Keep this cut's first samples (`START_NS`), and time its rise to the level known now."""
+        start = self._start
+        if start is None:
+            return
+        if not start or t_ns - start[0][0] <= START_NS:
+            start.append(self._samples[-1])
+        ten = next((t for t, c in start if c >= 0.1 * level), None)
+        half = next((t for t, c in start if c >= 0.5 * level), None)
+        self._rise_ns = half - ten if ten is not None and half is not None else None
+
+    def _crossing(self, level: float, share: float, falling: bool) -> int:
+        """When the reading last was at or over `share` of the level (falling)."""
+        for t, c in reversed(self._samples):
+            if c >= share * level:
+                return t
+        return self._samples[0][0]
+
+    def _referenced(self, t_ns: int) -> bool:
+        return self._settled_ns <= t_ns - self.rule.window_ns - REFERENCE_NS // 2
+
+    def _settled(self, t_ns: int, noise: float) -> bool:
+        """A block that started in the material settles once `BLOCK_SETTLE_NS` passed and the
+        reading no longer falls: its 3-sample median not below the one `SETTLE_STEP_NS`
+        earlier by more than noise."""
+        if t_ns - self._settled_ns < BLOCK_SETTLE_NS:
+            return False
+        now = [c for t, c in self._samples if t > t_ns - SAMPLES_3_NS]
+        then = [c for t, c in self._samples if t <= t_ns - SETTLE_STEP_NS][-3:]
+        if len(now) < 1 or len(then) < 1:
+            return False
+        if statistics.median(now) < statistics.median(then) * 0.95 - SPIKE_SIGMAS * noise:
+            return False
+        self._settling = False
+        self._settled_ns = t_ns
+        return True
+
+    def _level(self, t_ns: int) -> float:
+        """The specific cutting load before the window, or early in a block its best so far."""
+        before = t_ns - self.rule.window_ns
+        reference = [c for t, c in self._samples if self._settled_ns <= t <= before]
+        if len(reference) >= 3 and self._referenced(t_ns):
+            return statistics.median(reference)
+        return self._best
