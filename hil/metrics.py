@@ -117,8 +117,9 @@ def overload_onset_s(run: Run, hold_s: float, poll_s: float | None = None) -> fl
 
 
 def raises_over_target(run: Run, from_s: float, poll_s: float | None = None) -> int:
-    """Readings from `from_s` on at which the override reaching the plant had risen since the
-    reading before while the load read stood above target + 2 noise sigmas."""
+    """Readings from `from_s` on after which the override reaching the plant rose by the next
+    reading, though the load read (what the agent answered) stood above target + 2 noise
+    sigmas."""
     trace, scenario = run.trace, run.scenario
     above = scenario.control.target_load_pct + 2 * scenario.sensor.noise_pct
     t, load, override = trace["t_s"], trace["load_pct"], trace["override_pct"]
@@ -126,7 +127,7 @@ def raises_over_target(run: Run, from_s: float, poll_s: float | None = None) -> 
     return sum(
         1
         for a, b in zip(rows, rows[1:], strict=False)
-        if override[b] > override[a] and load[b] > above
+        if override[b] > override[a] and load[a] > above
     )
 
 
