@@ -358,7 +358,7 @@ class AdaptiveController:
             before = self.law.override
             after = self.law.step(load, target, idle, dt) if dt > 0 else before
             self.law.limit(self._no_raise(after, before))  # the knob down, or over target
-            if load - idle < cfg.exit_fraction * span:
+            if load - idle < max(cfg.exit_fraction * span, self._margin()):
                 if self._exit_since_ns is None:
                     self._exit_since_ns, self._exit_override = t_ns, before
                 if t_ns - self._exit_since_ns >= cfg.exit_s * NS:
