@@ -92,8 +92,9 @@ class BreakageWatch:
         self._settling = False  # the block started in the material; its level is not known yet
         self._settled_ns = 0  # when it was known: the level counts samples from here
         self._best = 0.0  # the highest 3-sample median since then
-        # This cut's first samples, until its level is known; then how long the reading took to
-        # rise from 10 % to 50 % of it (None: the cut's start was not seen).
+        # This cut's first samples (None: it started in an earlier block), and how long the
+        # reading took to rise from 10 % to 50 % of its level at the last entry timed (kept
+        # through the blocks of one cut and into the next cut until that one is timed).
         self._start: list[tuple[int, float]] | None = []
         self._rise_ns: int | None = None
 
@@ -101,7 +102,7 @@ class BreakageWatch:
         """The tool left the material, or control restarted: a new cut, a new level."""
         self._samples.clear()
         self._best = 0.0
-        self._start, self._rise_ns = [], None
+        self._start = []
 
     def observe(
         self, t_ns: int, cut: float, feed_pct: float, block: int | None, span: float, sigma: float
@@ -168,7 +169,8 @@ class BreakageWatch:
             start.append(self._samples[-1])
         ten = next((t for t, c in start if c >= 0.1 * level), None)
         half = next((t for t, c in start if c >= 0.5 * level), None)
-        self._rise_ns = half - ten if ten is not None and half is not None else None
+        if ten is not None and half is not None:
+            self._rise_ns = half - ten
 
     def _crossing(self, level: float, share: float, falling: bool) -> int:
         """When the reading last was at or over `share` of the level (falling)."""
