@@ -56,6 +56,12 @@ hil: $(INSTALLED)
 	$(PY) -m hil bench --out reports/hil $(HIL_ARGS)
 	$(PY) -m hil bridge --seconds 60
 
+# The randomized scenario family (docs/hil-scenarios.md): 1,000 cases on simulated time in
+# worker processes, judged against the adaptive-control criteria; fails if one is not met.
+.PHONY: hil-family
+hil-family: $(INSTALLED)
+	$(PY) -m hil family --cases 1000 --seed 1 --out reports/hil-family $(HIL_FAMILY_ARGS)
+
 # The sensor bridge's firmware onto an RP2040 board running MicroPython (README, "Flashing
 # the bridge"): the four files flat in the board's root; main.py starts at the next reset.
 BRIDGE_PORT ?= /dev/ttyACM0

@@ -3,7 +3,8 @@
 `serve` runs the simulated controller in real time until Ctrl-C or SIGTERM: the cutting plant on
 the demo part or a scenario, or a recording with --replay. It never serves on anything but the
 address it was given (default 127.0.0.1:5020, not the privileged 502). `bench` runs scenarios
-against their oracle and writes the report (what `make hil` runs).
+against their oracle and writes the report (what `make hil` runs). `family` runs the
+randomized scenario family and judges it against the criteria (what `make hil-family` runs).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from hil import host_port
@@ -43,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench.add_argument("scenarios", nargs="*", metavar="NAME|PATH", help="default: all shipped")
     bench.add_argument("--sim", action="store_true", help="simulated time, no Modbus (fast)")
     bench.add_argument("--out", default="reports/hil", help="report folder (default reports/hil)")
+    family = sub.add_parser("family", help="the randomized scenario family, judged")
+    family.add_argument("--cases", type=int, default=1000, help="how many (default 1000)")
+    family.add_argument("--seed", type=int, default=1, help="the family's seed (default 1)")
+    family.add_argument("--out", default="reports/hil-family", help="report folder")
+    family.add_argument("--jobs", type=int, default=0, help="worker processes (default: cores)")
+    family.add_argument("--case", metavar="SEED.INDEX", help="re-run one case, write its trace")
     bridge = sub.add_parser(
         "bridge", help="the real bridge firmware under MicroPython, fed by the cutting plant"
     )
@@ -93,6 +101,31 @@ def bench(args: argparse.Namespace) -> None:
     print(f"report: {write_report(runs, out)}")
 
 
+def family(args: argparse.Namespace) -> int:
+    """The family's report; 1 when a criterion fails (each failed one printed)."""
+    from hil.family import criteria, default_jobs, run_family
+    from hil.family_report import write_report, write_trace
+
+    logging.getLogger("edge_agent").setLevel(logging.ERROR)  # the report says what happened
+    out = Path(args.out)
+    if args.case:
+        print(f"trace: {write_trace(args.case, out)}")
+        return 0
+    ids = [f"{args.seed}.{index}" for index in range(args.cases)]
+    started = time.monotonic()
+    records = run_family(ids, args.jobs or default_jobs(), Progress(what="cases"))
+    verdicts = criteria(records)
+    took = time.monotonic() - started
+    header = f"{args.cases} cases, seed {args.seed}, run in {took:.0f} s"
+    for verdict in verdicts:
+        print(verdict.line())
+    print(f"report: {write_report(records, verdicts, out, header)} ({header})")
+    failed = [v.name for v in verdicts if not v.passed]
+    if failed:
+        print(f"python -m hil family: {len(failed)} criteria failed: {'; '.join(failed)}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # pymodbus logs every timeout at ERROR with a frame dump; our own lines say what matters.
@@ -101,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "bench":
             bench(args)
+        elif args.command == "family":
+            return family(args)
         elif args.command == "bridge":
             from .bridge_bench import run
 
@@ -108,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print(asyncio.run(run(args.seconds)).line())
         else:
             asyncio.run(serve(args))
-    except (ReplayMapError, ScenarioError, RuntimeError, OSError) as exc:
+    except (ReplayMapError, ScenarioError, RuntimeError, OSError, ValueError) as exc:
         print(f"python -m hil: {exc}", file=sys.stderr)
         return 1
     return 0

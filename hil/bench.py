@@ -170,15 +170,16 @@ async def run_all_realtime(
 class Progress:
     """One status line, redrawn on a terminal; a line every 5 s otherwise (CI logs)."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=sys.stderr, what: str = "scenarios"):
         self.stream = stream
+        self.what = what
         self.tty = stream.isatty()
         self._last = -1e9
 
     def __call__(self, done: int, total: int, elapsed_s: float) -> None:
         width = 20
         bar = "#" * (width * done // total) + "." * (width - width * done // total)
-        line = f"hil: [{bar}] {done}/{total} scenarios finished, {elapsed_s:.0f} s"
+        line = f"hil: [{bar}] {done}/{total} {self.what} finished, {elapsed_s:.0f} s"
         if self.tty:
             end = "\n" if done == total else ""
             print(f"\r{line}", end=end, file=self.stream, flush=True)
@@ -227,10 +228,12 @@ def run_adaptive_simulated(
     cfg: ControlConfig | None = None,
     poll_s: float = 0.02,
     filters: tuple[FilterSpec, ...] = (),
+    observe: Callable[[int, ControlLoop], None] | None = None,
 ) -> tuple[Run, ControlLoop]:
     """The agent's control path on simulated time: the plant polled every `poll_s` (no
     replies while the link is down), the signal through the agent's filter chain, the
-    agent's own control loop ticked every period."""
+    agent's own control loop ticked every period; `observe(now_ns, loop)` after each tick
+    (what the controller decided: its state, learned idle, the law's override)."""
     cfg = cfg or control_config(scenario)
     ideal = oracle(scenario).cycle_time_s
     plant = CuttingPlant(scenario, record=True)
@@ -264,6 +267,8 @@ def run_adaptive_simulated(
                 if arrivals:
                     inbox.put(arrivals)
         loop.tick(now_ns)
+        if observe is not None:
+            observe(now_ns, loop)
         if hold.ended(loop.controller.state is State.HOLD, now_ns / 1e9):
             break
     held = loop.controller.hold_reason

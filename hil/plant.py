@@ -76,6 +76,7 @@ class RunResult:
     peak_load_pct: float = 0.0
     above_limit_s: float = 0.0
     broken_at_s: float | None = None
+    fault_at_s: float | None = None  # when the first sensor freeze or link loss began
 
     @property
     def cycle_time_s(self) -> float:
@@ -283,7 +284,28 @@ class CuttingPlant:
 
     def link_down(self) -> bool:
         """True while a `link_loss` event of the scenario is on (the bench applies it)."""
-        return any(e.kind == "link_loss" and e.active(self.time_s) for e in self.scenario.events)
+        return self._fault_on("link_loss")
+
+    def _fault_on(self, kind: str) -> bool:
+        """True while an event of `kind` (sensor_freeze, link_loss) is on at this step."""
+        now = self.time_s
+        for event, onset in zip(self.scenario.events, self._onsets, strict=True):
+            if event.kind == kind and onset is not None and onset <= now < onset + event.duration_s:
+                return True
+        return False
+
+    def _place_faults(self) -> None:
+        """Start the freezes and link losses placed on the path whose place has come; note
+        when the first fault began."""
+        now = self.time_s
+        for i, event in enumerate(self.scenario.events):
+            if event.kind == "breakage":
+                continue
+            onset = self._onsets[i]
+            if onset is None and event.part == self._part and self._part_mm >= event.at_mm:
+                onset = self._onsets[i] = now
+            if onset is not None and onset <= now + 1e-9 and self.result.fault_at_s is None:
+                self.result.fault_at_s = onset
 
     # -- the model --------------------------------------------------------------------------
 
@@ -300,6 +322,12 @@ class CuttingPlant:
         self._part = 1
         self._breakage: Event | None = None
         self._spike_until_s = 0.0
+        # when each freeze and link loss begins (plant time): its start_s, or once the tool
+        # reaches its place on the path (None until then); breakages keep None here
+        self._onsets: list[float | None] = [
+            None if e.by_position or e.kind == "breakage" else e.start_s
+            for e in self.scenario.events
+        ]
         self._start_part()
 
     def _start_part(self) -> None:
@@ -339,7 +367,8 @@ class CuttingPlant:
         self._watch(load)
         reading = self.sensor.reading
         self.sensor.update(load)
-        if any(e.kind == "sensor_freeze" and e.active(self.time_s) for e in self.scenario.events):
+        self._place_faults()
+        if self._fault_on("sensor_freeze"):
             self.sensor.reading = reading
         heat_target = _AMBIENT_DEGC + _HEATING_DEGC_PER_LOAD_PCT * self.sensor.reading
         self._temp += (heat_target - self._temp) * dt / _THERMAL_LAG_S

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from hil.bench import BASELINE, Run
+from hil.metrics import control_metrics, fault_reaction_s
 from hil.plant import MOTION
 
 HEADER = (
@@ -19,6 +20,10 @@ HEADER = (
     "vs baseline",
     "peak load %",
     "above limit s",
+    "RMS err %",
+    "overshoot %",
+    "bias %",
+    "reaction s",
     "notes",
 )
 
@@ -68,8 +73,13 @@ def rows(runs: list[Run]) -> list[tuple[str, ...]]:
     return out
 
 
+def _figure(value: float | None, form: str) -> str:
+    return "-" if value is None or math.isnan(value) else format(value, form)
+
+
 def _row(run: Run, baseline: Run | None) -> tuple[str, ...]:
     result = run.result
+    quality = control_metrics(run)
     return (
         run.scenario.name,
         run.driver,
@@ -79,6 +89,10 @@ def _row(run: Run, baseline: Run | None) -> tuple[str, ...]:
         _versus(run, baseline),
         f"{result.peak_load_pct:.1f}",
         f"{result.above_limit_s:.2f}",
+        _figure(quality.steady_rms_pct, ".1f"),
+        _figure(quality.overshoot_pct, ".1f") if quality.steps else "-",
+        _figure(quality.bias_pct, "+.1f"),
+        _figure(fault_reaction_s(run), ".2f"),
         notes(run),
     )
 

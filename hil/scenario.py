@@ -129,11 +129,12 @@ class Move:
 
 @dataclass(frozen=True)
 class Event:
-    """`breakage` at `at_mm` along part `part`'s path; `sensor_freeze` and `link_loss` from
-    `start_s` for `duration_s` of plant time."""
+    """`breakage` at `at_mm` along part `part`'s path; `sensor_freeze` and `link_loss` for
+    `duration_s` of plant time, from `start_s`, or (with `at_mm` set) from when part `part`'s
+    tool reaches `at_mm` along its path: a fault placed where on the work it strikes."""
 
     kind: str
-    at_mm: float = 0.0
+    at_mm: float | None = None  # None: a freeze or link loss placed by `start_s`
     part: int = 1
     start_s: float = 0.0
     duration_s: float = 0.0
@@ -141,8 +142,9 @@ class Event:
     spike_s: float = 0.05  # ... for this long, then ...
     residual: float = 0.05  # ... the broken tool only rubs: this fraction of the cutting power
 
-    def active(self, t_s: float) -> bool:
-        return self.start_s <= t_s < self.start_s + self.duration_s
+    @property
+    def by_position(self) -> bool:
+        return self.at_mm is not None
 
 
 @dataclass(frozen=True)
@@ -210,8 +212,8 @@ _TOP = (
 )
 _EVENT_KEYS = {
     "breakage": ("kind", "at_mm", "part", "spike_factor", "spike_s", "residual"),
-    "sensor_freeze": ("kind", "start_s", "duration_s"),
-    "link_loss": ("kind", "start_s", "duration_s"),
+    "sensor_freeze": ("kind", "start_s", "at_mm", "part", "duration_s"),
+    "link_loss": ("kind", "start_s", "at_mm", "part", "duration_s"),
 }
 
 
@@ -449,10 +451,24 @@ class _ScenarioChecker(TomlChecker):
                     residual=self.non_negative(entry, path, "residual", 0.05),
                 )
             else:
-                event = Event(
-                    kind,
-                    start_s=self.non_negative(entry, path, "start_s"),
-                    duration_s=self.positive(entry, path, "duration_s"),
-                )
+                event = self.timed_event(entry, path, kind, scenario)
             events.append(event)
         return tuple(events)
+
+    def timed_event(self, entry: dict, path: KeyPath, kind: str, scenario: Scenario) -> Event:
+        """A freeze or link loss: from `start_s`, or from `at_mm` on `part`; one, not both."""
+        duration = self.positive(entry, path, "duration_s")
+        if ("start_s" in entry) == ("at_mm" in entry):
+            raise self.fail(path, f"{kind} needs either start_s or at_mm (with part), not both")
+        if "start_s" in entry:
+            if "part" in entry:
+                raise self.fail((*path, "part"), "goes with at_mm, not start_s")
+            return Event(
+                kind, start_s=self.non_negative(entry, path, "start_s"), duration_s=duration
+            )
+        return Event(
+            kind,
+            at_mm=self.non_negative(entry, path, "at_mm"),
+            part=self.int_in(entry, path, "part", 1, scenario.parts, 1),
+            duration_s=duration,
+        )

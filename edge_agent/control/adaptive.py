@@ -186,6 +186,7 @@ class AdaptiveController:
         for arrived_ns, sample in arrivals:
             if sample.channel == signal and self.state is not State.HOLD:
                 self._on_signal(arrived_ns, sample.value)
+        self._overload_due(now_ns)
         return self._command(self._desired())
 
     def set_taught(self, taught: dict[int, ToolRecord]) -> None:
@@ -356,9 +357,8 @@ class AdaptiveController:
         elif self.state is State.CUTTING:
             before = self.law.override
             after = self.law.step(load, target, idle, dt) if dt > 0 else before
-            if after > self._no_raise(after, before):
-                self.law.reset(before)  # the knob is down, or the load is over target
-            if load - idle < cfg.exit_fraction * span:
+            self.law.limit(self._no_raise(after, before))  # the knob down, or over target
+            if load - idle < max(cfg.exit_fraction * span, self._margin()):
                 if self._exit_since_ns is None:
                     self._exit_since_ns, self._exit_override = t_ns, before
                 if t_ns - self._exit_since_ns >= cfg.exit_s * NS:
@@ -384,7 +384,7 @@ class AdaptiveController:
         law's memory says, a raise then can only make it worse)."""
         cfg = self.cfg
         knob_down = cfg.knob_tag and self._value(cfg.knob_tag) < 100.0
-        over = self._signal_load > self.target_pct() + cfg.deadband * 100.0
+        over = self._signal_load > self.target_pct()
         if knob_down or over:
             return min(wanted, current)
         return wanted
@@ -435,6 +435,15 @@ class AdaptiveController:
             self._hold("breakage", load_pct=load, idle_pct=idle, at_ns=t_ns, **seen)
             return True
         return False
+
+    def _overload_due(self, now_ns: int) -> None:
+        """An overload's persistence runs on the clock, not from sample to sample: at a slow
+        poll the hold would otherwise wait for the next sample past `overload_persist_s`."""
+        since = self._over_since_ns
+        if since is None or self._under_since_ns is not None or self.state not in _WATCHED:
+            return
+        if now_ns - since >= self.cfg.overload_persist_s * NS:
+            self._hold("overload", load_pct=self._signal_load, since_ns=since, at_ns=now_ns)
 
     def _watch_block(self) -> None:
         """Undercut: a block the teach-in cut in passed without cutting (a missing tool)."""

@@ -44,6 +44,12 @@ NS = 1_000_000_000
 
 #: How long before the window the level is taken from.
 REFERENCE_NS = 300_000_000
+#: A reference is steady when its highest 3-sample median is within this factor of its lowest.
+STEADY_SPREAD = 1.25
+#: A lost load must have fallen (90 % to 50 % of the level) in under this share of the time the
+#: cut's load took to rise (10 % to 50 %): a tool leaving the stock sheds its engagement as
+#: slowly as it took it on, and noise must not make a coin toss of the comparison.
+FALL_SHARE = 0.7
 #: How old the feed is that a load reading shows: about the default sensor's delay.
 FEED_DELAY_NS = 200_000_000
 #: How much of a cut's start is kept to time its rise.
@@ -86,8 +92,9 @@ class BreakageWatch:
         self._settling = False  # the block started in the material; its level is not known yet
         self._settled_ns = 0  # when it was known: the level counts samples from here
         self._best = 0.0  # the highest 3-sample median since then
-        # This cut's first samples, until its level is known; then how long the reading took to
-        # rise from 10 % to 50 % of it (None: the cut's start was not seen).
+        # This cut's first samples (None: it started in an earlier block), and how long the
+        # reading took to rise from 10 % to 50 % of its level at the last entry timed (kept
+        # through the blocks of one cut and into the next cut until that one is timed).
         self._start: list[tuple[int, float]] | None = []
         self._rise_ns: int | None = None
 
@@ -95,7 +102,7 @@ class BreakageWatch:
         """The tool left the material, or control restarted: a new cut, a new level."""
         self._samples.clear()
         self._best = 0.0
-        self._start, self._rise_ns = [], None
+        self._start = []
 
     def observe(
         self, t_ns: int, cut: float, feed_pct: float, block: int | None, span: float, sigma: float
@@ -118,8 +125,9 @@ class BreakageWatch:
             settling = bool(self._samples) and self._samples[-1][1] >= rule.min_share * span
             self._settled_ns = t_ns
             self.reset()
+            self._settling = settling
             if settling:  # no entry to time in a block that starts in the material
-                self._settling, self._start = True, None
+                self._start = None
         samples = self._samples
         samples.append((t_ns, specific))
         horizon = t_ns - rule.window_ns - REFERENCE_NS
@@ -129,14 +137,15 @@ class BreakageWatch:
             return None
         if len(samples) >= 3 and samples[-3][0] >= self._settled_ns:
             self._best = max(self._best, statistics.median(c for _, c in list(samples)[-3:]))
-        level = self._level(t_ns)
+        level, steady = self._level(t_ns, noise)
         if level < rule.min_share * span * scale:
             return None
         window = [c for t, c in samples if t > t_ns - rule.window_ns]
         detail = {"level_pct": level / scale, "cut_pct": cut}
         peak = max(window)
         if (
-            peak >= rule.spike_ratio * level + SPIKE_SIGMAS * noise
+            steady
+            and peak >= rule.spike_ratio * level + SPIKE_SIGMAS * noise
             and specific < rule.drop_fraction * level
         ):
             return {"signature": "spike", "peak_pct": peak / scale, **detail}
@@ -147,7 +156,7 @@ class BreakageWatch:
             fall_ns = self._crossing(level, 0.5, falling=True) - self._crossing(
                 level, 0.9, falling=True
             )
-            if self._rise_ns is not None and fall_ns < self._rise_ns:
+            if self._rise_ns is not None and fall_ns < FALL_SHARE * self._rise_ns:
                 return {"signature": "lost load", **detail}
         return None
 
@@ -160,7 +169,8 @@ class BreakageWatch:
             start.append(self._samples[-1])
         ten = next((t for t, c in start if c >= 0.1 * level), None)
         half = next((t for t, c in start if c >= 0.5 * level), None)
-        self._rise_ns = half - ten if ten is not None and half is not None else None
+        if ten is not None and half is not None:
+            self._rise_ns = half - ten
 
     def _crossing(self, level: float, share: float, falling: bool) -> int:
         """When the reading last was at or over `share` of the level (falling)."""
@@ -186,12 +196,19 @@ class BreakageWatch:
             return False
         self._settling = False
         self._settled_ns = t_ns
+        while self._samples[0][0] < t_ns:  # the last block's load: not this block's level
+            self._samples.popleft()
         return True
 
-    def _level(self, t_ns: int) -> float:
-        """The specific cutting load before the window, or early in a block its best so far."""
+    def _level(self, t_ns: int, noise: float) -> tuple[float, bool]:
+        """The specific cutting load before the window, or early in a block its best so far;
+        and whether it is steady enough to measure a spike against (a reading still climbing
+        through the reference, an entry through a slow sensor, is not: what follows its climb
+        would look like a spike)."""
         before = t_ns - self.rule.window_ns
         reference = [c for t, c in self._samples if self._settled_ns <= t <= before]
-        if len(reference) >= 3 and self._referenced(t_ns):
-            return statistics.median(reference)
-        return self._best
+        if len(reference) < 3 or not self._referenced(t_ns):
+            return self._best, True
+        medians = [statistics.median(reference[i : i + 3]) for i in range(len(reference) - 2)]
+        steady = max(medians) <= STEADY_SPREAD * min(medians) + SPIKE_SIGMAS * noise
+        return statistics.median(reference), steady

@@ -30,6 +30,6 @@ class NoiseEstimate:
         if self._last is not None:
             self._diffs.append(abs(value - self._last))
             self._count += 1
-            if self._count % EVERY == 0 or len(self._diffs) == EVERY:
+            if self._count % EVERY == 0 or self._count < EVERY:  # at once when it starts
                 self.sigma = statistics.median(self._diffs) * _SCALE
         self._last = value

@@ -71,6 +71,12 @@ cdef class FeedLaw:
         self.error = 0.0
         self.primed = False
 
+    cpdef void limit(self, double most):
+        """Hold the override written at `most` or under (the knob is down, the load is over
+        target) without resetting the law: its own output and memory stay, so noise that
+        the limit clips does not bias it."""
+        self.override = min(self.override, max(self.lo, most))
+
     cpdef double step(self, double load, double target, double idle, double dt):
         """One control update for one new load sample; the override % to write."""
         cdef double span = target - idle

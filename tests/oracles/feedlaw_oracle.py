@@ -28,6 +28,9 @@ class FeedLaw:
         self.error = 0.0
         self.primed = False
 
+    def limit(self, most):
+        self.override = min(self.override, max(self.lo, most))
+
     def step(self, load, target, idle, dt):
         finite = all(math.isfinite(v) for v in (load, target, idle, dt))
         if not finite or dt <= 0.0 or target - idle <= 0.0:
