@@ -47,9 +47,11 @@ REFERENCE_NS = 300_000_000
 #: A reference is steady when its highest 3-sample median is within this factor of its lowest.
 STEADY_SPREAD = 1.25
 #: A lost load must have fallen (90 % to 50 % of the level) in under this share of the time the
-#: cut's load took to rise (10 % to 50 %): a tool leaving the stock sheds its engagement as
-#: slowly as it took it on, and noise must not make a coin toss of the comparison.
-FALL_SHARE = 0.7
+#: cut's load took to rise (10 % to 50 %), at the same feed: a tool leaving the stock sheds its
+#: engagement as slowly as it took it on (at a higher feed, faster in proportion), and noise and
+#: a poll's jitter must not make a coin toss of the comparison (0.7 held the feed at one exit in
+#: five of the LinuxCNC bench's facing passes).
+FALL_SHARE = 0.5
 #: How old the feed is that a load reading shows: about the default sensor's delay.
 FEED_DELAY_NS = 200_000_000
 #: How much of a cut's start is kept to time its rise.
@@ -97,6 +99,7 @@ class BreakageWatch:
         # through the blocks of one cut and into the next cut until that one is timed).
         self._start: list[tuple[int, float]] | None = []
         self._rise_ns: int | None = None
+        self._rise_feed = 100.0  # the feed % the rise was timed at
 
     def reset(self) -> None:
         """The tool left the material, or control restarted: a new cut, a new level."""
@@ -156,7 +159,8 @@ class BreakageWatch:
             fall_ns = self._crossing(level, 0.5, falling=True) - self._crossing(
                 level, 0.9, falling=True
             )
-            if self._rise_ns is not None and fall_ns < FALL_SHARE * self._rise_ns:
+            rise_ns = self._rise_ns
+            if rise_ns is not None and fall_ns < FALL_SHARE * rise_ns * self._rise_feed / feed_pct:
                 return {"signature": "lost load", **detail}
         return None
 
@@ -170,7 +174,7 @@ class BreakageWatch:
         ten = next((t for t, c in start if c >= 0.1 * level), None)
         half = next((t for t, c in start if c >= 0.5 * level), None)
         if ten is not None and half is not None:
-            self._rise_ns = half - ten
+            self._rise_ns, self._rise_feed = half - ten, self._feeds[0][1]
 
     def _crossing(self, level: float, share: float, falling: bool) -> int:
         """When the reading last was at or over `share` of the level (falling)."""
