@@ -365,3 +365,19 @@ def test_any_input_sequence_keeps_the_override_in_range_and_faults_never_raise(s
         assert 0.0 <= out <= CFG.override_max_pct
         if bench.ctrl.state is State.FAULT and before is not None:
             assert out <= before
+
+
+def test_a_severe_overload_holds_before_the_persistence_time_a_slight_one_waits_it_out():
+    """As a drive's I2t: 44 points over the limit hold in a quarter of overload_persist_s
+    (before a drive that trips at 150 % for 1 s would); 5 points over wait the whole time."""
+    severe = cutting_bench()
+    start = severe.t
+    while severe.ctrl.state is not State.HOLD and severe.t - start < 2.0:
+        severe.poll(CFG.hard_limit_pct + 44.0)
+    assert "overload" in severe.kinds()
+    assert severe.t - start <= 0.25 * CFG.overload_persist_s + 0.05
+    slight = cutting_bench()
+    start = slight.t
+    while slight.ctrl.state is not State.HOLD and slight.t - start < 2.0:
+        slight.poll(CFG.hard_limit_pct + 5.0)
+    assert CFG.overload_persist_s <= slight.t - start <= CFG.overload_persist_s + 0.05

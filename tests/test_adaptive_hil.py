@@ -110,7 +110,9 @@ def test_breakage_holds_the_feed_within_400_ms_of_the_onset_with_its_signature()
     assert seen["signature"] in ("spike", "lost load") and seen["level_pct"] > 0
 
 
-def test_overload_holds_the_feed_within_two_periods_after_its_persistence_time():
+def test_overload_holds_the_feed_within_two_periods_of_its_persistence_time_or_sooner():
+    """The persistence time at the latest; this one is severe (far over the limit at the
+    lowest override), so it holds sooner, before the drive's own overload alarm."""
     scenario = parse_scenario(
         """
 name = "too heavy"
@@ -126,7 +128,8 @@ feed_mm_min = 1500
     run, loop = run_adaptive_simulated(scenario)
     over = next(t for t, load in reads_at_polls(run) if load > scenario.control.hard_limit_pct)
     persist = loop.controller.cfg.overload_persist_s
-    assert over + persist <= held_at(run) <= over + persist + 2 * PERIOD_S + 1e-9
+    assert over < held_at(run) <= over + persist + 2 * PERIOD_S + 1e-9
+    assert run.result.alarm_at_s is None
     assert [k for _, (k, _) in loop.events].count("overload") == 1
 
 

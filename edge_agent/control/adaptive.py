@@ -50,6 +50,14 @@ AT_FLOOR_SHARE = 1.05
 #: line this long: one noisy sample under it does not restart the count.
 OVERLOAD_GRACE_NS = 200_000_000
 
+#: A severe overload holds sooner: when the load's excess over the hard limit, integrated over
+#: time (% x s, as a drive's I2t protection counts), reaches what 10 % of the limit held for
+#: `overload_persist_s` would add up to. 44 points over holds in a quarter of the persistence,
+#: before a drive that trips at 150 % for 1 s does; 5 points over waits the whole persistence.
+SEVERE_SHARE = 0.1
+#: The longest gap between samples counted into that integral (a stale signal is a fault).
+SEVERE_DT_NS = 100_000_000
+
 #: A breakage's level must be at least this share of the target's cutting load: a tool
 #: barely touching the part has no load to lose.
 BREAKAGE_MIN_SHARE = 0.25
@@ -140,6 +148,8 @@ class AdaptiveController:
         self._exit_since_ns: int | None = None
         self._over_since_ns: int | None = None
         self._under_since_ns: int | None = None
+        self._excess = 0.0  # load over the hard limit, integrated since the overload began (% s)
+        self._excess_ns = 0  # the sample it was last added to at
         self.noise = NoiseEstimate()
         self.breakage = BreakageWatch(
             BreakageRule(
@@ -416,8 +426,14 @@ class AdaptiveController:
         )
         if load > cfg.hard_limit_pct or (at_min and load > idle + 1.1 * span):
             self._under_since_ns = None
-            self._over_since_ns = self._over_since_ns or t_ns
-            if t_ns - self._over_since_ns >= cfg.overload_persist_s * NS:
+            if self._over_since_ns is None:
+                self._over_since_ns, self._excess = t_ns, 0.0
+            else:
+                dt_ns = min(t_ns - self._excess_ns, SEVERE_DT_NS)
+                self._excess += max(0.0, load - cfg.hard_limit_pct) * dt_ns / NS
+            self._excess_ns = t_ns
+            severe = SEVERE_SHARE * cfg.hard_limit_pct * cfg.overload_persist_s
+            if t_ns - self._over_since_ns >= cfg.overload_persist_s * NS or self._excess >= severe:
                 self._hold("overload", load_pct=load, since_ns=self._over_since_ns, at_ns=t_ns)
                 return True
         elif self._over_since_ns is not None:
