@@ -156,9 +156,7 @@ class BreakageWatch:
         wanted = math.ceil((LOSS_SIGMAS * noise / (LOSS_MARGIN * level)) ** 2)
         count = min(len(window), max(LOSS_SAMPLES[0], min(LOSS_SAMPLES[1], wanted)))
         if count >= LOSS_SAMPLES[0] and sum(window[-count:]) / count < rule.loss_fraction * level:
-            fall_ns = self._crossing(level, 0.5, falling=True) - self._crossing(
-                level, 0.9, falling=True
-            )
+            fall_ns = self._last_over(0.5 * level) - self._last_over(0.9 * level)
             rise_ns = self._rise_ns
             if rise_ns is not None and fall_ns < FALL_SHARE * rise_ns * self._rise_feed / feed_pct:
                 return {"signature": "lost load", **detail}
@@ -176,10 +174,10 @@ class BreakageWatch:
         if ten is not None and half is not None:
             self._rise_ns, self._rise_feed = half - ten, self._feeds[0][1]
 
-    def _crossing(self, level: float, share: float, falling: bool) -> int:
-        """When the reading last was at or over `share` of the level (falling)."""
+    def _last_over(self, line: float) -> int:
+        """When the reading was last at or over `line` (its oldest sample if never)."""
         for t, c in reversed(self._samples):
-            if c >= share * level:
+            if c >= line:
                 return t
         return self._samples[0][0]
 
