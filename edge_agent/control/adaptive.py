@@ -352,9 +352,7 @@ class AdaptiveController:
                 self._entry_until_ns = t_ns + round(cfg.entry_s * NS)
                 self.law.reset(min(self.law.override, self._entry_override()))
                 self._go(State.ENTRY, "load rose over idle", load_pct=load)
-            elif self.law.override > cfg.air_override_pct:
-                self.law.reset(cfg.air_override_pct)  # out of a boosted cut: down at once
-            elif dt > 0:
+            else:  # up at the rise rate to the air override; out of a boosted cut, down at once
                 boost = self.law.override + cfg.rise_pct_per_s * dt
                 wanted = min(cfg.air_override_pct, self._no_raise(boost, self.law.override))
                 self.law.reset(wanted)
@@ -433,7 +431,7 @@ class AdaptiveController:
                 self._excess += max(0.0, load - cfg.hard_limit_pct) * dt_ns / NS
             self._excess_ns = t_ns
             severe = SEVERE_SHARE * cfg.hard_limit_pct * cfg.overload_persist_s
-            if t_ns - self._over_since_ns >= cfg.overload_persist_s * NS or self._excess >= severe:
+            if self._overload_persisted(t_ns) or self._excess >= severe:
                 self._hold("overload", load_pct=load, since_ns=self._over_since_ns, at_ns=t_ns)
                 return True
         elif self._over_since_ns is not None:
@@ -455,11 +453,19 @@ class AdaptiveController:
     def _overload_due(self, now_ns: int) -> None:
         """An overload's persistence runs on the clock, not from sample to sample: at a slow
         poll the hold would otherwise wait for the next sample past `overload_persist_s`."""
-        since = self._over_since_ns
-        if since is None or self._under_since_ns is not None or self.state not in _WATCHED:
-            return
-        if now_ns - since >= self.cfg.overload_persist_s * NS:
+        if self.state in _WATCHED and self._overload_persisted(now_ns):
+            since = self._over_since_ns
             self._hold("overload", load_pct=self._signal_load, since_ns=since, at_ns=now_ns)
+
+    def _overload_persisted(self, t_ns: int) -> bool:
+        """The load has been over the overload line, without a grace under it, for
+        `overload_persist_s` by `t_ns`."""
+        since = self._over_since_ns
+        return (
+            since is not None
+            and self._under_since_ns is None
+            and t_ns - since >= self.cfg.overload_persist_s * NS
+        )
 
     def _watch_block(self) -> None:
         """Undercut: a block the teach-in cut in passed without cutting (a missing tool)."""

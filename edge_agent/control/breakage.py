@@ -139,7 +139,8 @@ class BreakageWatch:
         if self._settling and not self._settled(t_ns, noise):
             return None
         if len(samples) >= 3 and samples[-3][0] >= self._settled_ns:
-            self._best = max(self._best, statistics.median(c for _, c in list(samples)[-3:]))
+            last3 = (samples[-3][1], samples[-2][1], samples[-1][1])
+            self._best = max(self._best, statistics.median(last3))
         level, steady = self._level(t_ns, noise)
         if level < rule.min_share * span * scale:
             return None
