@@ -203,10 +203,9 @@ class ControlConfig:
     fall_pct_per_s: float = 1000.0  # ... cut fast
     overload_persist_s: float = 1.0
     # Breakage, relative to the level the tool was cutting at (docs/adaptive-control.md):
-    breakage_spike_ratio: float = 1.15  # cutting load spiking to this x its level ...
+    breakage_spike_ratio: float = 1.3  # cutting load spiking to this x its level ...
     breakage_drop_fraction: float = 0.5  # ... then falling below this share of it ...
-    breakage_window_s: float = 0.5  # ... within this time: the tool broke; or, with no
-    breakage_loss_fraction: float = 0.3  # spike, the load falling under this share of it
+    breakage_window_s: float = 0.5  # ... within this time: the tool broke
     # 0: write on change only (and re-send what is not read back); > 0: re-write this often,
     # for a controller-side watchdog that reverts an override nobody refreshes.
     refresh_s: float = 0.0

@@ -248,7 +248,6 @@ CONTROL = {
     ),
     "breakage_spike_ratio": Range(1.05, 10.0, "x the cutting level: near 1 every cut spikes"),
     "breakage_drop_fraction": Range(0.01, 0.95, "of the cutting level: the broken tool rubs"),
-    "breakage_loss_fraction": Range(0.01, 0.9, "of the cutting level: the broken tool rubs"),
     "breakage_window_s": Range(0.01, 10.0, "chip-then-rub lasts a fraction of a second"),
     "refresh_s": Range(
         0.01,

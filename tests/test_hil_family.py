@@ -312,7 +312,7 @@ NOT_YET = {
         )
         >= 0.2
     ),
-    "false holds": lambda rs: sum(r["false_hold"] for r in rs if r["class"] == "no_fault") <= 5,
+    "false holds": lambda rs: sum(r["false_hold"] for r in rs if r["class"] == "no_fault") <= 1,
     "made worse": lambda rs: sum(r["made_worse"] for r in rs if r["class"] == "no_fault") <= 3,
     "overload held in time": lambda rs: (
         _share(rs, "overload", lambda r: r["detected"] and r["reaction_s"] <= 1.02 + 1e-9) >= 0.95

@@ -156,7 +156,6 @@ class AdaptiveController:
                 window_ns=round(cfg.breakage_window_s * NS),
                 spike_ratio=cfg.breakage_spike_ratio,
                 drop_fraction=cfg.breakage_drop_fraction,
-                loss_fraction=cfg.breakage_loss_fraction,
                 min_share=BREAKAGE_MIN_SHARE,
             )
         )
