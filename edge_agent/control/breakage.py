@@ -4,8 +4,9 @@ A breaking tool chips (the load spikes for some tens of milliseconds), then the 
 rubs: the cutting load falls to a small share of what it was, in the middle of a block that is
 still feeding. The signature held is that spike and that fall together: within `window_ns` the
 cutting load rose `spike_ratio` times over the tool's own recent level (a breakage in a light
-cut spikes to a multiple of that light load, not of the target's), then fell below
-`drop_fraction` of it.
+cut spikes to a multiple of that light load, not of the target's), staying over half its
+height for at most `SPIKE_WIDTH_NS` (a chip is short; a hard spot or skin lasts as long as the
+tool takes to cross it), then fell below `drop_fraction` of it.
 
 A fall alone is not held. On the randomized family, a tool running out of the side of the stock
 in the middle of a block fell as fast, against the sensor's lag, as a broken tool's load did
@@ -13,7 +14,7 @@ in the middle of a block fell as fast, against the sensor's lag, as a broken too
 found no breakage the spike missed while it stopped twelve machines that were only leaving the
 material. Where the part was cut before, the learned profile of a repeat part tells the two
 apart; on a first part only the spike does. docs/adaptive-control.md has the measurements, and
-why `spike_ratio` is 1.6 (over the hardest spot a program meets within one block).
+the breakages held against the false holds for each threshold (1.3 x by default).
 
 Loads are specific: the cutting load per 100 % of applied feed (override x knob), so the agent's
 own feed changes, and the operator's, are not mistaken for a spike or a fall. The reading shows
@@ -27,9 +28,11 @@ the load reading falls (the reading lags). So the level is measured within the b
 is in now; when a block starts while the tool was cutting, its first `BLOCK_SETTLE_NS`, and then
 as long as the reading keeps falling, are the last block's load still passing through the
 sensor, and do not count. The level is the median of the cutting load over `REFERENCE_NS`
-before the window, or, early in a block, its highest 3-sample median so far; it must be at
-least `min_share` of the target's cutting load, so a barely-cutting tool is not watched. Noise:
-a spike must clear the level by 4 sigma.
+before the window, at least `REFERENCE_SAMPLES` of them, and steady: early in a block, in a
+cut shorter than that, or while the entry still climbs, no spike is judged (a short cut is
+itself a bump). It must be at least `min_share` of the target's cutting load (early in a
+block: its highest 3-sample median so far), so a barely-cutting tool is not watched. Noise: a
+spike must clear the level by 4 sigma.
 """
 
 from __future__ import annotations
@@ -156,9 +159,9 @@ class BreakageWatch:
 
     def _level(self, t_ns: int, noise: float) -> tuple[float, bool]:
         """The specific cutting load before the window, or early in a block its best so far;
-        and whether it is steady enough to measure a spike against (a reading still climbing
-        through the reference, an entry through a slow sensor, is not: what follows its climb
-        would look like a spike)."""
+        and whether a spike may be measured against it: only a reference of enough samples,
+        steady (a reading still climbing through it, an entry through a slow sensor, is not:
+        what follows its climb would look like a spike)."""
         before = t_ns - self.rule.window_ns
         reference = [c for t, c in self._samples if self._settled_ns <= t <= before]
         if len(reference) < REFERENCE_SAMPLES or not self._referenced(t_ns):
