@@ -94,15 +94,19 @@ def polled_rows(t: Sequence[float], poll_s: float | None) -> list[int]:
     return [i for i, at in enumerate(t) if abs(at / poll_s - round(at / poll_s)) < 1e-6]
 
 
-def overload_onset_s(run: Run, hold_s: float, poll_s: float | None = None) -> float | None:
-    """When the load read began to meet the overload condition (above the hard limit, or at the
-    override floor above target + 10 % of the cutting load) and met it in every reading up to
-    the hold; None when the reading before the hold did not meet it."""
+def overload_onset_s(
+    run: Run, hold_s: float, poll_s: float | None = None, true_load: bool = False
+) -> float | None:
+    """When the load read (or with `true_load`, the spindle's true load) began to meet the
+    overload condition (above the hard limit, or at the override floor above target + 10 % of
+    the cutting load) and met it in every reading up to the hold; None when the reading before
+    the hold did not meet it."""
     scenario, trace = run.scenario, run.trace
     c, m = scenario.control, scenario.machine
     idle = 100 * m.idle_power_kw / m.rated_power_kw
     floor_limit = c.target_load_pct + OVERLOAD_FLOOR_SHARE * (c.target_load_pct - idle)
-    t, load, override = trace["t_s"], trace["load_pct"], trace["override_pct"]
+    t, override = trace["t_s"], trace["override_pct"]
+    load = trace["load_true_pct" if true_load else "load_pct"]
 
     def over(i: int) -> bool:
         at_floor = 0 < override[i] <= c.override_min_pct

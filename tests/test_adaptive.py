@@ -256,6 +256,19 @@ def test_overload_at_the_floor_fires_though_noise_moves_the_override_off_the_cla
     assert bench.t < 0.5 + 1.0 + 1.0 + CFG.overload_persist_s + 0.05
 
 
+@pytest.mark.parametrize(("mean", "held"), [(-0.3, False), (1.0, True)], ids=["at", "over"])
+def test_at_the_floor_the_mean_reading_decides_not_noise_across_the_line(mean, held):
+    """A load that only sits at the floor's overload line, its noise across it, is not an
+    overload (the hold used to come once the readings failed to stay under for 0.2 s); one
+    a point over it is, noise and all."""
+    line = 8.0 + 1.1 * 62.0  # target + 10 % of the cutting load
+    bench = cutting_bench()
+    for i in range(int(5.0 / 0.02)):
+        bench.poll(line + mean + (2.0 if i % 2 else -2.0))
+    assert bench.written[-1] == (FEED_HOLD if held else CFG.override_min_pct)
+    assert ("overload" in bench.kinds()) is held
+
+
 def test_overload_persisting_holds_the_feed_within_two_periods():
     bench = cutting_bench()
     start = bench.t

@@ -46,9 +46,11 @@ NOISE_SIGMAS = 4.0
 #: law's output a little off the clamp; 50.1 % is still at the 50 % floor).
 AT_FLOOR_SHARE = 1.05
 
-#: An overload's persistence timer restarts only after the load has been back under the
-#: line this long: one noisy sample under it does not restart the count.
-OVERLOAD_GRACE_NS = 200_000_000
+
+#: An overload's persistence counts on while the readings since it began are over its line on
+#: the mean, each counting at most this far either way: one wild reading neither makes a hold
+#: nor restarts the count.
+OVER_STEP_PCT = 10.0
 
 #: A severe overload holds sooner: when the load's excess over the hard limit, integrated over
 #: time (% x s, as a drive's I2t protection counts), reaches what 10 % of the limit held for
@@ -147,7 +149,10 @@ class AdaptiveController:
         self._entry_until_ns = 0
         self._exit_since_ns: int | None = None
         self._over_since_ns: int | None = None
-        self._under_since_ns: int | None = None
+        # The readings' summed distance over the overload line since the overload began: the
+        # count goes on while their mean is over it, so one noisy sample under the line does
+        # not restart it, and a load that only sits at the line, noise across it, does not hold.
+        self._over_sum = 0.0
         self._excess = 0.0  # load over the hard limit, integrated since the overload began (% s)
         self._excess_ns = 0  # the sample it was last added to at
         self.noise = NoiseEstimate()
@@ -421,22 +426,25 @@ class AdaptiveController:
             self.state is State.CUTTING
             and self.law.override <= cfg.override_min_pct * AT_FLOOR_SHARE
         )
-        if load > cfg.hard_limit_pct or (at_min and load > idle + 1.1 * span):
-            self._under_since_ns = None
-            if self._over_since_ns is None:
-                self._over_since_ns, self._excess = t_ns, 0.0
-            else:
-                dt_ns = min(t_ns - self._excess_ns, SEVERE_DT_NS)
-                self._excess += max(0.0, load - cfg.hard_limit_pct) * dt_ns / NS
+        over = load - cfg.hard_limit_pct
+        if at_min:
+            over = max(over, load - (idle + 1.1 * span))
+        if self._over_since_ns is None and over > 0:
+            self._over_since_ns, self._over_sum = t_ns, 0.0
+            self._excess, self._excess_ns = 0.0, t_ns
+        if self._over_since_ns is not None:
+            self._over_sum += max(-OVER_STEP_PCT, min(OVER_STEP_PCT, over))
+            dt_ns = min(t_ns - self._excess_ns, SEVERE_DT_NS)
+            self._excess += max(0.0, load - cfg.hard_limit_pct) * dt_ns / NS
             self._excess_ns = t_ns
-            severe = SEVERE_SHARE * cfg.hard_limit_pct * cfg.overload_persist_s
-            if self._overload_persisted(t_ns) or self._excess >= severe:
-                self._hold("overload", load_pct=load, since_ns=self._over_since_ns, at_ns=t_ns)
-                return True
-        elif self._over_since_ns is not None:
-            self._under_since_ns = self._under_since_ns or t_ns
-            if t_ns - self._under_since_ns >= OVERLOAD_GRACE_NS:
-                self._over_since_ns = self._under_since_ns = None
+            if self._over_sum <= 0:
+                self._over_since_ns = None
+            else:
+                severe = SEVERE_SHARE * cfg.hard_limit_pct * cfg.overload_persist_s
+                if self._overload_persisted(t_ns) or self._excess >= severe:
+                    since = self._over_since_ns
+                    self._hold("overload", load_pct=load, since_ns=since, at_ns=t_ns)
+                    return True
         if self.state not in (State.ENTRY, State.CUTTING):
             return False
         feed = self.law.override
@@ -457,14 +465,10 @@ class AdaptiveController:
             self._hold("overload", load_pct=self._signal_load, since_ns=since, at_ns=now_ns)
 
     def _overload_persisted(self, t_ns: int) -> bool:
-        """The load has been over the overload line, without a grace under it, for
+        """The load read has been over the overload line, on the mean, for
         `overload_persist_s` by `t_ns`."""
         since = self._over_since_ns
-        return (
-            since is not None
-            and self._under_since_ns is None
-            and t_ns - since >= self.cfg.overload_persist_s * NS
-        )
+        return since is not None and t_ns - since >= self.cfg.overload_persist_s * NS
 
     def _watch_block(self) -> None:
         """Undercut: a block the teach-in cut in passed without cutting (a missing tool)."""
