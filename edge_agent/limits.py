@@ -247,7 +247,7 @@ CONTROL = {
         0.001, 5.0, "1 s as Heidenhain AFC; an overload held longer breaks tools"
     ),
     "breakage_spike_ratio": Range(1.05, 10.0, "x the cutting level: near 1 every cut spikes"),
-    "breakage_drop_fraction": Range(0.01, 0.95, "of the cutting level: the broken tool rubs"),
+    "breakage_drop_fraction": Range(0.01, 0.95, "of the cutting level, on its way to the rub"),
     "breakage_window_s": Range(0.01, 10.0, "chip-then-rub lasts a fraction of a second"),
     "refresh_s": Range(
         0.01,

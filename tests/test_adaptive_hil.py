@@ -101,12 +101,12 @@ def reads_at_polls(run):
     ]
 
 
-def test_breakage_holds_the_feed_within_400_ms_of_the_onset_with_its_signature():
-    """The issue asks 300 ms; 370 ms is what the spike-then-drop rule does on this spike
-    (3 x for 50 ms) through the default sensor, and this bounds it from growing."""
+def test_breakage_holds_the_feed_within_300_ms_of_the_onset_with_its_signature():
+    """The issue's bound: this chip (3 x for 50 ms) through the default sensor is held 210 ms
+    after its onset, as the reading falls back under 0.8 of the level."""
     _, run, loop = adaptive("breakage")
     assert loop.controller.state.value == "hold" and not run.result.finished
-    assert 0 < held_at(run) - run.result.broken_at_s <= 0.4
+    assert 0 < held_at(run) - run.result.broken_at_s <= 0.3
     seen = next(detail for _, (kind, detail) in loop.events if kind == "breakage")
     assert seen["peak_pct"] >= ControlConfig().breakage_spike_ratio * seen["level_pct"] > 0
 
