@@ -307,6 +307,20 @@ def test_a_load_lost_without_a_chip_is_an_exit_not_a_breakage(hard):
     assert "breakage" not in bench.kinds()
 
 
+def test_a_cut_is_judged_against_its_own_level_not_an_earlier_cut_of_the_same_block():
+    """A stock toolpath's pass can span air moves in one block: the next cut's level is
+    measured from its own entry, and a bump shorter than that (a short cut over a hard spot
+    at the stock's edge) then air is no breakage."""
+    bench = cutting_bench()
+    bench.run(70.0, 1.0)
+    bench.run(8.0, 1.0)  # out of the material, the same block
+    assert bench.ctrl.state is State.AIR
+    bench.run(40.0, 0.5)  # a cut shorter than its level's reference and window (0.75 s)
+    bench.run(8.0 + 1.6 * 32.0, 0.06)
+    bench.run(8.0, 0.5)
+    assert "breakage" not in bench.kinds()
+
+
 def test_the_hold_ends_when_the_program_ends():
     bench = cutting_bench()
     bench.run(70.0, 1.0)

@@ -109,10 +109,11 @@ class BreakageWatch:
         if block != self._block:
             self._block = block
             settling = bool(self._samples) and self._samples[-1][1] >= rule.min_share * span
-            self._settled_ns = t_ns
             self.reset()
             self._settling = settling
         samples = self._samples
+        if not samples:  # a cut begins (or the block): its level is measured from here
+            self._settled_ns = t_ns
         samples.append((t_ns, specific))
         horizon = t_ns - rule.window_ns - REFERENCE_NS
         while samples[0][0] < horizon:
