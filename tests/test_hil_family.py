@@ -280,7 +280,8 @@ def reduced():
     return records, {v.name: v for v in criteria(records)}
 
 
-#: The issue's criteria this release meets, on seed 1's 1,000 cases and on these 100.
+#: The issue's criteria this release meets on these 100 cases (seed 1's 1,000 are in
+#: docs/adaptive-control.md: there one case of 222 still re-learns its idle).
 MET = (
     "no-fault: mean bias within 3 % of target, noise >= 2 %",
     "freeze/link loss: idle never re-learned from cutting",
@@ -312,7 +313,7 @@ NOT_YET = {
         )
         >= 0.2
     ),
-    "false holds": lambda rs: sum(r["false_hold"] for r in rs if r["class"] == "no_fault") <= 1,
+    "false holds": lambda rs: not any(r["false_hold"] for r in rs if r["class"] == "no_fault"),
     "made worse": lambda rs: sum(r["made_worse"] for r in rs if r["class"] == "no_fault") <= 3,
     "overload held in time": lambda rs: (
         _share(rs, "overload", lambda r: r["detected"] and r["reaction_s"] <= 1.02 + 1e-9) >= 0.95
