@@ -46,7 +46,6 @@ NOISE_SIGMAS = 4.0
 #: law's output a little off the clamp; 50.1 % is still at the 50 % floor).
 AT_FLOOR_SHARE = 1.05
 
-
 #: An overload's persistence counts on while the readings since it began are over its line on
 #: the mean, each counting at most this far either way: one wild reading neither makes a hold
 #: nor restarts the count.

@@ -82,7 +82,7 @@ class BreakageWatch:
         self._block: int | None = None
         self._feeds: deque[tuple[int, float]] = deque()  # (t_ns, feed %), FEED_DELAY_NS long
         self._settling = False  # the block started in the material; its level is not known yet
-        self._settled_ns = 0  # when it was known: the level counts samples from here
+        self._settled_ns = 0  # this cut's start, or its block's settling: the level from here
         self._best = 0.0  # the highest 3-sample median since then
 
     def reset(self) -> None:
