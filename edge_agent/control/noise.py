@@ -10,26 +10,30 @@ from __future__ import annotations
 import statistics
 from collections import deque
 
-#: Successive differences kept: about a second at the usual poll rates.
-SIZE = 64
+#: Second differences kept: several seconds at the usual poll rates (the median of fewer
+#: scatters by a quarter, and a margin of 4 sigmas then scatters by a whole sigma).
+SIZE = 256
 #: Recompute the median this often (samples); the noise of a sensor changes slowly.
 EVERY = 16
-#: sigma = median |difference| / (sqrt(2) x 0.6745) for Gaussian noise: robust to the steps
-#: and entries that move the load for real (they are a minority of the differences).
-_SCALE = 1.0 / (2**0.5 * 0.6745)
+#: sigma = median |second difference| / (sqrt(6) x 0.6745) for white Gaussian noise. Robust to
+#: the steps that move the load for real (a minority of the differences), and blind to ramps:
+#: an entry's rise through the sensor's lag adds its slope to every first difference, not to
+#: the second.
+_SCALE = 1.0 / (6**0.5 * 0.6745)
 
 
 class NoiseEstimate:
     def __init__(self):
         self._diffs: deque[float] = deque(maxlen=SIZE)
-        self._last: float | None = None
+        self._last: tuple[float, ...] = ()
         self._count = 0
         self.sigma = 0.0  # standard deviation of the reading's noise, load %
 
     def add(self, value: float) -> None:
-        if self._last is not None:
-            self._diffs.append(abs(value - self._last))
+        if len(self._last) == 2:
+            before, last = self._last
+            self._diffs.append(abs(value - 2 * last + before))
             self._count += 1
             if self._count % EVERY == 0 or self._count < EVERY:  # at once when it starts
                 self.sigma = statistics.median(self._diffs) * _SCALE
-        self._last = value
+        self._last = (self._last[-1], value) if self._last else (value,)
