@@ -12,7 +12,7 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev build-essential
 	install-service uninstall-service
 
 demo: $(INSTALLED)
-	$(VENV)/bin/edge-agent demo $(DEMO_ARGS)
+	$(PY) -m hil demo $(DEMO_ARGS)
 
 test: test-deps $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)

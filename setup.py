@@ -66,28 +66,16 @@ setup(
         "Operating System :: POSIX :: Linux",
     ],
     python_requires=">=3.11",
+    # The agent only. The bench (`hil/`: the simulated machine, recordings, LinuxCNC files) is
+    # run from the source tree (`make demo`, `make hil`) and never ships to a device.
     packages=find_packages(
         include=[
             "edge_agent",
             "edge_agent.*",
-            "hil",
-            "hil.*",
             "firmware_bridge",  # the bridge protocol: the host side imports it too
         ]
     ),
-    package_data={
-        # Recorded CSV runs and toml register maps for the simulated controller; scenarios.
-        "hil": [
-            "data/**/*",
-            "scenarios/*.toml",
-            # LinuxCNC in the loop: its configuration, G-code programs and their stock.
-            "linuxcnc/config/*",
-            "linuxcnc/config/bin/*",
-            "linuxcnc/programs/*.ngc",
-            "linuxcnc/scenarios/*.toml",
-        ],
-        "edge_agent": ["defaults/*.toml"],
-    },
+    package_data={"edge_agent": ["defaults/*.toml"]},
     # Generated C is build output (and large); the wheel carries the compiled module.
     exclude_package_data={"edge_agent": ["kernels/*.c"]},
     ext_modules=cythonize(_kernels(), compiler_directives=KERNEL_DIRECTIVES, quiet=True),

@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from edge_agent.demo import demo_config
 from edge_agent.service import Agent
 from edge_agent.stats import LatencyWindow
 from hil.controller import SimulatedController
+from hil.demo import demo_config
 from hil.plant import demo_plant
 
 #: Long enough for the demo part's 2 s spindle start, the air approach and the first cut.

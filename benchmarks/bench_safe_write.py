@@ -25,11 +25,11 @@ import time
 from collections import deque
 
 from edge_agent.clock import SystemClock
-from edge_agent.demo import demo_config
 from edge_agent.sources.modbus import ModbusPoller
 from edge_agent.sources.modbus_link import ModbusLink
 from edge_agent.tasks import cancel_and_wait
 from hil.controller import SimulatedController
+from hil.demo import demo_config
 from hil.plant import demo_plant
 from hil.ptypair import PtyPair
 from hil.register_map import AGENT_OVERRIDE

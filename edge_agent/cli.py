@@ -1,4 +1,4 @@
-"""The `edge-agent` command: run | check-config | status | decode | demo | teach | collect.
+"""The `edge-agent` command: run | check-config | status | decode | teach | collect.
 
 Errors a person can fix (a bad config, a missing file) end as one line on stderr and
 exit status 2; nothing here prints a traceback for them.
@@ -41,25 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         "source", help="a spool database, a file of payloads back to back, or - for stdin"
     )
     decode.add_argument("--csv", action="store_true", help="one CSV row per sample")
-    demo = commands.add_parser("demo", help="the agent against the simulated machine")
-    demo.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
-    demo.add_argument(
-        "--replay",
-        metavar="NAME|CSV",
-        help="replay a recording (e.g. experiment_01) instead of the cutting plant",
-    )
-    demo.add_argument(
-        "--rtu",
-        action="store_true",
-        help="talk Modbus RTU over a pseudo-terminal pair instead of TCP",
-    )
-    demo.add_argument(
-        "--spool", default="demo-spool.db", help="the spool file (default: demo-spool.db here)"
-    )
-    demo.add_argument(
-        "--telemetry-file",
-        help="where the telemetry goes (default: demo-telemetry.msgpack beside the spool)",
-    )
     status = commands.add_parser(
         "status", help="a running agent's state (from its metrics endpoint) and its spool"
     )
@@ -75,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
             "run": _run,
             "check-config": _check,
             "decode": _decode,
-            "demo": _demo,
             "status": _status,
             "teach": _teach,
             "collect": _collect,
@@ -148,28 +128,6 @@ def _status(args) -> int:
     lines, status = report(load_config(args.config))
     print("\n".join(lines))
     return status
-
-
-def _demo(args) -> int:
-    from hil.replay import ReplayMapError
-
-    from .demo import run_demo
-
-    logs.setup("warning")
-    try:
-        asyncio.run(
-            run_demo(
-                args.duration,
-                replay=args.replay,
-                rtu=args.rtu,
-                spool=args.spool,
-                telemetry=args.telemetry_file,
-            )
-        )
-    except ReplayMapError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _add_teach(commands) -> None:

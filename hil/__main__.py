@@ -1,10 +1,12 @@
 """`python -m hil`: the bench from the command line.
 
-`serve` runs the simulated controller in real time until Ctrl-C or SIGTERM: the cutting plant on
-the demo part or a scenario, or a recording with --replay. It never serves on anything but the
-address it was given (default 127.0.0.1:5020, not the privileged 502). `bench` runs scenarios
-against their oracle and writes the report (what `make hil` runs). `family` runs the
-randomized scenario family and judges it against the criteria (what `make hil-family` runs).
+`demo` runs the agent against the simulated controller for a bounded time and prints a summary
+(what `make demo` runs). `serve` runs the simulated controller in real time until Ctrl-C or
+SIGTERM: the cutting plant on the demo part or a scenario, or a recording with --replay. It
+never serves on anything but the address it was given (default 127.0.0.1:5020, not the
+privileged 502). `bench` runs scenarios against their oracle and writes the report (what
+`make hil` runs). `family` runs the randomized scenario family and judges it against the
+criteria (what `make hil-family` runs).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from edge_agent import logs
 from hil import host_port
 from hil.bench import Progress, run_adaptive_simulated, run_all_realtime, run_simulated
 from hil.controller import SimulatedController
+from hil.demo import run_demo
 from hil.plant import CuttingPlant, demo_plant
 from hil.replay import ReplayMapError, ReplayPlant, recording_path
 from hil.report import table, write_report
@@ -51,6 +55,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     family.add_argument("--out", default="reports/hil-family", help="report folder")
     family.add_argument("--jobs", type=int, default=0, help="worker processes (default: cores)")
     family.add_argument("--case", metavar="SEED.INDEX", help="re-run one case, write its trace")
+    demo = sub.add_parser("demo", help="the agent against the simulated machine, then a summary")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
+    demo.add_argument(
+        "--replay",
+        metavar="NAME|CSV",
+        help="replay a recording (e.g. experiment_01) instead of the cutting plant",
+    )
+    demo.add_argument(
+        "--rtu", action="store_true", help="Modbus RTU over a pseudo-terminal pair, not TCP"
+    )
+    demo.add_argument(
+        "--spool", default="demo-spool.db", help="the spool file (default: demo-spool.db here)"
+    )
+    demo.add_argument(
+        "--telemetry-file",
+        help="where the telemetry goes (default: demo-telemetry.msgpack beside the spool)",
+    )
     bridge = sub.add_parser(
         "bridge", help="the real bridge firmware under MicroPython, fed by the cutting plant"
     )
@@ -126,6 +147,19 @@ def family(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def demo(args: argparse.Namespace) -> None:
+    logs.setup("warning")
+    asyncio.run(
+        run_demo(
+            args.duration,
+            replay=args.replay,
+            rtu=args.rtu,
+            spool=args.spool,
+            telemetry=args.telemetry_file,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # pymodbus logs every timeout at ERROR with a frame dump; our own lines say what matters.
@@ -136,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             bench(args)
         elif args.command == "family":
             return family(args)
+        elif args.command == "demo":
+            demo(args)
         elif args.command == "bridge":
             from .bridge_bench import run
 

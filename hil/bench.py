@@ -28,11 +28,11 @@ from edge_agent.config import ChannelConfig, ControlConfig, FilterSpec
 from edge_agent.control.actuator import Actuator
 from edge_agent.control.adaptive import AdaptiveController, State
 from edge_agent.control.loop import ControlLoop
-from edge_agent.demo import demo_config
 from edge_agent.routing import SampleRouter
 from edge_agent.samples import Sample
 from edge_agent.service import Agent
 from hil.controller import SimulatedController
+from hil.demo import demo_config
 from hil.oracle import oracle
 from hil.plant import CuttingPlant, RunResult
 from hil.register_map import AGENT_OVERRIDE, BY_NAME

@@ -134,8 +134,8 @@ def test_a_whole_register_tag_beside_bitfields_of_other_registers_is_accepted():
 
 
 def test_an_agent_whose_override_is_a_bitfield_refuses_to_start(tmp_path):
-    from edge_agent.demo import demo_config
     from edge_agent.service import Agent
+    from hil.demo import demo_config
 
     config = demo_config(spool=str(tmp_path / "spool.db"))
     tags = tuple(

@@ -13,11 +13,11 @@ import edge_agent.telemetry.spool as spooling
 from edge_agent import service
 from edge_agent.clock import FakeClock
 from edge_agent.control.teach import TeachStore, ToolRecord
-from edge_agent.demo import demo_config
 from edge_agent.samples import Sample
 from edge_agent.service import Agent
 from edge_agent.telemetry import wire
 from edge_agent.telemetry.spool import Spool
+from hil.demo import demo_config
 
 
 def agent_with(tmp_path, commit_interval_s: float) -> tuple[Agent, FakeClock]:

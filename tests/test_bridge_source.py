@@ -22,13 +22,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.config import BridgeChannel, BridgeConfig, ConfigError, parse_config
-from edge_agent.demo import demo_config
 from edge_agent.samples import Quality
 from edge_agent.service import Agent
 from edge_agent.sources.bridge import BridgeCore, BridgeSource, ClockAlignment, TickUnwrapper
 from edge_agent.telemetry.channels import channel_table
 from firmware_bridge import protocol
 from hil.controller import SimulatedController
+from hil.demo import demo_config
 from hil.plant import demo_plant
 from hil.ptypair import PtyPair
 from tests.test_config import MINIMAL

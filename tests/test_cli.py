@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.cli import main
-from edge_agent.demo import run_demo
+from hil.__main__ import main as hil_main
+from hil.demo import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,8 +46,14 @@ def test_decode_of_a_missing_spool_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("none.db: no such spool file")
 
 
+def test_the_agent_has_no_demo_the_bench_has(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--duration", "1"])
+    assert "invalid choice: 'demo'" in capsys.readouterr().err
+
+
 def test_unknown_recording_is_one_line(capsys):
-    assert main(["demo", "--duration", "1", "--replay", "experiment_99"]) == 2
+    assert hil_main(["demo", "--duration", "1", "--replay", "experiment_99"]) == 1
     assert "experiment_99: no such recording (bundled: experiment_01" in capsys.readouterr().err
 
 

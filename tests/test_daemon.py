@@ -240,7 +240,9 @@ def test_a_reload_of_a_file_that_is_not_utf8_is_refused_and_counted(tmp_path, ca
     path = tmp_path / "agent.toml"
     path.write_text(demo_toml(5020, tmp_path / "spool.db", keep=True))
     service = AgentService(str(path), load_config(path), env={})
-    path.write_bytes(path.read_bytes().replace(b"demo-shop", b"demo-\xffshop"))
+    text = path.read_bytes()
+    path.write_bytes(text.replace(b"demo-shop", b"demo-\xffshop"))
+    offset = text.index(b"demo-shop") + len(b"demo-")
 
     async def sighup() -> None:
         service._on_sighup()  # what SIGHUP runs: the reload as a background task
@@ -251,7 +253,7 @@ def test_a_reload_of_a_file_that_is_not_utf8_is_refused_and_counted(tmp_path, ca
     assert service.reloads == {"applied": 0, "refused": 1, "unchanged": 0}
     [refusal] = [r.getMessage() for r in caplog.records]
     assert refusal.endswith(
-        f"{path}:7: not UTF-8 text (byte 0xff at offset 276); TOML files are UTF-8"
+        f"{path}:7: not UTF-8 text (byte 0xff at offset {offset}); TOML files are UTF-8"
     )
 
 

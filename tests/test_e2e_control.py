@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from edge_agent.demo import demo_config
 from edge_agent.service import Agent
 from hil.controller import SimulatedController
+from hil.demo import demo_config
 from hil.plant import CuttingPlant
 from hil.register_map import AGENT_OVERRIDE
 from hil.scenario import parse_scenario

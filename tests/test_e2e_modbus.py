@@ -9,11 +9,11 @@ import math
 
 import pytest
 
-from edge_agent.demo import demo_config
 from edge_agent.samples import Quality
 from edge_agent.service import Agent
 from hil.codec import as_registered
 from hil.controller import SimulatedController
+from hil.demo import demo_config
 from hil.plant import demo_plant
 from hil.ptypair import PtyPair
 from hil.register_map import BY_NAME

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from edge_agent.demo import demo_config
 from edge_agent.service import Agent
 from hil.controller import SimulatedController
+from hil.demo import demo_config
 from hil.plant import demo_plant
 from hil.register_map import AGENT_OVERRIDE
 

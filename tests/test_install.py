@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,11 +84,34 @@ def packages(tmp_path_factory) -> Packages:
     # Built as pip builds it on the Pi: in an isolated environment with pyproject's build
     # requirements (the project's venv need not have Cython). About 35 s on two cores.
     wheels = out / "wheel"
-    _checked([*pip, "wheel", "--no-deps", "-w", wheels, ROOT])
+    _checked([*pip, "wheel", "--no-deps", "-w", wheels, _source_copy(out / "tree")])
     (wheel,) = wheels.glob("edge_agent-*.whl")
     wheelhouse = out / "wheelhouse"
     _checked([*pip, "download", "--dest", wheelhouse, wheel])
     return Packages(wheel, wheelhouse)
+
+
+def _source_copy(to: Path) -> Path:
+    """The tree as install.sh copies it: without a developer's build output (setuptools
+    packs whatever an old build/ holds, a package since removed included)."""
+    shutil.copytree(
+        ROOT,
+        to,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+            "reports",
+            "*.so",
+            "*.db",
+        ),
+    )
+    return to
 
 
 def _checked(command: list) -> None:
@@ -206,6 +230,20 @@ def test_the_current_command_runs(fresh):
     for command in (fresh.prefix / "current" / "bin" / "edge-agent", fresh.bin / "edge-agent"):
         result = subprocess.run([command, "--version"], capture_output=True, text=True)
         assert result.stdout.strip() == f"edge-agent {fresh.packages.version}"
+
+
+@INSTALLS
+def test_the_wheel_and_the_install_carry_no_bench(fresh):
+    """The simulated machine, its recordings and the LinuxCNC files stay in the source tree:
+    nothing the agent runs may need them on a device."""
+    with zipfile.ZipFile(fresh.packages.wheel) as wheel:
+        names = wheel.namelist()
+    assert not [n for n in names if n.startswith(("hil/", "tests/", "benchmarks/"))]
+    assert any(n.startswith("edge_agent/kernels/") for n in names)
+    python = fresh.prefix / "current" / "bin" / "python"
+    probe = "import importlib.util as u; print(u.find_spec('hil'))"
+    result = subprocess.run([python, "-I", "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "None", result.stdout + result.stderr
 
 
 @INSTALLS

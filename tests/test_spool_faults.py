@@ -23,9 +23,9 @@ import msgpack
 import pytest
 
 import edge_agent.telemetry.spool as spooling
-from edge_agent.demo import demo_config
 from edge_agent.status import report
 from edge_agent.telemetry.spool import Spool, SpoolError
+from hil.demo import demo_config
 from tests.small_disk import run_on_small_disk
 
 BOOT_A, BOOT_B = b"A" * 8, b"B" * 8

@@ -1,5 +1,7 @@
-"""`edge-agent demo`: the simulated controller and the agent on loopback, for a bounded time,
-then a short human summary. Needs no broker, no hardware and no configuration file.
+"""`python -m hil demo` (`make demo`): the simulated controller and the agent on loopback, for
+a bounded time, then a short human summary. Needs no broker, no hardware and no configuration
+file. Part of the bench, not of the agent: the agent's install on a device carries no simulated
+machine.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .config import parse_config
-from .service import Agent
+from edge_agent.config import parse_config
+from edge_agent.service import Agent
+from hil.controller import SimulatedController
+from hil.plant import demo_plant
+from hil.ptypair import PtyPair
+from hil.replay import ReplayPlant, recording_path
 
 
 def demo_config(
@@ -43,11 +49,7 @@ def demo_config(
 
 def _plant(replay: str | None):
     if replay is None:
-        from hil.plant import demo_plant
-
         return demo_plant(), "cutting plant, demo part"
-    from hil.replay import ReplayPlant, recording_path
-
     path = recording_path(replay)
     return ReplayPlant(path, loop=True), f"replay of {path.name}"
 
@@ -62,9 +64,6 @@ async def run_demo(
     out=sys.stdout,
     progress=sys.stderr,
 ) -> Agent:
-    from hil.controller import SimulatedController
-    from hil.ptypair import PtyPair
-
     plant, what = _plant(replay)
     controller = SimulatedController(plant)
     spool = spool or "demo-spool.db"
@@ -80,7 +79,7 @@ async def run_demo(
             config = demo_config(port=port, spool=spool, telemetry=telemetry)
             where = f"Modbus TCP on 127.0.0.1:{port}"
         print(
-            f"edge-agent demo: simulated controller ({what}) on {where}; running {duration_s:g} s",
+            f"demo: simulated controller ({what}) on {where}; running {duration_s:g} s",
             file=out,
             flush=True,
         )
