@@ -71,7 +71,8 @@ async def _measure(run_s: float) -> dict[str, float]:
         f"  control: {loop.ticks} ticks, {loop.overruns} overruns, "
         f"{loop.actuator.counters['writes']} writes "
         f"({loop.actuator.counters['verified']} read back), states {' -> '.join(states)}; "
-        f"{agent.poller.counters['samples']} samples, {agent.frames_stored} frames stored",
+        f"{agent.controller_source.stats().samples} samples, "
+        f"{agent.frames_stored} frames stored",
         file=sys.stderr,
         flush=True,
     )

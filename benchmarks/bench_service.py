@@ -527,9 +527,11 @@ def _report(
 
     ticks = metric("edge_agent_control_ticks_total")
     overruns = metric("edge_agent_control_overruns_total", per_s=False)
-    polls = metric('edge_agent_poll_requests_total{outcome="ok"}')
+    polls = metric('edge_agent_source_work_total{source="controller",kind="requests"}')
     acked = metric('edge_agent_upstream_events_total{kind="acked"}')
-    frames_lost = metric('edge_agent_bridge_events_total{kind="frames_lost"}', per_s=False)
+    frames_lost = metric(
+        'edge_agent_source_faults_total{source="bridge",kind="frames_lost"}', per_s=False
+    )
     not_read_back = metric('edge_agent_actuator_events_total{kind="not_read_back"}', per_s=False)
 
     rss_mean = sum(rss_kb) / max(1, len(rss_kb)) * 1024 / MB
@@ -546,7 +548,7 @@ def _report(
         f"acknowledgements: {(sub1['acks'] - sub0['acks']) / window_s:.2f}/s, "
         f"{(sub1['ack_bytes'] - sub0['ack_bytes']) / window_s:.0f} B/s",
         f"  agent (its metrics endpoint, over the window): control ticks {ticks} ({overruns} "
-        f"overruns), good poll requests {polls}, payloads acknowledged {acked}, bridge frames "
+        f"overruns), poll requests {polls}, payloads acknowledged {acked}, bridge frames "
         f"lost {frames_lost}, override writes not read back in time {not_read_back}",
         f"  memory: VmHWM {peak_mb:.1f} MB, VmRSS mean {rss_mean:.1f} MB over "
         f"{len(rss_kb)} samples, at the end anon {proc1['RssAnon'] * 1024 / MB:.1f} MB + file "

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import limits, names
 from .registers import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Order, Table, Tag, ValueType
+from .sources.base import SourceChannel
 from .tomlcheck import KeyPath, Range, TomlChecker, kind_name, read_toml_text
 
 
@@ -443,6 +444,13 @@ _TAG_KEYS = {
 }
 
 
+def _declared_channels(config: AgentConfig) -> dict[str, SourceChannel]:
+    """Every configured source's channels by name (`sources/registry.py`)."""
+    from .sources.registry import declared  # the sources read this module's classes
+
+    return {c.name: c for _, declaration in declared(config) for c in declaration.channels}
+
+
 class _Validator(TomlChecker):
     # -- sections -------------------------------------------------------------------
 
@@ -453,13 +461,13 @@ class _Validator(TomlChecker):
         groups = self.poll_groups(data)
         tags = self.tags(data, groups)
         bridge = self.bridge(data, {t.name for t in tags})
-        streams = {name: 1 / period for name, _, _, period in bridge.streams()} if bridge else {}
-        telemetry = self.telemetry(data, {t.name for t in tags} | set(streams))
-        channels = self.channels(data, tags, groups, streams)
-        self.refs(channels, tags, bridge)
-        periods = {
-            t.name: (groups[t.poll_group].period_s, f"poll_groups.{t.poll_group}") for t in tags
-        } | {name: (1 / rate, "the bridge") for name, rate in streams.items()}
+        sources = _declared_channels(
+            AgentConfig(machine, controller, tags, groups, bridge=bridge, source=self.source)
+        )
+        telemetry = self.telemetry(data, set(sources))
+        channels = self.channels(data, sources)
+        self.refs(channels, sources)
+        periods = {name: (c.period_s, c.origin) for name, c in sources.items()}
         for name, channel in channels.items():  # a decimating chain passes every n-th sample
             factor = math.prod(f.params["factor"] for f in channel.filters if f.kind == "decimate")
             if factor > 1:
@@ -976,11 +984,9 @@ class _Validator(TomlChecker):
                 f"got {value:g}",
             )
 
-    def channels(
-        self, data: dict, tags, groups, bridge: dict[str, float]
-    ) -> dict[str, ChannelConfig]:
-        """`bridge`: the bridge's channels and their rates (Hz), configured like tags."""
-        rates = {t.name: 1.0 / groups[t.poll_group].period_s for t in tags} | bridge
+    def channels(self, data: dict, sources: dict[str, SourceChannel]) -> dict[str, ChannelConfig]:
+        """`[channels]`: filters and wire keys of any source's channel."""
+        rates = {name: 1.0 / c.period_s for name, c in sources.items()}
         raw = self.table(data.get("channels", {}), ("channels",), list(rates))
         channels = {}
         for name, entry in raw.items():
@@ -1019,15 +1025,11 @@ class _Validator(TomlChecker):
             channels[name] = ChannelConfig(name, tuple(stages), telemetry, rates[name], **wire_keys)
         return channels
 
-    def refs(self, channels: dict[str, ChannelConfig], tags, bridge: BridgeConfig | None) -> None:
+    def refs(self, channels: dict[str, ChannelConfig], sources: dict[str, SourceChannel]) -> None:
         """A channel sent as the difference from another (`ref`) needs the same quantum as it,
         and the other must be sent whole (no ref of its own): the birth's rule
         (docs/wire-format.md), found here rather than when the agent starts."""
-        from .telemetry.channels import bridge_quantum, default_quantum  # it imports us
-
-        quantum = {t.name: default_quantum(t) for t in tags}
-        for name, board, kind, _ in bridge.streams() if bridge else ():
-            quantum[name] = bridge_quantum(board.scale, kind)
+        quantum = {name: c.quantum for name, c in sources.items()}
         quantum |= {name: c.quantum for name, c in channels.items() if c.quantum}
         for name, channel in channels.items():
             ref = channels.get(channel.ref)

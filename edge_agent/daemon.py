@@ -21,7 +21,6 @@ from .logs import RepeatLimit
 from .metrics import MetricsServer
 from .sdnotify import Notifier
 from .service import Agent
-from .sources.modbus_link import make_client
 from .tasks import cancel_and_wait
 from .upstream import UpstreamError
 
@@ -60,14 +59,14 @@ class AgentService:
         config: AgentConfig,
         *,
         env: Mapping[str, str] = os.environ,
-        client_factory=make_client,
+        connect: Mapping[str, Callable] | None = None,
         load: Callable[[str], AgentConfig] = load_config,
         log_limit: RepeatLimit | None = None,
     ):
         self.path = path
         self.config = config
         self.notifier = Notifier(env)
-        self.client_factory = client_factory
+        self.connect = connect  # for tests: Agent's
         self.load = load
         self.log_limit = log_limit
         self.agent: Agent | None = None
@@ -86,7 +85,7 @@ class AgentService:
         metrics.listen(self.config.service.metrics_listen)
         watch = asyncio.create_task(self._watch(), name="watchdog")
         try:
-            self._next = Agent(self.config, client_factory=self.client_factory)
+            self._next = Agent(self.config, connect=self.connect)
             while True:
                 self.agent, self._next = self._next, None
                 self._agent_stop = asyncio.Event()
@@ -148,7 +147,7 @@ class AgentService:
             self._ready_again()
             return False
         try:  # what only making the agent finds (an unusable password or TLS file)
-            self._next = Agent(config, client_factory=self.client_factory)
+            self._next = Agent(config, connect=self.connect)
         except (ConfigError, UpstreamError) as exc:
             return self._refuse(str(exc))
         except Exception as exc:
@@ -181,7 +180,8 @@ class AgentService:
                 break
             except TimeoutError:
                 self.notifier.extend_start(
-                    3 * START_EXTEND_EVERY_S, f"starting: waiting for {agent.link.where}"
+                    3 * START_EXTEND_EVERY_S,
+                    f"starting: waiting for {agent.controller_source.stats().where}",
                 )
         self.notifier.ready(self.status_line())
         log.info("ready: %s", self.status_line())
@@ -220,7 +220,7 @@ class AgentService:
         agent = self.agent
         if agent is None:
             return "starting"
-        parts = [f"controller {'up' if agent.link.connected else 'DOWN'}"]
+        parts = [f"{s.name} {s.state}" for s in agent.source_stats()]
         if agent.control is not None:
             cfg, control = agent.config.control, agent.control
             override = control.actuator.value.get(cfg.override_tag)
@@ -228,8 +228,6 @@ class AgentService:
                 f"control {control.controller.state.value}"
                 + (f" at {override:g} %" if override is not None else "")
             )
-        if agent.bridge is not None:
-            parts.append(f"bridge {agent.bridge.state}")
         if agent.publisher is not None:
             parts.append(f"upstream {'up' if agent.publisher.connected else 'DOWN'}")
         parts.append(f"{agent.frames_stored} payloads stored, last seq {agent.last_seq}")

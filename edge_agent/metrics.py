@@ -62,50 +62,54 @@ class AgentCollector:
         )
         yield info
         yield _gauge(
-            "ready", "1 once controller link, spool and control loop are up", agent.up.is_set()
+            "ready", "1 once the controller, spool and control loop are up", agent.up.is_set()
         )
-        yield from self._controller(agent)
+        yield from self._sources(agent)
         yield from self._control(agent)
         yield from self._telemetry(agent)
-        yield from self._bridge(agent)
         yield from self._upstream(agent)
 
-    def _controller(self, agent) -> Iterator[Metric]:
-        link, poller = agent.link, agent.poller
-        yield _gauge("controller_connected", "1 while the Modbus link is up", link.connected)
-        yield _counter("controller_connects", "Modbus connections made", value=link.connects)
-        yield _counter("controller_disconnects", "Modbus links lost", value=link.disconnects)
-        requests = _counter("poll_requests", "Modbus read requests by outcome", ["outcome"])
-        counts = dict(poller.counters)
-        failed = 0
-        for kind, count in counts.items():
-            if kind in ("timeout", "down", "bad_reply", "preempted") or kind.startswith(
-                "exception_"
-            ):
-                requests.add_metric([kind], count)
-                failed += count
-        requests.add_metric(["ok"], counts.get("requests", 0) - failed)
-        yield requests
-        yield _counter(
-            "poll_samples", "samples emitted by the poller", value=counts.get("samples", 0)
-        )
-        yield _counter("poll_stale", "values marked stale", value=counts.get("stale", 0))
-        cycles = _counter("poll_cycles", "poll cycles by group", ["group"])
-        overruns = _counter("poll_overruns", "poll cycles skipped (late) by group", ["group"])
-        latency = GaugeMetricFamily(
-            f"{PREFIX}_poll_latency_seconds",
-            "one poll cycle's duration over the last 4096 cycles, by group and quantile",
-            labels=["group", "quantile"],
-        )
-        for name, stats in poller.group_stats.items():
-            cycles.add_metric([name], stats.cycles)
-            overruns.add_metric([name], stats.overruns)
-            for q in QUANTILES:
-                latency.add_metric([name, str(q)], stats.latency.percentile(q * 100))
-        yield from (cycles, overruns, latency)
-        yield _by_label(
-            "controller_writes", "register writes by outcome", "outcome", link.write_counters
-        )
+    def _sources(self, agent) -> Iterator[Metric]:
+        """Every source alike, labelled with its name (`sources/base.py`, SourceStats)."""
+        stats = agent.source_stats()
+        families = {
+            "up": _gauge_family("source_up", "1 while the source delivers", ["source"]),
+            "state": _gauge_family(
+                "source_state", "1 for the source's current state", ["source", "state"]
+            ),
+            "connects": _counter("source_connects", "connections made", ["source"]),
+            "disconnects": _counter("source_disconnects", "connections lost", ["source"]),
+            "samples": _counter("source_samples", "samples emitted", ["source"]),
+            "counts": _counter("source_work", "the source's work by kind", ["source", "kind"]),
+            "faults": _counter("source_faults", "what went wrong, by kind", ["source", "kind"]),
+            "writes": _counter(
+                "source_writes", "writes to the machine by outcome", ["source", "outcome"]
+            ),
+            "cycles": _counter("source_cycles", "read cycles by time group", ["source", "group"]),
+            "overruns": _counter(
+                "source_overruns", "read cycles skipped (late) by time group", ["source", "group"]
+            ),
+            "latency": _gauge_family(
+                "source_cycle_seconds",
+                "one read cycle's duration over the last 4096 cycles, by group and quantile",
+                ["source", "group", "quantile"],
+            ),
+        }
+        for s in stats:
+            families["up"].add_metric([s.name], float(s.up))
+            families["state"].add_metric([s.name, s.state], 1)
+            families["connects"].add_metric([s.name], s.connects)
+            families["disconnects"].add_metric([s.name], s.disconnects)
+            families["samples"].add_metric([s.name], s.samples)
+            for key, values in (("counts", s.counts), ("faults", s.faults), ("writes", s.writes)):
+                for kind, count in values.items():
+                    families[key].add_metric([s.name, kind], count)
+            for group, figures in s.groups.items():
+                families["cycles"].add_metric([s.name, group], figures.cycles)
+                families["overruns"].add_metric([s.name, group], figures.overruns)
+                for q, value in zip(QUANTILES, figures.latency_s, strict=True):
+                    families["latency"].add_metric([s.name, group, str(q)], value)
+        yield from families.values()
 
     def _control(self, agent) -> Iterator[Metric]:
         control = agent.control
@@ -211,21 +215,6 @@ class AgentCollector:
         spool = agent.spool.spool
         return stats, dict(spool.counters) if spool is not None else {}
 
-    def _bridge(self, agent) -> Iterator[Metric]:
-        if agent.bridge is None:
-            return
-        yield _gauge(
-            "bridge_streaming",
-            "1 while the sensor bridge streams",
-            agent.bridge.state == "streaming",
-        )
-        yield _by_label(
-            "bridge_events",
-            "the sensor bridge's counts (CRC errors, frames lost, ...)",
-            "kind",
-            agent.bridge.stats(),
-        )
-
     def _upstream(self, agent) -> Iterator[Metric]:
         publisher = agent.publisher
         if publisher is None:
@@ -253,6 +242,10 @@ def _by_label(name: str, text: str, label: str, counts) -> CounterMetricFamily:
     for key, count in dict(counts).items():
         family.add_metric([key], count)
     return family
+
+
+def _gauge_family(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=labels)
 
 
 def _gauge(name: str, text: str, value: float | bool) -> GaugeMetricFamily:

@@ -1,5 +1,5 @@
-"""The agent's wiring: controller link -> poller -> filters -> (control loop, batcher -> spool
--> publisher -> upstream).
+"""The agent's wiring: sources (the controller, the sensor bridge) -> router -> (control loop,
+batcher -> spool -> publisher -> upstream).
 
 Data flows one way. I/O runs on one asyncio loop; the control loop runs in its own thread
 (`control/loop.py`), fed through a queue the poller fills without waiting, writing through the
@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 from collections import Counter
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 
 from . import __version__
@@ -29,9 +30,8 @@ from .control.loop import ControlLoop
 from .control.teach import TeachError, TeachStore
 from .routing import SampleRouter
 from .samples import Sample
-from .sources.bridge import BridgeSource
-from .sources.modbus import ModbusPoller
-from .sources.modbus_link import ModbusLink, make_client
+from .sources.base import Source, SourceStats
+from .sources.registry import make_sources
 from .tasks import cancel_and_wait
 from .telemetry import wire
 from .telemetry.batcher import FrameBuilder
@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 
 #: How often the teach file is checked for edits: a stat every few seconds costs nothing.
 TEACH_FILE_CHECK_S = 2.0
-#: How long the start waits for the sensor bridge to identify, so that the birth carries its
-#: firmware version: a board answers in milliseconds; an absent one delays the start this long
-#: (its identity then goes out in a later birth and a `bridge_identified` event).
-BRIDGE_IDENTIFY_WAIT_S = 2.0
 #: Payloads held in memory while the spool cannot take them (its disk full, a lock another
 #: process holds, a file the agent may not write): a quarter of the agent's 64 MB resident
 #: budget, and at the standard load's ~2.5 KB/s of payloads (docs/spool.md) about 1.8 hours
@@ -64,21 +60,27 @@ HELD_RETRY_MAX_S = 30.0
 class Agent:
     """One agent for one machine."""
 
-    def __init__(self, config: AgentConfig, clock=None, client_factory=make_client):
+    def __init__(
+        self,
+        config: AgentConfig,
+        clock=None,
+        connect: Mapping[str, Callable] | None = None,
+    ):
+        """`connect`: a source's way to its device by source name (a Modbus client factory,
+        a serial port opener), for tests; the real one where absent."""
         self.config = config
         self.clock = clock or SystemClock()
         if config.control.enabled:  # a tag the actuator cannot write whole: refused now
             writable_tags(config.control, {t.name: t for t in config.tags})
         self.boot = os.urandom(8)  # the boot id on the wire
         self.boot_id = self.boot.hex()
-        self.link = ModbusLink(config.controller, client_factory)
-        self.poller = ModbusPoller(config, self.link, self.clock, self._on_samples)
-        self.bridge = (
-            BridgeSource(config.bridge, self.clock, self._on_samples, self._bridge_identified)
-            if config.bridge is not None
-            else None
-        )
-        self._birth_firmware: str | None = None  # the bridge firmware the last birth named
+        self.sources: dict[str, Source] = {
+            s.name: s
+            for s in make_sources(config, self.clock, self._on_samples, self._identified, connect)
+        }
+        #: The source that holds the one writer (and whose link the control loop watches).
+        self.controller_source = next(s for s in self.sources.values() if s.controller)
+        self._birth_firmware: str | None = None  # the firmware the last birth named
         self._spool_open = False
         self.router = SampleRouter(config.channels)  # control tags once control exists
         self.table = channel_table(config)
@@ -124,7 +126,6 @@ class Agent:
         self._control_inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._teach = TeachStore(config.control.teach_file)
         self.up = asyncio.Event()
-        self.polling = False
         # Why run() ended, for the agent_stop event: "stop", or "reload" (a new config).
         self.stop_reason = "stop"
 
@@ -186,12 +187,13 @@ class Agent:
         controller = AdaptiveController(cfg, taught)
         self.router.control_tags = frozenset(controller.inputs)
         tags = {t.name: t for t in self.config.tags}
-        actuator = Actuator(cfg, tags, self.link.take_writer(loop))
+        actuator = Actuator(cfg, tags, self.controller_source.take_writer(loop))
+        source = self.controller_source
         self.control = ControlLoop(
             controller,
             actuator,
             self._control_inbox,
-            link_up=lambda: self.link.connected,
+            link_up=lambda: source.connected,
             on_events=lambda events: loop.call_soon_threadsafe(self._control_events, events),
             clock_ns=self.clock.monotonic_ns,
         )
@@ -245,14 +247,18 @@ class Agent:
         self._tasks_in_flight.add(task)
         task.add_done_callback(self._tasks_in_flight.discard)
 
-    def _bridge_identified(self, identity: dict) -> None:
-        """The bridge answered IDENTIFY (on every connection): an event, and a new birth when
-        the firmware differs from the one the last birth named (or it named none)."""
+    def _identified(self, source: Source, identity: dict) -> None:
+        """A device said what it is (the bridge answers IDENTIFY on every connection): an
+        event, and a new birth when its firmware differs from the one the last birth named."""
         if not self._spool_open:
             return  # open_spool's birth and event carry it
-        self._background(self.store_event("bridge_identified", identity))
-        if identity["firmware"] != self._birth_firmware:
+        self._background(self.store_event(f"{source.name}_identified", identity))
+        if identity.get("firmware") != self._birth_firmware:
             self._background(self.store_birth())
+
+    def _firmware(self) -> str | None:
+        """What the birth names: the firmware of the first source that has told its own."""
+        return next((s.identity["firmware"] for s in self.sources.values() if s.identity), None)
 
     @property
     def latest(self) -> dict[str, Sample]:
@@ -281,49 +287,41 @@ class Agent:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); always stops in the order
         docs/service.md gives: the feed made safe, the open batch spooled, the death
-        published, the controller link closed."""
+        published, the sources closed."""
         stop = stop or asyncio.Event()
-        bridge = []
-        if self.bridge is not None:
-            bridge.append(asyncio.create_task(self.bridge.run(), name="bridge"))
-            await self.bridge.wait_identified(BRIDGE_IDENTIFY_WAIT_S)
+        reading = [asyncio.create_task(s.run(), name=s.name) for s in self.sources.values()]
         self.spool_damaged = asyncio.get_running_loop().create_future()
         try:
+            # Each source gets its own bound to come up: a board's firmware goes in the
+            # birth, and a healthy controller's first cycles do not count as "link down".
+            await asyncio.gather(*(s.wait_ready(s.ready_wait_s) for s in self.sources.values()))
             await self.open_spool()
         except BaseException:
-            await cancel_and_wait(bridge)
+            await cancel_and_wait(reading)
             await self.spool.close()
             raise
         publishing = []
         if self.publisher is not None:
             publishing.append(asyncio.create_task(self.publisher.run(), name="publisher"))
         log.info(
-            "agent %s for %s/%s: polling %s, %s requests per cycle",
+            "agent %s for %s/%s: reading %s",
             __version__,
             self.config.machine.site,
             self.config.machine.machine_id,
-            self.link.where,
-            self.poller.requests_per_cycle,
+            ", ".join(f"{s.name} {s.stats().where}" for s in self.sources.values()),
         )
-        link = asyncio.create_task(self.link.maintain(), name="link")
-        tasks, announce = [*bridge], []
+        tasks, announce = [], []
         try:
-            # Give the first connection one reply timeout before polling starts, so a
-            # healthy start does not count its first cycles as "link down"; a dead
-            # controller is still polled (and its values go stale) after that.
-            await self.link.wait_connected(self.config.controller.timeout_s)
             if self.config.control.enabled:
                 self._start_control()
             tasks += [
-                asyncio.create_task(self.poller.run(), name="poller"),
                 asyncio.create_task(self._flush_periodically(), name="frames"),
                 asyncio.create_task(self._log_stats(), name="stats"),
             ]
             announce.append(asyncio.create_task(self._announce_up(), name="up"))
-            self.polling = True
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait(
-                [stopped, link, self.spool_damaged, *tasks, *publishing],
+                [stopped, self.spool_damaged, *reading, *tasks, *publishing],
                 return_when=asyncio.FIRST_COMPLETED,
             )
             stopped.cancel()
@@ -331,7 +329,6 @@ class Agent:
                 if task is not stopped and task.exception():
                     raise task.exception()
         finally:
-            self.polling = False
             await self._stop_control()
             await cancel_and_wait([*tasks, *announce])
             await self.flush()
@@ -339,23 +336,27 @@ class Agent:
             await self.store_event("agent_stop", {"reason": self.stop_reason})
             await self._store_held_at_stop()
             await self._stop_publishing(publishing)
-            await cancel_and_wait([link])
+            await cancel_and_wait(reading)
             await self.spool.close()
             if self.spool_damaged.done():  # found while stopping: logged, not raised
                 self.spool_damaged.exception()
 
     async def _announce_up(self) -> None:
         """`up` is set once the spool, the control loop (when enabled) and the controller
-        link are all up: what systemd's READY=1 means (docs/service.md)."""
-        await self.link.wait_connected()
+        are all up: what systemd's READY=1 means (docs/service.md)."""
+        await asyncio.gather(*(s.wait_ready(None) for s in self.sources.values() if s.controller))
         self.up.set()
+
+    def source_stats(self) -> list[SourceStats]:
+        return [s.stats() for s in self.sources.values()]
 
     def progress(self) -> dict[str, int | None]:
         """Counters that advance while the agent works; None for a part not running (yet).
         The watchdog pings systemd only while each running part's counter moves."""
+        running = self.control is not None and self.control.running
         return {
-            "control loop": self.control.ticks if self.control and self.control.running else None,
-            "poller": self.poller.counters["requests"] if self.polling else None,
+            "control loop": self.control.ticks if running else None,
+            **{s.name: s.progress for s in self.source_stats()},
         }
 
     async def open_spool(self) -> None:
@@ -368,8 +369,9 @@ class Agent:
         await self.store_birth()
         await self.store_event("agent_start", {"version": __version__})
         self._spool_open = True
-        if self.bridge is not None and self.bridge.identity is not None:
-            await self.store_event("bridge_identified", self.bridge.identity)
+        for source in self.sources.values():
+            if source.identity is not None:
+                await self.store_event(f"{source.name}_identified", source.identity)
         if spool.recovered:
             log.error("%s", spool.recovered)
             await self.store_event("spool_corrupt", {"detail": spool.recovered, **spool.recovery})
@@ -438,8 +440,7 @@ class Agent:
         """The channel table, first in every boot (and, with MQTT, on every connection)."""
         boot, table, t_us = self.boot, self.table, self.clock.stamp_ns() // 1000
         config_hash = hashlib.sha256(repr(self.config).encode()).digest()[:8]
-        identity = self.bridge.identity if self.bridge is not None else None
-        firmware = self._birth_firmware = identity["firmware"] if identity else None
+        firmware = self._birth_firmware = self._firmware()
 
         def birth(seq: int) -> bytes:
             return wire.birth(boot, seq, t_us, __version__, config_hash, table, firmware)
@@ -631,18 +632,10 @@ class Agent:
             log.info("health: %s", self.health_line(await self.spool.stats()))
 
     def health_line(self, spool: dict[str, int]) -> str:
-        counts = self.poller.counters
-        latency = {
-            name: s.latency.percentile(99) * 1e3 for name, s in self.poller.group_stats.items()
-        }
+        line = "; ".join(s.line() for s in self.source_stats())
         oldest_s = (self.clock.stamp_ns() - spool["oldest_stored_ns"]) / 1e9
-        line = (
-            f"link {'up' if self.link.connected else 'DOWN'}, "
-            f"{counts['requests']} requests, {counts['timeout']} timeouts, "
-            f"{sum(v for k, v in counts.items() if k.startswith('exception_'))} exception "
-            f"replies, poll p99 "
-            + ", ".join(f"{k} {v:.1f} ms" for k, v in latency.items())
-            + f", {self.frames_stored} frames stored (last seq {self.last_seq}), "
+        line += (
+            f"; {self.frames_stored} frames stored (last seq {self.last_seq}), "
             f"spool {spool['depth']} payloads"
             + (f" (oldest {oldest_s:.0f} s)" if spool["depth"] else "")
         )
@@ -656,14 +649,6 @@ class Agent:
             line += (
                 f", {lost['data']} frames ({lost['points']} points) and "
                 f"{lost['event'] + lost['birth']} events never stored"
-            )
-        if self.bridge is not None:
-            b = self.bridge.stats()
-            line += (
-                f", bridge {self.bridge.state}: {b.get('raw_samples', 0)} raw samples, "
-                f"{b.get('blocks', 0)} blocks, {b['frames_lost']} frames lost, "
-                f"{b['crc_errors'] + b['malformed'] + b['oversize']} dropped, "
-                f"{b.get('overruns', 0)} overruns, {b['reconnects']} reconnects"
             )
         if self.publisher is not None:
             up = self.publisher.counters

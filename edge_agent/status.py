@@ -79,18 +79,7 @@ def _agent_lines(s: Scrape) -> list[str]:
         f"edge-agent {who.get('version', '?')} for {who.get('site', '?')}/"
         f"{who.get('machine', '?')}, boot {who.get('boot', '?')}: {ready}"
     ]
-    polls = ", ".join(
-        f"{labels['group']} {value * 1e3:.1f} ms"
-        for labels, value in s.labelled("edge_agent_poll_latency_seconds")
-        if labels.get("quantile") == "0.99"
-    )
-    requests = s.total("edge_agent_poll_requests_total")
-    failed = s.total("edge_agent_poll_requests_total", exclude=["ok"])
-    lines.append(
-        f"  controller  {'up' if s.get('edge_agent_controller_connected') else 'DOWN'}; "
-        f"{s.get('edge_agent_controller_disconnects_total', 0):.0f} links lost; "
-        f"{requests:.0f} requests, {failed:.0f} failed; poll p99 {polls or '-'}"
-    )
+    lines += _source_lines(s)
     if s.get("edge_agent_control_ticks_total") is not None:
         state = next(
             (labels["state"] for labels, v in s.labelled("edge_agent_control_state") if v), "?"
@@ -104,13 +93,6 @@ def _agent_lines(s: Scrape) -> list[str]:
             + (f" at {override:g} %" if override is not None else "")
             + f"; {1 / period:g} Hz, lateness p99 {_ms(lateness)}, latency p99 {_ms(latency)}, "
             f"{s.get('edge_agent_control_overruns_total', 0):.0f} overruns"
-        )
-    if s.get("edge_agent_bridge_streaming") is not None:
-        lines.append(
-            f"  bridge      {'streaming' if s.get('edge_agent_bridge_streaming') else 'DOWN'}; "
-            f"{s.get('edge_agent_bridge_events_total', 0, kind='crc_errors'):.0f} CRC errors, "
-            f"{s.get('edge_agent_bridge_events_total', 0, kind='frames_lost'):.0f} frames lost, "
-            f"{s.get('edge_agent_bridge_events_total', 0, kind='reconnects'):.0f} reconnects"
         )
     if s.get("edge_agent_upstream_connected") is not None:
         event = "edge_agent_upstream_events_total"
@@ -144,6 +126,35 @@ def _agent_lines(s: Scrape) -> list[str]:
     cpu = s.get("process_cpu_seconds_total")
     if rss is not None and cpu is not None:
         lines.append(f"  process     RSS {rss / 2**20:.1f} MiB, {cpu:.1f} s of CPU")
+    return lines
+
+
+def _source_lines(s: Scrape) -> list[str]:
+    """One line a source, whatever its kind: state, connections lost, samples, faults, and
+    its read cycles' p99."""
+    lines = []
+    for labels, _ in s.labelled("edge_agent_source_up"):
+        name = labels["source"]
+        state = next(
+            (
+                lab["state"]
+                for lab, v in s.labelled("edge_agent_source_state")
+                if lab["source"] == name and v
+            ),
+            "?",
+        )
+        cycles = ", ".join(
+            f"{lab['group']} {_ms(v)}"
+            for lab, v in s.labelled("edge_agent_source_cycle_seconds")
+            if lab["source"] == name and lab["quantile"] == "0.99"
+        )
+        lines.append(
+            f"  {name:<11} {state}; "
+            f"{s.get('edge_agent_source_disconnects_total', 0, source=name):.0f} connections lost; "
+            f"{s.get('edge_agent_source_samples_total', 0, source=name):.0f} samples, "
+            f"{s.total('edge_agent_source_faults_total', source=name):.0f} faults"
+            + (f"; p99 {cycles}" if cycles else "")
+        )
     return lines
 
 

@@ -85,7 +85,7 @@ async def run(seconds: float, seed: int = 1) -> BridgeRun:
                 emulator.feed_physical(power, (vibration, 0.0, 1.0))
                 fed.append((clock.stamp_ns(), power))
                 await asyncio.sleep(1 / FEED_HZ)
-            stats = source.stats()
+            stats = source.counts()
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

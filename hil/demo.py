@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import sys
 import time
 from importlib import resources
@@ -110,7 +111,8 @@ async def _show_progress(
         filled = int(30 * elapsed / duration_s)
         line = (
             f"[{'#' * filled}{'.' * (30 - filled)}] {elapsed:4.0f}/{duration_s:g} s  "
-            f"samples {agent.poller.counters['samples']}  frames {agent.frames_stored}"
+            f"samples {sum(s.samples for s in agent.source_stats())}  "
+            f"frames {agent.frames_stored}"
         )
         if tty:
             stream.write("\r" + line)
@@ -125,25 +127,24 @@ async def _show_progress(
 
 
 def summary(agent: Agent, elapsed_s: float, spool: str, telemetry: str) -> str:
-    counts = agent.poller.counters
-    lines = [
-        f"ran {elapsed_s:.1f} s against {agent.link.where}",
-        f"  samples read       {counts['samples']} ({counts['samples'] / elapsed_s:.0f}/s)",
-    ]
-    for name, stats in agent.poller.group_stats.items():
-        group = agent.config.poll_groups[name]
+    sources = agent.source_stats()
+    lines = [f"ran {elapsed_s:.1f} s against " + ", ".join(f"{s.where}" for s in sources)]
+    for s in sources:
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(s.faults.items()) if v) or "none"
+        work = "".join(f", {v} {k}" for k, v in s.counts.items())
         lines.append(
-            f"  poll group {name:<7} every {group.period_s:g} s: "
-            f"{agent.poller.requests_per_cycle[name]} requests/cycle, {stats.cycles} cycles, "
-            f"latency p50 {stats.latency.percentile(50) * 1e3:.2f} ms "
-            f"p99 {stats.latency.percentile(99) * 1e3:.2f} ms, {stats.overruns} overruns"
+            f"  {s.name:<18} {s.samples} samples ({s.samples / elapsed_s:.0f}/s){work}, "
+            f"{s.disconnects} connections lost; faults: {faults}"
         )
+        for name, group in s.groups.items():
+            p50, p99, _ = (v * 1e3 for v in group.latency_s)
+            lines.append(
+                f"    group {name:<12} {group.cycles} cycles, latency p50 {p50:.2f} ms "
+                f"p99 {p99:.2f} ms, {group.overruns} overruns"
+            )
     if agent.control is not None:
         lines += control_summary(agent)
-    errors = {k: v for k, v in counts.items() if k not in ("samples", "requests")}
     lines += [
-        f"  requests           {counts['requests']}; other counts: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"),
         f"  frames stored      {agent.frames_stored} ({agent.bytes_stored} bytes, "
         f"last seq {agent.last_seq}) in {spool}",
         f"  bytes per point    {agent.bytes_stored / max(1, agent.points_stored):.2f} "
@@ -167,6 +168,10 @@ def control_summary(agent: Agent) -> list[str]:
         f"{actuator.counters['writes']} writes, {actuator.counters['verified']} read back",
         f"  control loop       {1 / cfg.period_s:g} Hz: {loop.ticks} ticks, lateness p99 "
         f"{loop.lateness.percentile(99) * 1e3:.2f} ms, sample-to-write p99 "
-        f"{loop.latency.percentile(99) * 1e3:.1f} ms, {loop.overruns} overruns",
+        f"{_ms(loop.latency.percentile(99))}, {loop.overruns} overruns",
         f"  control events     {events}",
     ]
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1e3:.1f} ms"  # NaN: nothing written

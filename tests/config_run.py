@@ -211,11 +211,11 @@ async def run_config(
     config = in_workdir(config, workdir)
     clock = FakeClock()
     bank = RegisterBank(seed)
-    agent = Agent(config, clock=clock, client_factory=bank.client)
+    agent = Agent(config, clock=clock, connect={"controller": bank.client})
     await agent.open_spool()
-    link = asyncio.create_task(agent.link.maintain())
+    link = asyncio.create_task(agent.controller_source.link.maintain())
     try:
-        await agent.link.wait_connected(1.0)
+        await agent.controller_source.link.wait_connected(1.0)
         loop = asyncio.get_running_loop()
         if config.control.enabled:
             agent.make_control(loop)
@@ -264,7 +264,7 @@ async def _drive(agent: Agent, clock: FakeClock, seconds: float, max_steps: int,
             clock.advance((due[what] - clock.monotonic_ns()) / 1e9)
         now = clock.monotonic_ns()
         if what[0] == "poll":
-            await agent.poller.poll_once(what[1])
+            await agent.controller_source.poller.poll_once(what[1])
         elif what[0] == "control":
             agent.control.tick(now)
         elif what[0] == "bridge":

@@ -36,7 +36,7 @@ async def _stream(seconds: float):
 
 def test_a_real_board_streams_without_a_gap():
     raw, source = asyncio.run(_stream(3.0))
-    stats = source.stats()
+    stats = source.counts()
     assert len(raw) >= 0.9 * 2000 * 3.0
     assert stats["seq_gaps"] == stats["frames_lost"] == stats.get("overruns", 0) == 0
     assert source.identity["protocol"] == 1

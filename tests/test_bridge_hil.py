@@ -24,7 +24,7 @@ async def _stream(emulator: BridgeEmulator, seconds: float):
         start = len(got)
         await asyncio.sleep(seconds)
         raw = [s for s in got[start:] if s.channel == "spindle_power"]
-        return raw, source.stats()
+        return raw, source.counts()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

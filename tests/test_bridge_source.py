@@ -515,7 +515,7 @@ def test_shell_streams_at_2_khz_survives_unplug_and_replug(tmp_path, caplog):
     stamps = [s.stamp_ns for s in got if s.channel == "spindle_power"]
     assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
     assert board.commands.count(protocol.IDENTIFY) >= 2  # re-identified after the replug
-    stats = source.stats()
+    stats = source.counts()
     assert stats["crc_errors"] + stats["malformed"] == 0
     lines = [r.getMessage() for r in caplog.records]
     assert sum("streaming" in line for line in lines) == 2
@@ -568,7 +568,7 @@ async def _garbage(tmp_path):
 
 def test_garbage_in_the_stream_costs_at_most_one_frame_per_burst(tmp_path):
     source = asyncio.run(_garbage(tmp_path))
-    stats = source.stats()
+    stats = source.counts()
     assert 1 <= stats["crc_errors"] + stats["malformed"] + stats["oversize"] <= 6
     assert stats["frames_lost"] <= 5
 
@@ -622,7 +622,7 @@ def test_a_malformed_ack_is_a_counted_bad_payload_and_the_source_keeps_trying(tm
     source, state, running = asyncio.run(_hostile(tmp_path, ack_payload=b"\x01\x02"))
     assert running, "the source's task ended"
     assert state == "lost"  # no answer to STOP: reconnecting
-    assert source.stats()["bad_payloads"] >= 1
+    assert source.counts()["bad_payloads"] >= 1
     assert "ACK payload of 2 bytes, not 3" in source.core.last_error
 
 
@@ -646,7 +646,7 @@ def test_a_bug_in_a_session_is_logged_once_and_retried_slowly_never_the_end_of_t
     monkeypatch.setattr(BridgeCore, "identify", broken)
     source, running = asyncio.run(_buggy(tmp_path))
     assert running, "the source's task ended"
-    assert source.state == "failed" and source.stats()["internal_errors"] >= 3
+    assert source.state == "failed" and source.counts()["internal_errors"] >= 3
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info, [r.getMessage() for r in errors]
 

@@ -145,7 +145,8 @@ def test_watchdog_pings_only_while_the_control_loop_progresses(tmp_path, caplog)
             t1 = r.notify.mark()
             await asyncio.sleep(1.2)
             assert r.notify.since(t1, "WATCHDOG=1") == 0
-            assert agent.poller.counters["requests"] > 0  # the poller went on; the loop not
+            # the poller went on; the loop not
+            assert agent.controller_source.poller.counters["requests"] > 0
             release.set()
             del agent.control.tick  # the loop's own tick again
             t2 = r.notify.mark()
@@ -288,15 +289,20 @@ def test_metrics_endpoint_and_status_summary(tmp_path):
     lines, status, scrape, agent = run(scenario())
     assert status == 0
     assert scrape.get("edge_agent_ready") == 1
-    assert scrape.get("edge_agent_controller_connected") == 1
+    assert scrape.get("edge_agent_source_up", source="controller") == 1
+    assert scrape.get("edge_agent_source_state", source="controller", state="up") == 1
     assert scrape.get("edge_agent_control_ticks_total") > 50
     assert scrape.get("edge_agent_control_period_seconds") == 0.01
-    assert scrape.get("edge_agent_poll_requests_total", outcome="ok") > 10
+    assert scrape.get("edge_agent_source_work_total", source="controller", kind="requests") > 10
+    assert scrape.get("edge_agent_source_samples_total", source="controller") > 100
     assert scrape.get("edge_agent_spool_payloads") >= 1  # kept: no upstream
     assert scrape.get("edge_agent_info", boot=agent.boot_id) == 1
     assert scrape.get("process_resident_memory_bytes") > 1e6
-    assert scrape.get("edge_agent_poll_latency_seconds", group="fast", quantile="0.99") > 0
+    latency = {"source": "controller", "group": "fast", "quantile": "0.99"}
+    assert scrape.get("edge_agent_source_cycle_seconds", **latency) > 0
     assert lines[0].startswith("edge-agent ") and lines[0].endswith(": ready")
+    assert lines[1].startswith("  controller  up; 0 connections lost; ")
+    assert "; p99 fast " in lines[1]
     assert any(line.strip().startswith("control ") for line in lines)
     assert lines[-1].startswith(f"spool {tmp_path / 'spool.db'}: ")
 

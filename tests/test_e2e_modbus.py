@@ -109,7 +109,7 @@ async def _read(tmp_path, rtu):
 def test_agent_reads_every_register_of_the_simulated_controller(tmp_path):
     agent = asyncio.run(_read(tmp_path, rtu=False))
     assert agent.frames_stored >= 2  # the start event and data
-    assert agent.poller.counters["timeout"] == 0
+    assert agent.controller_source.poller.counters["timeout"] == 0
 
 
 def test_agent_reads_the_simulated_controller_over_modbus_rtu(tmp_path):
@@ -130,20 +130,22 @@ async def _restart(tmp_path):
         assert not run.done()
         await controller.start_tcp("127.0.0.1", port)
         clock.t = 40.0  # the machine moved on while the agent was cut off
-        await until(lambda: agent.link.connects >= 2 and all_good(agent), what="reconnect")
+        await until(
+            lambda: agent.controller_source.link.connects >= 2 and all_good(agent), what="reconnect"
+        )
         assert_reads_match(agent, plant)
     return agent
 
 
 def test_controller_restart_values_go_stale_then_agent_reconnects_and_resumes(tmp_path):
     agent = asyncio.run(_restart(tmp_path))
-    assert agent.link.disconnects >= 1
-    assert agent.poller.counters["stale"] >= len(agent.config.tags)
+    assert agent.controller_source.link.disconnects >= 1
+    assert agent.controller_source.poller.counters["stale"] >= len(agent.config.tags)
 
 
 async def _bad_replies(tmp_path):
     async with running(tmp_path, demo_plant(), FrozenClock()) as (controller, agent, run):
-        counters = agent.poller.counters
+        counters = agent.controller_source.poller.counters
         await until(lambda: all_good(agent), what="first reads")
 
         controller.faults.exception_code = 4  # server device failure on every read
@@ -161,10 +163,10 @@ async def _bad_replies(tmp_path):
         controller.faults.delay_s = 0.0
         await until(lambda: all_good(agent), what="recovery after timeouts")
 
-        connects = agent.link.connects
+        connects = agent.controller_source.link.connects
         controller.drop_connections()
         await until(
-            lambda: agent.link.connects > connects and all_good(agent),
+            lambda: agent.controller_source.link.connects > connects and all_good(agent),
             what="reconnect after the controller closed the connection",
         )
         assert not run.done()
@@ -173,7 +175,7 @@ async def _bad_replies(tmp_path):
 
 def test_exception_replies_timeouts_and_closed_connections_are_counted_and_survived(tmp_path):
     agent = asyncio.run(_bad_replies(tmp_path))
-    assert agent.link.disconnects >= 1
+    assert agent.controller_source.link.disconnects >= 1
 
 
 class StepClock:
@@ -218,15 +220,15 @@ async def _replay(tmp_path, rows_to_check):
     controller = SimulatedController(plant, clock=clock)
     port = await controller.start_tcp("127.0.0.1", 0)
     agent = Agent(fast(demo_config(port=port, spool=str(tmp_path / "spool.db"))))
-    maintain = asyncio.create_task(agent.link.maintain())
+    maintain = asyncio.create_task(agent.controller_source.link.maintain())
     want_rows = file_values(path, load_replay_map())
     compared = 0
     try:
-        assert await agent.link.wait_connected(5)
+        assert await agent.controller_source.link.wait_connected(5)
         for row in rows_to_check:
             clock.t = row * 0.1 + 0.05  # inside the row's 100 ms
             for group in agent.config.poll_groups:
-                await agent.poller.poll_once(group)
+                await agent.controller_source.poller.poll_once(group)
             for name, want in want_rows[row].items():
                 sample = agent.latest[name]
                 assert sample.quality is Quality.GOOD, (row, name)

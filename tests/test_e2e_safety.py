@@ -131,4 +131,4 @@ def test_a_stop_after_seconds_of_silence_ends_within_about_one_reply_timeout(tmp
     # One reply timeout for the last write; the rest (control join, spool commit) is short.
     # Before: every queued write and read waited its own timeout (several seconds here;
     # 225.6 s with timeout_s = 5 and 30 s of silence).
-    assert took < TIMEOUT_S + SLACK_S, agent.link.write_counters
+    assert took < TIMEOUT_S + SLACK_S, agent.controller_source.link.write_counters

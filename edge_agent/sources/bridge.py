@@ -28,10 +28,19 @@ from collections.abc import Callable
 from firmware_bridge import protocol
 
 from ..backoff import Backoff
-from ..config import BridgeChannel, BridgeConfig
+from ..config import AgentConfig, BridgeChannel, BridgeConfig
 from ..samples import Quality, Sample
+from .base import Declaration, SourceChannel, SourceStats
 
 log = logging.getLogger(__name__)
+
+#: How long the start waits for the board to identify, so that the birth carries its firmware
+#: version: a board answers in milliseconds; an absent one delays the start this long (its
+#: identity then goes out in a later birth and a `bridge_identified` event).
+IDENTIFY_WAIT_S = 2.0
+
+#: The core's counters that are its work, not something gone wrong.
+WORK = ("frames", "blocks", "raw_samples")
 
 _WRAP = 1 << 32
 _HALF = 1 << 31
@@ -169,6 +178,31 @@ def calibrate(channel: BridgeChannel, kind: str, mean: float, rms: float, peak: 
     if kind == "rms":
         return math.sqrt(max(0.0, s * s * rms * rms + 2 * s * o * mean + o * o))
     return abs(s) * peak
+
+
+def bridge_quantum(scale: float, kind: str) -> float:
+    """A bridge channel's default quantum: one ADC count for raw samples and peaks (integers
+    of counts on the board), a hundredth of one for the block mean and RMS (averages)."""
+    return abs(scale) if kind in ("raw", "peak") else abs(scale) / 100
+
+
+def declare(config: AgentConfig) -> Declaration:
+    """The bridge's channels (docs/bridge-host.md): its raw channels share one time group
+    (every sample, at the board's rate), its feature channels another (one value a block)."""
+    return Declaration(
+        ("raw", "features"),
+        tuple(
+            SourceChannel(
+                name,
+                board.unit,
+                bridge_quantum(board.scale, kind),
+                period_s,
+                "raw" if kind == "raw" else "features",
+                "the bridge",
+            )
+            for name, board, kind, period_s in config.bridge.streams()
+        ),
+    )
 
 
 class BridgeCore:
@@ -397,23 +431,28 @@ def open_serial(path: str, baudrate: int):
 class BridgeSource:
     """The bridge on one serial port, for as long as `run()` runs."""
 
+    name = "bridge"
+    controller = False
+    ready_wait_s = IDENTIFY_WAIT_S
+
     def __init__(
         self,
         cfg: BridgeConfig,
         clock,
         emit: Callable[[list[Sample]], None],
         on_identity: Callable[[dict], None] | None = None,
-        open_port: Callable[[str, int], object] = open_serial,
+        open_port: Callable[[str, int], object] | None = None,
     ):
         self.cfg, self.clock, self.emit = cfg, clock, emit
         self.on_identity = on_identity
-        self.open_port = open_port
+        self.open_port = open_port or open_serial
         self.core = BridgeCore(cfg)
         self.backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self.state = "closed"
         self.identity: dict | None = None
         self.reconnects = 0
         self.sessions = 0
+        self.emitted = 0  # samples
         self._identified = asyncio.Event()
         self._port = None
         self._fd = -1
@@ -424,15 +463,38 @@ class BridgeSource:
         self._awaiting = False  # a command waits for its answer
         self._drops_logged = (0, 0.0)  # (dropped frames then, monotonic s)
 
-    def stats(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
+        """The core's counters and the shell's reconnects."""
         return {**self.core.stats(), "reconnects": self.reconnects}
 
-    async def wait_identified(self, timeout_s: float) -> bool:
+    @property
+    def connected(self) -> bool:
+        return self.state == "streaming"
+
+    def stats(self) -> SourceStats:
+        faults = self.core.stats()
+        counts = {k: faults.pop(k, 0) for k in WORK}
+        return SourceStats(
+            self.name,
+            self.cfg.port,
+            self.state,
+            self.state == "streaming",
+            self.emitted,
+            self.sessions,
+            self.reconnects,
+            counts,
+            faults,
+        )
+
+    async def wait_ready(self, timeout_s: float | None) -> bool:
         try:
             await asyncio.wait_for(self._identified.wait(), timeout_s)
         except TimeoutError:
             return False
         return True
+
+    def take_writer(self, loop: asyncio.AbstractEventLoop):
+        raise RuntimeError(f"bridge {self.cfg.port}: a sensor bridge cannot write to the machine")
 
     def _note(self, state: str, level: int, message: str, *args) -> None:
         """One log line per change of state; retries in the same state say nothing."""
@@ -593,6 +655,7 @@ class BridgeSource:
             log.exception("bridge %s: chunk dropped: %s", self.cfg.port, exc)
             return
         if samples:
+            self.emitted += len(samples)
             self.emit(samples)
         for reply in replies:
             if reply.ftype == protocol.ERROR:
@@ -616,7 +679,7 @@ class BridgeSource:
 
     def _log_drops(self) -> None:
         """At most one line per DROP_LOG_INTERVAL_S about frames and payloads dropped."""
-        s = self.stats()
+        s = self.counts()
         dropped = s["crc_errors"] + s["malformed"] + s["oversize"] + s.get("bad_payloads", 0)
         then, at = self._drops_logged
         now = self.clock.monotonic_ns() / 1e9

@@ -3,7 +3,8 @@
 Each poll group reads its planned requests once per period on an absolute-deadline
 schedule, decodes them with the register-decoding kernel and emits one `Sample` per tag
 with its quality. Exception replies, timeouts and a lost link are counted and logged once
-per change of state; they never stop the poller. Never writes to the machine.
+per change of state; they never stop the poller. The poller never writes to the machine;
+the link's one writer goes to the actuator (`ModbusSource.take_writer`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import AgentConfig, PollGroup
-from ..registers import Tag
+from ..registers import Tag, ValueType
 from ..samples import Quality, Sample
 from ..stats import LatencyWindow
 from ..tasks import run_together
+from .base import Declaration, GroupFigures, SourceChannel, SourceStats
 from .decoding import make_decoder
-from .modbus_link import LinkError, ModbusLink
+from .modbus_link import LinkError, ModbusLink, RegisterWriter, make_client
 from .poll_plan import PlanLimits, ReadRequest, plan_reads, without_gaps
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,34 @@ log = logging.getLogger(__name__)
 ILLEGAL_DATA_ADDRESS = 2
 
 Emit = Callable[[list[Sample]], None]
+#: A float register's default quantum: a thousandth of its unit (1 W of a kW, 1 um of a mm).
+FLOAT_QUANTUM = 0.001
+
+
+def default_quantum(tag: Tag) -> float:
+    """What a tag's values are integers of, unless configured: the register's own
+    resolution (its scale) for integer registers, FLOAT_QUANTUM for floats."""
+    if tag.type in (ValueType.FLOAT32, ValueType.FLOAT64):
+        return FLOAT_QUANTUM
+    return tag.scale if tag.scale > 0 else 1.0
+
+
+def declare(config: AgentConfig) -> Declaration:
+    """Every tag, in the map's order; a poll group is a time group (one stamp a cycle)."""
+    return Declaration(
+        tuple(sorted(config.poll_groups)),
+        tuple(
+            SourceChannel(
+                tag.name,
+                tag.unit,
+                default_quantum(tag),
+                config.poll_groups[tag.poll_group].period_s,
+                tag.poll_group,
+                f"poll_groups.{tag.poll_group}",
+            )
+            for tag in config.tags
+        ),
+    )
 
 
 class _PlannedRead:
@@ -204,6 +234,70 @@ class ModbusPoller:
         else:
             log.warning("%s: %s%s", what, status, f" ({detail})" if detail else "")
         planned.status = status
+
+
+class ModbusSource:
+    """The controller over Modbus: one link, its poller, and the link's one writer."""
+
+    name = "controller"
+    controller = True
+    identity = None
+
+    def __init__(self, config: AgentConfig, clock, emit: Emit, client_factory=None):
+        self.link = ModbusLink(config.controller, client_factory or make_client)
+        self.poller = ModbusPoller(config, self.link, clock, emit)
+        self.ready_wait_s = config.controller.timeout_s
+        self.polling = False
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
+
+    async def run(self) -> None:
+        await run_together((("link", self.link.maintain()), ("poller", self._poll())))
+
+    async def _poll(self) -> None:
+        # The first connection gets one reply timeout before polling starts, so that a
+        # healthy start does not count its first cycles as "link down"; a dead controller is
+        # still polled (its values go stale) after that.
+        await self.link.wait_connected(self.ready_wait_s)
+        self.polling = True
+        try:
+            await self.poller.run()
+        finally:
+            self.polling = False
+
+    async def wait_ready(self, timeout_s: float | None) -> bool:
+        return await self.link.wait_connected(timeout_s)
+
+    def take_writer(self, loop: asyncio.AbstractEventLoop) -> RegisterWriter:
+        return self.link.take_writer(loop)
+
+    def stats(self) -> SourceStats:
+        link, poller = self.link, self.poller
+        faults = dict(poller.counters)
+        counts = {k: faults.pop(k, 0) for k in ("requests", "preempted")}
+        return SourceStats(
+            self.name,
+            link.where,
+            "up" if link.connected else "down",
+            link.connected,
+            faults.pop("samples", 0),
+            link.connects,
+            link.disconnects,
+            counts,
+            faults,
+            {
+                name: GroupFigures(
+                    g.cycles,
+                    g.overruns,
+                    tuple(g.latency.percentile(q) for q in (50, 99, 100)),
+                )
+                for name, g in poller.group_stats.items()
+            },
+            dict(link.write_counters),
+            counts["requests"] if self.polling else None,
+        )
 
 
 _EXCEPTION_NAMES = {
