@@ -8,8 +8,9 @@ import asyncio
 from edge_agent.clock import SystemClock
 from edge_agent.config import AgentConfig, ControllerConfig, MachineConfig, PollGroup
 from edge_agent.registers import Table, Tag, ValueType
-from edge_agent.sources.modbus import ModbusPoller, _PlannedRead
+from edge_agent.sources.modbus import ModbusPoller
 from edge_agent.sources.modbus_link import ModbusLink
+from edge_agent.sources.modbus_poll import PlannedRead
 from edge_agent.sources.poll_plan import ReadRequest
 from hil.controller import SimulatedController
 
@@ -74,7 +75,7 @@ async def _measure(tags: list[Tag], per_tag: bool) -> tuple[int, float, float]:
         poller = ModbusPoller(config, link, SystemClock(), lambda samples: None)
         if per_tag:
             poller.plans["bench"] = [
-                _PlannedRead(ReadRequest(t.table, t.address, t.span, (t,))) for t in tags
+                PlannedRead(ReadRequest(t.table, t.address, t.span, (t,))) for t in tags
             ]
         for _ in range(5):  # warm up
             await poller.poll_once("bench")

@@ -120,6 +120,11 @@ class Tag:
         """One past the last address the tag occupies."""
         return self.address + self.span
 
+    @property
+    def resolution(self) -> float:
+        """The smallest step a written value takes: one count of the register."""
+        return self.scale
+
 
 def encode_registers(tag: Tag, value: float) -> list[int]:
     """The raw registers (or the one bit, as 0/1) that decode to `value` for `tag`.

@@ -2,10 +2,10 @@
 batcher -> spool -> publisher -> upstream).
 
 Data flows one way. I/O runs on one asyncio loop; the control loop runs in its own thread
-(`control/loop.py`), fed through a queue the poller fills without waiting, writing through the
-link's one writer without waiting; frames go to the durable spool, whose SQLite work runs in
-its own thread, so neither the poller nor the control loop ever waits on the disk; the
-publisher reads the spool and deletes only what the upstream acknowledged.
+(`control/loop.py`), fed through a queue the sources fill without waiting, writing through the
+controller source's one writer without waiting; frames go to the durable spool, whose SQLite
+work runs in its own thread, so neither a source nor the control loop ever waits on the disk;
+the publisher reads the spool and deletes only what the upstream acknowledged.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from . import __version__
 from .backoff import Backoff
 from .clock import SystemClock
 from .config import AgentConfig
-from .control.actuator import Actuator, writable_tags
+from .control.actuator import Actuator
 from .control.adaptive import AdaptiveController
 from .control.loop import ControlLoop
 from .control.teach import TeachError, TeachStore
@@ -70,8 +70,6 @@ class Agent:
         a serial port opener), for tests; the real one where absent."""
         self.config = config
         self.clock = clock or SystemClock()
-        if config.control.enabled:  # a tag the actuator cannot write whole: refused now
-            writable_tags(config.control, {t.name: t for t in config.tags})
         self.boot = os.urandom(8)  # the boot id on the wire
         self.boot_id = self.boot.hex()
         self.sources: dict[str, Source] = {
@@ -80,6 +78,10 @@ class Agent:
         }
         #: The source that holds the one writer (and whose link the control loop watches).
         self.controller_source = next(s for s in self.sources.values() if s.controller)
+        # A target the actuator cannot write whole: refused now, not once the machine runs.
+        self._write_targets = (
+            self.controller_source.write_targets(config.control) if config.control.enabled else {}
+        )
         self._birth_firmware: str | None = None  # the firmware the last birth named
         self._spool_open = False
         self.router = SampleRouter(config.channels)  # control tags once control exists
@@ -186,8 +188,8 @@ class Agent:
                 log.error("%s; teach-in starts afresh for every tool", exc)
         controller = AdaptiveController(cfg, taught)
         self.router.control_tags = frozenset(controller.inputs)
-        tags = {t.name: t for t in self.config.tags}
-        actuator = Actuator(cfg, tags, self.controller_source.take_writer(loop))
+        writer = self.controller_source.take_writer(loop)
+        actuator = Actuator(cfg, self._write_targets, writer)
         source = self.controller_source
         self.control = ControlLoop(
             controller,

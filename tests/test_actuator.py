@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from edge_agent.config import ConfigError, ControlConfig, ControllerConfig
 from edge_agent.control.actuator import Actuator
 from edge_agent.registers import Table, Tag, ValueType
+from edge_agent.sources.modbus import writable_tags
 from edge_agent.sources.modbus_link import ModbusLink
 from hil.register_map import BY_NAME
 
@@ -89,9 +90,10 @@ def test_a_value_out_of_range_is_clamped_to_zero_and_the_maximum_and_counted(ask
 
 
 def _refused(tags: list[Tag], writable: str) -> str:
+    """The Modbus source's check of what the actuator is handed (made with the agent)."""
     cfg = dataclasses.replace(CFG, override_tag=writable, writable=(writable,))
     with pytest.raises(ConfigError) as caught:
-        Actuator(cfg, {t.name: t for t in tags}, FakeWriter())
+        writable_tags(cfg, {t.name: t for t in tags})
     message = str(caught.value)
     assert "\n" not in message and repr(writable) in message
     return message
@@ -130,7 +132,13 @@ def test_a_whole_register_tag_beside_bitfields_of_other_registers_is_accepted():
         Tag("same_address_other_table", 100, Table.INPUT, ValueType.UINT16),
     ]
     cfg = dataclasses.replace(CFG, override_tag="override", writable=("override",))
-    assert Actuator(cfg, {t.name: t for t in tags}, FakeWriter()).whitelist
+    assert writable_tags(cfg, {t.name: t for t in tags}) == {"override": tags[0]}
+
+
+def test_the_actuator_refuses_a_writable_name_its_source_cannot_write():
+    cfg = dataclasses.replace(CFG, override_tag="override", writable=("override",))
+    with pytest.raises(ConfigError, match="'override' cannot be written"):
+        Actuator(cfg, {}, FakeWriter())
 
 
 def test_an_agent_whose_override_is_a_bitfield_refuses_to_start(tmp_path):

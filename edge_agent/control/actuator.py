@@ -1,16 +1,16 @@
 """The one actuator: the only code in the agent that writes to the machine.
 
-It holds the one `RegisterWriter` the controller link hands out (a second request is refused,
-so no other code can write), and writes only the holding registers whitelisted in
-`[control] writable`, each as a whole register of its own: a bitfield tag, or a tag whose
-registers another tag shares, is refused when the actuator is made (a whole-register write
-would clobber the neighbours' bits; docs/safety.md). Every value is clamped to
-[0, override_max] (0 is the feed hold), rises are rate-limited (falls are not: cutting the feed
-is always allowed at once), a value is written when it changes and, only where
-`refresh_s` > 0, re-written that often for a controller-side watchdog; each write is checked
-against the register's read-back. A safe override or a feed hold is asked for `urgent`: the
-link sends it before anything else waiting. Every refusal is logged once per kind and counted.
-Sans-IO apart from the writer: the caller passes the time.
+It holds the one writer the controller source hands out (a second request is refused, so no
+other code can write), and writes only what `[control] writable` whitelists, among the targets
+the source found it can write whole (a Modbus holding register of its own: a bitfield tag, or
+a tag whose registers another tag shares, is refused when the agent is made, since a
+whole-register write would clobber the neighbours' bits; an OPC UA node marked writable;
+docs/safety.md). Every value is clamped to [0, override_max] (0 is the feed hold), rises are
+rate-limited (falls are not: cutting the feed is always allowed at once), a value is written
+when it changes and, only where `refresh_s` > 0, re-written that often for a controller-side
+watchdog; each write is checked against the target's read-back. A safe override or a feed hold
+is asked for `urgent`: the source sends it before anything else waiting. Every refusal is
+logged once per kind and counted. Sans-IO apart from the writer: the caller passes the time.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import logging
 import math
 import threading
 from collections import Counter, deque
+from collections.abc import Mapping
 from typing import Protocol
 
 from ..config import ConfigError, ControlConfig
-from ..registers import Table, Tag, ValueType
 
 log = logging.getLogger(__name__)
 
@@ -32,51 +32,32 @@ NS = 1_000_000_000
 UNVERIFIED_KEPT = 256
 
 
-class RegisterWriter(Protocol):
-    """Sends one register write without waiting for it (the link's own writer); an urgent
-    one goes before anything else waiting."""
+class WriteTarget(Protocol):
+    """What the controller source writes to (a holding register's tag, an OPC UA node)."""
 
-    def write(self, tag: Tag, value: float, urgent: bool = False) -> None: ...
+    name: str
 
-
-def writable_tags(cfg: ControlConfig, tags: dict[str, Tag]) -> dict[str, Tag]:
-    """The whitelist, each tag checked to be writable as whole registers of its own; a
-    `ConfigError` (one line) names the first that is not."""
-    whitelist = {}
-    for name in cfg.writable:
-        tag = tags.get(name)
-        if tag is None:
-            raise ConfigError(f"[control] writable: no tag named {name!r}")
-        why = _not_whole(tag, tags.values())
-        if why:
-            raise ConfigError(f"[control] writable: {name!r} {why}: refused")
-        whitelist[name] = tag
-    return whitelist
+    @property
+    def resolution(self) -> float:
+        """The smallest step a written value can take."""
 
 
-def _not_whole(tag: Tag, tags) -> str:
-    """Why a write of `tag` would touch what is not its own; "" when it would not."""
-    if tag.table is not Table.HOLDING:
-        return f"is a {tag.table.value} tag: only holding registers are written"
-    if tag.type is ValueType.BITFIELD:
-        return (
-            f"is a bitfield (bits {tag.bit}..{tag.bit + tag.width - 1} of register "
-            f"{tag.address}): a whole-register write would clobber the other bits"
-        )
-    for other in tags:
-        shared = other.table is tag.table and other.address < tag.end and tag.address < other.end
-        if shared and other is not tag:
-            return (
-                f"shares holding register {max(tag.address, other.address)} with "
-                f"{other.name!r}: a write would clobber it"
-            )
-    return ""
+class Writer(Protocol):
+    """Sends one write without waiting for it (the controller source's own writer); an
+    urgent one goes before anything else waiting."""
+
+    def write(self, target: WriteTarget, value: float, urgent: bool = False) -> None: ...
 
 
 class Actuator:
-    def __init__(self, cfg: ControlConfig, tags: dict[str, Tag], writer: RegisterWriter):
+    def __init__(self, cfg: ControlConfig, targets: Mapping[str, WriteTarget], writer: Writer):
+        """`targets`: what the controller source can write, by name (the source checked each
+        can be written whole); only those `[control] writable` names are whitelisted."""
         self.cfg = cfg
-        self.whitelist = writable_tags(cfg, tags)
+        for name in cfg.writable:
+            if name not in targets:
+                raise ConfigError(f"[control] writable: {name!r} cannot be written: refused")
+        self.whitelist = {name: targets[name] for name in cfg.writable}
         self.writer = writer
         self.low, self.high = 0.0, cfg.override_max_pct
         self.counters: Counter[str] = Counter()
@@ -169,7 +150,7 @@ class Actuator:
     def _resolution(self, name: str, value: float) -> float:
         """Down to the register's resolution: a rise never beats the rate limit by rounding
         up, a fall never stops short of what was asked."""
-        quantum = self.whitelist[name].scale
+        quantum = self.whitelist[name].resolution
         return math.floor(value / quantum + 1e-9) * quantum
 
     def read_back(self, name: str, value: float) -> None:

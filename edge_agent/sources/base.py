@@ -95,7 +95,7 @@ class SourceStats:
 class Writer(Protocol):
     """The one path to the machine (docs/safety.md): the actuator's, never anyone else's."""
 
-    def write(self, tag, value: float, urgent: bool = False) -> None: ...
+    def write(self, target, value: float, urgent: bool = False) -> None: ...
 
     async def flush(self) -> None: ...
 
@@ -133,3 +133,7 @@ class Source(Protocol):
     def take_writer(self, loop: asyncio.AbstractEventLoop) -> Writer:
         """The one writer to the machine; a second call, or a source that cannot write,
         raises RuntimeError."""
+
+    def write_targets(self, control) -> Mapping[str, object]:
+        """`[control] writable`'s targets, each checked to be writable whole (a ConfigError,
+        one line, names the first that is not); {} for a source that cannot write."""

@@ -496,6 +496,9 @@ class BridgeSource:
     def take_writer(self, loop: asyncio.AbstractEventLoop):
         raise RuntimeError(f"bridge {self.cfg.port}: a sensor bridge cannot write to the machine")
 
+    def write_targets(self, control):
+        return {}
+
     def _note(self, state: str, level: int, message: str, *args) -> None:
         """One log line per change of state; retries in the same state say nothing."""
         if state != self.state:

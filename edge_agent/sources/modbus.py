@@ -1,38 +1,25 @@
 """The Modbus source: polls a controller's register map by poll group and emits samples.
 
 Each poll group reads its planned requests once per period on an absolute-deadline
-schedule, decodes them with the register-decoding kernel and emits one `Sample` per tag
-with its quality. Exception replies, timeouts and a lost link are counted and logged once
-per change of state; they never stop the poller. The poller never writes to the machine;
-the link's one writer goes to the actuator (`ModbusSource.take_writer`).
+schedule; the sans-IO core (`modbus_poll.py`) decodes the replies with the register-decoding
+kernel into one `Sample` per tag with its quality. Exception replies, timeouts and a lost
+link are counted and logged once per change of state; they never stop the poller. The
+poller never writes to the machine; the link's one writer goes to the actuator
+(`ModbusSource.take_writer`), only for the targets `writable_tags` finds whole.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
-import logging
-import math
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from ..config import AgentConfig, PollGroup
-from ..registers import Tag, ValueType
-from ..samples import Quality, Sample
-from ..stats import LatencyWindow
+from ..config import AgentConfig, ConfigError, ControlConfig
+from ..registers import Table, Tag, ValueType
+from ..samples import Sample
 from ..tasks import run_together
-from .base import Declaration, GroupFigures, SourceChannel, SourceStats
-from .decoding import make_decoder
+from .base import Declaration, Emit, GroupFigures, SourceChannel, SourceStats
 from .modbus_link import LinkError, ModbusLink, RegisterWriter, make_client
-from .poll_plan import PlanLimits, ReadRequest, plan_reads, without_gaps
+from .modbus_poll import PollCore
 
-log = logging.getLogger(__name__)
-
-#: Modbus exception code 02: the controller does not map an address the request read.
-ILLEGAL_DATA_ADDRESS = 2
-
-Emit = Callable[[list[Sample]], None]
 #: A float register's default quantum: a thousandth of its unit (1 W of a kW, 1 um of a mm).
 FLOAT_QUANTUM = 0.001
 
@@ -63,55 +50,23 @@ def declare(config: AgentConfig) -> Declaration:
     )
 
 
-class _PlannedRead:
-    """A request with its decoder and preallocated output, built once."""
-
-    def __init__(self, request: ReadRequest):
-        self.request = request
-        self.decoder = make_decoder(request.tags, request.address)
-        self.values = array.array("d", bytes(8 * len(request.tags)))
-        self.status = "ok"
-
-
-@dataclass
-class _TagState:
-    last_value: float = math.nan
-    last_good_ns: int | None = None
-    stale: bool = False
-
-
-@dataclass
-class GroupStats:
-    cycles: int = 0
-    overruns: int = 0
-    latency: LatencyWindow = field(default_factory=LatencyWindow)
-
-
 class ModbusPoller:
-    """Reads every poll group of one controller through one `ModbusLink`."""
+    """Reads every poll group of one controller through one `ModbusLink`: the schedule and
+    the sends; what to read and what a reply means is the core's (`modbus_poll.py`)."""
 
     def __init__(self, config: AgentConfig, link: ModbusLink, clock, emit: Emit):
         self.link = link
         self.clock = clock
         self.emit = emit
-        limits = PlanLimits(
-            config.controller.max_registers_per_read,
-            config.controller.max_bits_per_read,
-            config.controller.max_gap_registers,
-            config.controller.max_gap_bits,
-        )
-        self.groups: dict[str, PollGroup] = config.poll_groups
-        self.plans: dict[str, list[_PlannedRead]] = {
-            name: [_PlannedRead(r) for r in plan_reads(_in_group(config.tags, name), limits)]
-            for name in self.groups
-        }
-        self.tag_state: dict[str, _TagState] = {t.name: _TagState() for t in config.tags}
-        self.counters: Counter[str] = Counter()
-        self.group_stats = {name: GroupStats() for name in self.groups}
+        self.core = PollCore(config)
+        self.groups = self.core.groups
+        self.plans = self.core.plans
+        self.counters = self.core.counters
+        self.group_stats = self.core.group_stats
 
     @property
     def requests_per_cycle(self) -> dict[str, int]:
-        return {name: len(plan) for name, plan in self.plans.items()}
+        return self.core.requests_per_cycle
 
     async def run(self) -> None:
         """Poll every group until cancelled."""
@@ -134,106 +89,29 @@ class ModbusPoller:
 
     async def poll_once(self, name: str) -> list[Sample]:
         """One cycle of one group: read, decode, mark stale, emit. Returns what it emitted."""
-        stats = self.group_stats[name]
+        core = self.core
         started = self.clock.monotonic_ns()
         # One stamp for the whole cycle (like one gather in Telegraf): the group is a snapshot,
         # and its channels share their stamps on the wire (a time group, docs/wire-format.md).
         stamp = self.clock.stamp_ns()
         samples: list[Sample] = []
-        for planned in list(self.plans[name]):
-            samples.extend(await self._read(name, planned, stamp))
-        now = self.clock.monotonic_ns()
-        samples.extend(self._stale_samples(name, now, stamp))
-        stats.cycles += 1
-        stats.latency.add((now - started) / 1e9)
+        waiting = list(self.plans[name])
+        while waiting:
+            planned = waiting.pop(0)
+            core.sent()
+            try:
+                reply = await self.link.read(planned.request)
+            except LinkError as exc:
+                core.failed(planned, exc.kind, exc.detail)
+                continue
+            made, instead = core.replied(name, planned, reply, self.clock.monotonic_ns(), stamp)
+            samples += made
+            waiting[:0] = instead
+        samples += core.cycle_done(name, started, self.clock.monotonic_ns(), stamp)
         if samples:
             self.counters["samples"] += len(samples)
             self.emit(samples)
         return samples
-
-    async def _read(self, group: str, planned: _PlannedRead, stamp: int) -> list[Sample]:
-        request = planned.request
-        self.counters["requests"] += 1
-        try:
-            reply = await self.link.read(request)
-        except LinkError as exc:
-            self.counters[exc.kind] += 1
-            # The link logs its own state changes; a read abandoned for an urgent write
-            # (TCP) is the link's normal work, counted only.
-            if exc.kind not in ("down", "preempted"):
-                self._note(planned, exc.kind, exc.detail)
-            return []
-        now = self.clock.monotonic_ns()
-        if isinstance(reply, int):
-            self.counters[f"exception_{reply:02d}"] += 1
-            if reply == ILLEGAL_DATA_ADDRESS and request.has_gaps:
-                samples = []
-                for part in self._split(group, planned):
-                    samples.extend(await self._read(group, part, stamp))
-                return samples
-            self._note(planned, f"exception {reply:02d}", _EXCEPTION_NAMES.get(reply, ""))
-            return self._bad(request.tags, stamp)
-        self._note(planned, "ok", "")
-        planned.decoder.decode(array.array("H", reply), planned.values)
-        samples = []
-        for tag, value in zip(request.tags, planned.values, strict=True):
-            state = self.tag_state[tag.name]
-            if math.isfinite(value):
-                state.last_value, state.last_good_ns, state.stale = value, now, False
-                samples.append(Sample(tag.name, stamp, value, Quality.GOOD))
-            else:
-                self.counters["bad_values"] += 1
-                samples.append(Sample(tag.name, stamp, value, Quality.BAD))
-        return samples
-
-    def _bad(self, tags: tuple[Tag, ...], stamp: int) -> list[Sample]:
-        return [Sample(t.name, stamp, math.nan, Quality.BAD) for t in tags]
-
-    def _stale_samples(self, group: str, now_ns: int, stamp: int) -> list[Sample]:
-        """One STALE sample per tag when its last good value passes the group's age limit."""
-        limit_ns = round(self.groups[group].stale_after_s * 1e9)
-        samples = []
-        for planned in self.plans[group]:
-            for tag in planned.request.tags:
-                state = self.tag_state[tag.name]
-                if state.stale:
-                    continue
-                if state.last_good_ns is None:
-                    state.last_good_ns = now_ns  # the age counts from the first attempt
-                elif now_ns - state.last_good_ns > limit_ns:
-                    state.stale = True
-                    self.counters["stale"] += 1
-                    samples.append(Sample(tag.name, stamp, state.last_value, Quality.STALE))
-        return samples
-
-    def _split(self, group: str, planned: _PlannedRead) -> list[_PlannedRead]:
-        """The controller refused to read a gap: read the same tags without gaps from now on."""
-        plan = self.plans[group]
-        index = plan.index(planned)
-        parts = [_PlannedRead(r) for r in without_gaps(planned.request)]
-        plan[index : index + 1] = parts
-        request = planned.request
-        log.warning(
-            "controller refused %s %d..%d (illegal address in an unmapped gap); "
-            "reading it as %d gap-free requests from now on",
-            request.table.value,
-            request.address,
-            request.end - 1,
-            len(parts),
-        )
-        return parts
-
-    def _note(self, planned: _PlannedRead, status: str, detail: str) -> None:
-        """Log a request's state only when it changes."""
-        if status == planned.status:
-            return
-        request = planned.request
-        what = f"read {request.table.value} {request.address}..{request.end - 1}"
-        if status == "ok":
-            log.info("%s: replies again", what)
-        else:
-            log.warning("%s: %s%s", what, status, f" ({detail})" if detail else "")
-        planned.status = status
 
 
 class ModbusSource:
@@ -245,6 +123,7 @@ class ModbusSource:
 
     def __init__(self, config: AgentConfig, clock, emit: Emit, client_factory=None):
         self.link = ModbusLink(config.controller, client_factory or make_client)
+        self.tags = {t.name: t for t in config.tags}
         self.poller = ModbusPoller(config, self.link, clock, emit)
         self.ready_wait_s = config.controller.timeout_s
         self.polling = False
@@ -273,6 +152,9 @@ class ModbusSource:
     def take_writer(self, loop: asyncio.AbstractEventLoop) -> RegisterWriter:
         return self.link.take_writer(loop)
 
+    def write_targets(self, control: ControlConfig) -> dict[str, Tag]:
+        return writable_tags(control, self.tags)
+
     def stats(self) -> SourceStats:
         link, poller = self.link, self.poller
         faults = dict(poller.counters)
@@ -300,17 +182,35 @@ class ModbusSource:
         )
 
 
-_EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
+def writable_tags(cfg: ControlConfig, tags: dict[str, Tag]) -> dict[str, Tag]:
+    """The whitelist, each tag checked to be writable as whole registers of its own; a
+    `ConfigError` (one line) names the first that is not."""
+    whitelist = {}
+    for name in cfg.writable:
+        tag = tags.get(name)
+        if tag is None:
+            raise ConfigError(f"[control] writable: no tag named {name!r}")
+        why = _not_whole(tag, tags.values())
+        if why:
+            raise ConfigError(f"[control] writable: {name!r} {why}: refused")
+        whitelist[name] = tag
+    return whitelist
 
 
-def _in_group(tags: tuple[Tag, ...], group: str) -> list[Tag]:
-    return [t for t in tags if t.poll_group == group]
+def _not_whole(tag: Tag, tags) -> str:
+    """Why a write of `tag` would touch what is not its own; "" when it would not."""
+    if tag.table is not Table.HOLDING:
+        return f"is a {tag.table.value} tag: only holding registers are written"
+    if tag.type is ValueType.BITFIELD:
+        return (
+            f"is a bitfield (bits {tag.bit}..{tag.bit + tag.width - 1} of register "
+            f"{tag.address}): a whole-register write would clobber the other bits"
+        )
+    for other in tags:
+        shared = other.table is tag.table and other.address < tag.end and tag.address < other.end
+        if shared and other is not tag:
+            return (
+                f"shares holding register {max(tag.address, other.address)} with "
+                f"{other.name!r}: a write would clobber it"
+            )
+    return ""
