@@ -72,7 +72,7 @@ async def _measure(run_s: float) -> dict[str, float]:
         f"{loop.actuator.counters['writes']} writes "
         f"({loop.actuator.counters['verified']} read back), states {' -> '.join(states)}; "
         f"{agent.controller_source.stats().samples} samples, "
-        f"{agent.frames_stored} frames stored",
+        f"{agent.journal.frames_stored} frames stored",
         file=sys.stderr,
         flush=True,
     )

@@ -230,7 +230,9 @@ class AgentService:
             )
         if agent.publisher is not None:
             parts.append(f"upstream {'up' if agent.publisher.connected else 'DOWN'}")
-        parts.append(f"{agent.frames_stored} payloads stored, last seq {agent.last_seq}")
+        parts.append(
+            f"{agent.journal.frames_stored} payloads stored, last seq {agent.journal.last_seq}"
+        )
         return ", ".join(parts)
 
 

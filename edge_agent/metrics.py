@@ -145,7 +145,9 @@ class AgentCollector:
         )
         state.add_metric([control.controller.state.value], 1)
         yield state
-        yield _by_label("control_events", "control events by kind", "kind", agent.control_events)
+        yield _by_label(
+            "control_events", "control events by kind", "kind", agent.control_host.events
+        )
         yield _by_label(
             "actuator_events",
             "the actuator's writes, checks and refusals",
@@ -154,37 +156,40 @@ class AgentCollector:
         )
 
     def _telemetry(self, agent) -> Iterator[Metric]:
+        journal = agent.journal
         yield _counter(
-            "payloads_stored", "payloads written to the spool", value=agent.frames_stored
+            "payloads_stored", "payloads written to the spool", value=journal.frames_stored
         )
         yield _counter(
-            "payload_bytes_stored", "payload bytes written to the spool", value=agent.bytes_stored
+            "payload_bytes_stored",
+            "payload bytes written to the spool",
+            value=journal.bytes_stored,
         )
         yield _counter(
-            "points_stored", "samples packed into data frames", value=agent.points_stored
+            "points_stored", "samples packed into data frames", value=journal.points_stored
         )
-        yield _gauge("last_seq", "the newest sequence number", agent.last_seq)
+        yield _gauge("last_seq", "the newest sequence number", journal.last_seq)
         yield _gauge(
             "spool_writable",
             "1 while the spool takes payloads, 0 while they are held in memory (disk full, "
             "locked, not writable)",
-            agent.spool_trouble is None,
+            journal.spool_trouble is None,
         )
         yield _gauge(
-            "spool_held_payloads", "payloads held in memory for the spool", len(agent.held)
+            "spool_held_payloads", "payloads held in memory for the spool", len(journal.held)
         )
         yield _by_label(
             "spool_store_failures",
             "stores the spool refused, by reason",
             "reason",
-            agent.store_failures,
+            journal.store_failures,
         )
         yield _by_label(
             "never_stored",
             "held payloads dropped from memory before the spool took them: data frames "
             "(kind data), their samples (points), events",
             "kind",
-            agent.held.dropped_total,
+            journal.held.dropped_total,
         )
         spool = self._spool_stats(agent)
         if spool is None:
@@ -208,11 +213,11 @@ class AgentCollector:
         """The spool's figures from its own thread; None while it is closed (a reload) or
         busy beyond the bound."""
         try:
-            future = asyncio.run_coroutine_threadsafe(agent.spool.stats(), self.loop)
+            future = asyncio.run_coroutine_threadsafe(agent.journal.spool.stats(), self.loop)
             stats = future.result(SPOOL_WAIT_S)
         except Exception:  # closed, busy past the bound, or the loop is gone: left out
             return None
-        spool = agent.spool.spool
+        spool = agent.journal.spool.spool
         return stats, dict(spool.counters) if spool is not None else {}
 
     def _upstream(self, agent) -> Iterator[Metric]:

@@ -112,7 +112,7 @@ async def _show_progress(
         line = (
             f"[{'#' * filled}{'.' * (30 - filled)}] {elapsed:4.0f}/{duration_s:g} s  "
             f"samples {sum(s.samples for s in agent.source_stats())}  "
-            f"frames {agent.frames_stored}"
+            f"frames {agent.journal.frames_stored}"
         )
         if tty:
             stream.write("\r" + line)
@@ -144,13 +144,14 @@ def summary(agent: Agent, elapsed_s: float, spool: str, telemetry: str) -> str:
             )
     if agent.control is not None:
         lines += control_summary(agent)
+    journal, acked = agent.journal, agent.publisher.counters["acked"]
     lines += [
-        f"  frames stored      {agent.frames_stored} ({agent.bytes_stored} bytes, "
-        f"last seq {agent.last_seq}) in {spool}",
-        f"  bytes per point    {agent.bytes_stored / max(1, agent.points_stored):.2f} "
-        f"({agent.points_stored} points)",
-        f"  published          {agent.publisher.counters['acked']} payloads to {telemetry}, "
-        f"{agent.frames_stored - agent.publisher.counters['acked']} left in the spool",
+        f"  frames stored      {journal.frames_stored} ({journal.bytes_stored} bytes, "
+        f"last seq {journal.last_seq}) in {spool}",
+        f"  bytes per point    {journal.bytes_stored / max(1, journal.points_stored):.2f} "
+        f"({journal.points_stored} points)",
+        f"  published          {acked} payloads to {telemetry}, "
+        f"{journal.frames_stored - acked} left in the spool",
         f"  see the frames:    edge-agent decode {telemetry}",
     ]
     return "\n".join(lines)
@@ -160,7 +161,7 @@ def control_summary(agent: Agent) -> list[str]:
     loop, cfg = agent.control, agent.config.control
     actuator = loop.actuator
     written = actuator.value.get(cfg.override_tag)
-    events = ", ".join(f"{k} {v}" for k, v in sorted(agent.control_events.items())) or "none"
+    events = ", ".join(f"{k} {v}" for k, v in sorted(agent.control_host.events.items())) or "none"
     override = "-" if written is None else f"{written:g} %"
     return [
         f"  adaptive control   target {loop.controller.target_pct():g} %, "

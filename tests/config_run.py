@@ -218,22 +218,22 @@ async def run_config(
         await agent.controller_source.link.wait_connected(1.0)
         loop = asyncio.get_running_loop()
         if config.control.enabled:
-            agent.make_control(loop)
+            agent.control_host.make(loop)
         steps, elapsed_ns = await _drive(agent, clock, seconds, max_steps, random.Random(seed))
-        agent.health_line(await agent.spool.stats())
+        agent.health_line(await agent.journal.spool.stats())
         service = AgentService("agent.toml", config, env={})
         service.agent = agent
         service.status_line()
         # The stop, as Agent.run's: the feed made safe, the open batch framed and committed.
-        await agent._stop_control()
-        await agent.flush()
-        await agent.store_event("agent_stop", {"reason": "stop"})
+        await agent.control_host.stop()
+        await agent.journal.flush()
+        await agent.journal.store_event("agent_stop", {"reason": "stop"})
         payloads, decoded = _decode_spool(agent)
     finally:
         link.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await link
-        await agent.spool.close()
+        await agent.journal.spool.close()
     return RunReport(steps, elapsed_ns / 1e9, payloads, decoded)
 
 
@@ -269,8 +269,8 @@ async def _drive(agent: Agent, clock: FakeClock, seconds: float, max_steps: int,
             agent.control.tick(now)
         elif what[0] == "bridge":
             agent._on_samples(_bridge_block(config, clock.stamp_ns(), rng))
-        if what[0] == "frame" or agent._full.is_set():
-            await agent.flush()
+        if what[0] == "frame" or agent.journal._full.is_set():
+            await agent.journal.flush()
         await asyncio.sleep(0)  # the writer's and the control events' callbacks
         due[what] = now + periods[what]
         steps += 1
@@ -306,7 +306,7 @@ def _decode_spool(agent: Agent) -> tuple[int, int]:
     """Every payload in the spool decoded with its boot's birth; (payloads, samples)."""
     tables: dict = {}
     payloads = samples = 0
-    for row in agent.spool.spool.frames():
+    for row in agent.journal.spool.spool.frames():
         decoded = decode_payload(row.body, tables)
         payloads += 1
         if decoded["kind"] == "data":

@@ -10,12 +10,11 @@ import dataclasses
 import gc
 
 import edge_agent.telemetry.spool as spooling
-from edge_agent import service
 from edge_agent.clock import FakeClock
 from edge_agent.control.teach import TeachStore, ToolRecord
 from edge_agent.samples import Sample
 from edge_agent.service import Agent
-from edge_agent.telemetry import wire
+from edge_agent.telemetry import journal, wire
 from edge_agent.telemetry.spool import Spool
 from hil.demo import demo_config
 
@@ -31,7 +30,7 @@ def agent_with(tmp_path, commit_interval_s: float) -> tuple[Agent, FakeClock]:
 def one_second_of_samples(agent: Agent, clock: FakeClock) -> None:
     clock.advance(1.0)
     stamp = clock.stamp_ns()
-    agent.builder.add("spindle_load", Sample("spindle_load", stamp, 42.0), stamp)
+    agent.journal.builder.add("spindle_load", Sample("spindle_load", stamp, 42.0), stamp)
 
 
 def kinds(spool) -> list[tuple[int, str]]:
@@ -41,18 +40,18 @@ def kinds(spool) -> list[tuple[int, str]]:
 def test_frames_wait_for_the_commit_interval_then_go_together(tmp_path):
     async def main():
         agent, clock = agent_with(tmp_path, commit_interval_s=5.0)
-        spool = await agent.spool.open()
+        spool = await agent.journal.spool.open()
         await agent.store_birth()
         for _ in range(4):
             one_second_of_samples(agent, clock)
-            await agent.flush()
+            await agent.journal.flush()
         assert kinds(spool) == [(1, "birth")]  # four frames wait
         one_second_of_samples(agent, clock)
-        await agent.flush()  # 5 s since the last commit
+        await agent.journal.flush()  # 5 s since the last commit
         assert [kind for _, kind in kinds(spool)] == ["birth"] + ["data"] * 5
         stamps = [wire.decode(row.body)["t"] for row in spool.frames() if row.kind == "data"]
         assert stamps == sorted(stamps)  # numbers follow time
-        await agent.spool.close()
+        await agent.journal.spool.close()
 
     asyncio.run(main())
 
@@ -60,19 +59,19 @@ def test_frames_wait_for_the_commit_interval_then_go_together(tmp_path):
 def test_an_event_commits_the_frames_waiting_before_it(tmp_path):
     async def main():
         agent, clock = agent_with(tmp_path, commit_interval_s=60.0)
-        spool = await agent.spool.open()
+        spool = await agent.journal.spool.open()
         await agent.store_birth()
         for _ in range(2):
             one_second_of_samples(agent, clock)
-            await agent.flush()
-        await agent.store_event("overload", {"load_pct": 120})
+            await agent.journal.flush()
+        await agent.journal.store_event("overload", {"load_pct": 120})
         assert kinds(spool) == [(1, "birth"), (2, "data"), (3, "data"), (4, "event")]
         one_second_of_samples(agent, clock)
-        await agent.flush()
+        await agent.journal.flush()
         assert len(kinds(spool)) == 4
-        await agent.store_event("agent_stop", {})  # as the agent's stop does
+        await agent.journal.store_event("agent_stop", {})  # as the agent's stop does
         assert kinds(spool)[-2:] == [(5, "data"), (6, "event")]
-        await agent.spool.close()
+        await agent.journal.spool.close()
 
     asyncio.run(main())
 
@@ -80,13 +79,13 @@ def test_an_event_commits_the_frames_waiting_before_it(tmp_path):
 def test_one_second_commits_store_every_frame_as_it_closes(tmp_path):
     async def main():
         agent, clock = agent_with(tmp_path, commit_interval_s=1.0)
-        spool = await agent.spool.open()
+        spool = await agent.journal.spool.open()
         await agent.store_birth()
         for n in range(1, 4):
             one_second_of_samples(agent, clock)
-            await agent.flush()
+            await agent.journal.flush()
             assert len(kinds(spool)) == 1 + n
-        await agent.spool.close()
+        await agent.journal.spool.close()
 
     asyncio.run(main())
 
@@ -97,8 +96,8 @@ def test_a_corrupt_spool_is_moved_aside_and_the_agent_says_so_in_an_event(tmp_pa
     async def main():
         agent, _ = agent_with(tmp_path, commit_interval_s=1.0)
         await agent.open_spool()
-        rows = list(agent.spool.spool.frames())
-        await agent.spool.close()
+        rows = list(agent.journal.spool.spool.frames())
+        await agent.journal.spool.close()
         return rows
 
     rows = asyncio.run(main())
@@ -115,8 +114,8 @@ def test_the_health_line_tells_the_spool_depth_and_its_oldest_payload(tmp_path):
         agent, clock = agent_with(tmp_path, commit_interval_s=1.0)
         await agent.open_spool()
         clock.advance(90)
-        line = agent.health_line(await agent.spool.stats())
-        await agent.spool.close()
+        line = agent.health_line(await agent.journal.spool.stats())
+        await agent.journal.spool.close()
         return line
 
     line = asyncio.run(main())
@@ -141,8 +140,10 @@ def room_again(spool) -> None:
 async def until_the_spool_refuses(agent: Agent, clock: FakeClock) -> None:
     for _ in range(500):  # frames go into the last page's free room first
         one_second_of_samples(agent, clock)
-        await agent.flush()  # (before the fix: an OperationalError out of here ended the agent)
-        if getattr(agent, "spool_trouble", None) is not None:
+        await (
+            agent.journal.flush()
+        )  # (before the fix: an OperationalError out of here ended the agent)
+        if agent.journal.spool_trouble is not None:
             return
     raise AssertionError("the spool never refused a store")
 
@@ -160,26 +161,29 @@ def test_a_full_disk_while_running_holds_telemetry_in_memory_then_stores_it_in_o
     async def main():
         agent, clock = agent_with(tmp_path, commit_interval_s=1.0)
         await agent.open_spool()
-        spool = agent.spool.spool
+        spool = agent.journal.spool.spool
         disk_full(spool)
         await until_the_spool_refuses(agent, clock)
-        assert isinstance(agent.spool_trouble, spooling.SpoolFull)
+        assert isinstance(agent.journal.spool_trouble, spooling.SpoolFull)
         stored = decoded(spool)
         for _ in range(3):
             one_second_of_samples(agent, clock)
-            await agent.flush()
-        await agent.store_event("overload", {"load_pct": 120})
+            await agent.journal.flush()
+        await agent.journal.store_event("overload", {"load_pct": 120})
         one_second_of_samples(agent, clock)
-        await agent.flush()
+        await agent.journal.flush()
         assert decoded(spool) == stored  # nothing stored, nothing lost
-        assert [item.kind for item in agent.held.items()] == ["data"] * 4 + ["event", "data"]
+        assert [item.kind for item in agent.journal.held.items()] == ["data"] * 4 + [
+            "event",
+            "data",
+        ]
         assert "spool NOT TAKING PAYLOADS (disk_full): 6 held" in agent.health_line(
-            await agent.spool.stats()
+            await agent.journal.spool.stats()
         )
         room_again(spool)
-        assert await agent.store_held()
+        assert await agent.journal.store_held()
         after = decoded(spool)
-        await agent.spool.close()
+        await agent.journal.spool.close()
         return stored, after, agent
 
     stored, after, agent = asyncio.run(main())
@@ -195,32 +199,32 @@ def test_a_full_disk_while_running_holds_telemetry_in_memory_then_stores_it_in_o
     assert outage["e"] == "spool_outage"
     assert outage["d"]["reason"] == "disk_full" and "disk full" in outage["d"]["error"]
     assert outage["d"]["stored_late"] == 6 and outage["d"]["dropped_frames"] == 0
-    assert agent.spool_trouble is None and agent.store_failures["disk_full"] >= 1
+    assert agent.journal.spool_trouble is None and agent.journal.store_failures["disk_full"] >= 1
 
 
 def test_beyond_the_memory_bound_the_oldest_frames_go_events_stay_and_the_event_says_so(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(service, "HELD_MAX_BYTES", 700, raising=False)
+    monkeypatch.setattr(journal, "HELD_MAX_BYTES", 700)
 
     async def main():
         agent, clock = agent_with(tmp_path, commit_interval_s=1.0)
         await agent.open_spool()
-        spool = agent.spool.spool
+        spool = agent.journal.spool.spool
         disk_full(spool)
         await until_the_spool_refuses(agent, clock)
         frame_stamps = []
         for n in range(30):
             one_second_of_samples(agent, clock)
             frame_stamps.append(clock.stamp_ns() // 1000)
-            await agent.flush()
+            await agent.journal.flush()
             if n % 10 == 0:
-                await agent.store_event("control_state", {"state": f"s{n}"})
-        line = agent.health_line(await agent.spool.stats())
+                await agent.journal.store_event("control_state", {"state": f"s{n}"})
+        line = agent.health_line(await agent.journal.spool.stats())
         room_again(spool)
-        assert await agent.store_held()
+        assert await agent.journal.store_held()
         rows = decoded(spool)
-        await agent.spool.close()
+        await agent.journal.spool.close()
         return rows, line, frame_stamps
 
     rows, line, frame_stamps = asyncio.run(main())
@@ -240,11 +244,11 @@ def test_the_stop_tries_once_more_and_says_what_it_could_not_store(tmp_path, cap
     async def main():
         agent, clock = agent_with(tmp_path, commit_interval_s=1.0)
         await agent.open_spool()
-        disk_full(agent.spool.spool)
+        disk_full(agent.journal.spool.spool)
         await until_the_spool_refuses(agent, clock)
-        await agent.store_event("agent_stop", {"reason": "stop"})
-        await agent._store_held_at_stop()
-        await agent.spool.close()
+        await agent.journal.store_event("agent_stop", {"reason": "stop"})
+        await agent.journal.store_held_at_stop()
+        await agent.journal.spool.close()
 
     asyncio.run(main())
     assert any(
@@ -274,23 +278,23 @@ def test_a_teach_record_that_cannot_be_saved_is_one_counted_line(tmp_path, caplo
     a file; a full disk fails it the same way, with a TeachError)."""
     (tmp_path / "not-a-folder").write_text("")
     agent, _ = agent_with(tmp_path, commit_interval_s=1.0)
-    agent._teach = TeachStore(tmp_path / "not-a-folder" / "teach.json")
+    agent.control_host.teach = TeachStore(tmp_path / "not-a-folder" / "teach.json")
     record = ToolRecord(3, 80.0, 10.0, (1, 2), 7, 50, "2026-01-01T00:00:00Z")
 
     async def main():
         await agent.open_spool()
-        agent._control_events([("teach_in_learned", {"record": record})])
-        while agent._tasks_in_flight:
-            await asyncio.wait(list(agent._tasks_in_flight))
-        await agent.spool.close()
+        agent.control_host._on_events([("teach_in_learned", {"record": record})])
+        while agent.control_host._tasks_in_flight:
+            await asyncio.wait(list(agent.control_host._tasks_in_flight))
+        await agent.journal.spool.close()
 
     asyncio.run(main())
     gc.collect()  # an unretrieved task exception is logged when the task is collected
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and errors[0].name == "edge_agent.service"
+    assert len(errors) == 1 and errors[0].name == "edge_agent.control.host"
     message = errors[0].getMessage()
     assert "teach.json: cannot " in message and "tool 3's record is used" in message
-    assert agent.control_events["teach_save_failed"] == 1
+    assert agent.control_host.events["teach_save_failed"] == 1
 
 
 def test_a_spool_an_older_agent_moved_aside_is_an_error_and_an_event_at_every_start(
@@ -303,8 +307,8 @@ def test_a_spool_an_older_agent_moved_aside_is_an_error_and_an_event_at_every_st
     async def start() -> list[dict]:
         agent, _ = agent_with(tmp_path, commit_interval_s=1.0)
         await agent.open_spool()
-        frames = [wire.decode(row.body) for row in agent.spool.spool.frames()]
-        await agent.spool.close()
+        frames = [wire.decode(row.body) for row in agent.journal.spool.spool.frames()]
+        await agent.journal.spool.close()
         return [f for f in frames if f.get("e") == "spool_orphan"]
 
     for _ in range(2):

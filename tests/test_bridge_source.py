@@ -718,8 +718,8 @@ async def _agent(tmp_path):
     try:
         await until(lambda: "spindle_power" in agent.latest, what="bridge samples in the agent")
         await until(lambda: "spindle_load" in agent.latest, what="Modbus samples in the agent")
-        await until(lambda: agent.points_stored > 3000, what="bridge points in frames")
-        birth = await agent.spool.birth_of(agent.boot)
+        await until(lambda: agent.journal.points_stored > 3000, what="bridge points in frames")
+        birth = await agent.journal.spool.birth_of(agent.boot)
     finally:
         stop.set()
         await run

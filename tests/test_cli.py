@@ -75,14 +75,14 @@ def test_demo_runs_and_summarises_then_decode_reads_its_telemetry_file(tmp_path,
         f"to {telemetry}, 0 left in the spool",
     ):
         assert line in summary
-    assert agent.controller_source.stats().samples > 0 and agent.frames_stored >= 3
+    assert agent.controller_source.stats().samples > 0 and agent.journal.frames_stored >= 3
     assert "samples" in progress.getvalue()
     assert main(["decode", str(spool)]) == 0  # everything was delivered: the spool is empty
     assert capsys.readouterr().out == ""
     assert main(["decode", str(telemetry)]) == 0
     frames = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     # The birth on connecting, then every stored payload in order, then the death.
-    assert [f["seq"] for f in frames] == [1, *range(1, agent.frames_stored + 1), None]
+    assert [f["seq"] for f in frames] == [1, *range(1, agent.journal.frames_stored + 1), None]
     assert [f["kind"] for f in frames[:2]] == ["birth", "birth"]
     assert {f["kind"] for f in frames[2:-1]} == {"event", "data"}
     assert frames[-1]["kind"] == "death" and frames[-1]["birth_seq"] == 1

@@ -181,7 +181,7 @@ def test_sighup_applies_a_changed_config_as_a_new_boot_and_keeps_every_payload(t
             while r.notify.since(t0, "READY=1") < 1:  # up again, on the new configuration
                 assert time.monotonic() - t0 < 15, "no READY=1 from the new agent"
                 await asyncio.sleep(0.02)
-            while r.service.agent.points_stored == 0:  # a data frame of the new boot
+            while r.service.agent.journal.points_stored == 0:  # a data frame of the new boot
                 assert time.monotonic() - t0 < 20, "the new agent made no data frame"
                 await asyncio.sleep(0.05)
             return first.boot, r.service.agent.boot, r.service.reloads

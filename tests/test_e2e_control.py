@@ -83,7 +83,7 @@ async def _teach_then_adapt(tmp_path):
 def test_the_agent_teaches_in_then_adapts_and_leaves_the_feed_safe_when_it_stops(tmp_path):
     plant, agent = asyncio.run(_teach_then_adapt(tmp_path))
     assert plant.values()[AGENT_OVERRIDE] <= agent.config.control.safe_override_pct
-    assert agent.control_events["teach_in_learned"] == 1
+    assert agent.control_host.events["teach_in_learned"] == 1
 
 
 #: A 5 s dwell first: the agent settles on one override and holds it.

@@ -108,7 +108,7 @@ async def _read(tmp_path, rtu):
 
 def test_agent_reads_every_register_of_the_simulated_controller(tmp_path):
     agent = asyncio.run(_read(tmp_path, rtu=False))
-    assert agent.frames_stored >= 2  # the start event and data
+    assert agent.journal.frames_stored >= 2  # the start event and data
     assert agent.controller_source.poller.counters["timeout"] == 0
 
 

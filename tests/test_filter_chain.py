@@ -135,10 +135,10 @@ def test_bandpass_needs_low_below_high():
 
 def frame_channels(agent):
     """The next data frame's samples by channel name, decoded as a consumer would."""
-    payload = wire.data(agent.boot, 1, agent.table, agent.builder.take())
+    payload = wire.data(agent.boot, 1, agent.journal.table, agent.journal.builder.take())
     return {
         name: [v for v in series.values]
-        for name, series in wire.samples(wire.decode(payload), agent.table).items()
+        for name, series in wire.samples(wire.decode(payload), agent.journal.table).items()
     }
 
 
@@ -162,7 +162,7 @@ def test_telemetry_ships_raw_filtered_or_both(tmp_path, mode, channels):
     feed(agent, x)
     shipped = frame_channels(agent)
     assert set(shipped) == channels
-    quantum = agent.table[0].quantum
+    quantum = agent.journal.table[0].quantum
     raw_shipped = shipped["spindle_load"]
     as_sent = [round(v / quantum) * quantum for v in x]
     assert (raw_shipped == pytest.approx(as_sent)) == (mode != "filtered")

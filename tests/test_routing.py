@@ -198,7 +198,7 @@ def test_the_bench_and_the_agent_route_the_same_polls_the_same_way(tmp_path, mon
     agent = Agent(config, clock=clock)
     loop = asyncio.new_event_loop()
     try:
-        agent.make_control(loop)
+        agent.control_host.make(loop)
     finally:
         loop.close()
     assert len(on_bench) == len(load)  # every poll delivers: most inputs have no chain
@@ -207,8 +207,8 @@ def test_the_bench_and_the_agent_route_the_same_polls_the_same_way(tmp_path, mon
         at_ns = delivery[0][0]  # when the bench polled
         clock.advance((at_ns - clock.monotonic_ns()) / 1e9)
         agent._on_samples([Sample(name, at_ns, v) for name, v in values.items()])
-        while not agent._control_inbox.empty():
-            in_agent.append(agent._control_inbox.get_nowait())
+        while not agent.control_host.inbox.empty():
+            in_agent.append(agent.control_host.inbox.get_nowait())
     assert repr(on_bench) == repr(in_agent)  # repr: NaN == NaN
     qualities = [s.quality for _, s in sum(on_bench, []) if s.channel == LOAD]
     assert Quality.BAD in qualities and len(qualities) == len(load) // 2

@@ -17,10 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import edge_agent.telemetry.spool as spooling
-from edge_agent import service
 from edge_agent.metrics import AgentCollector
 from edge_agent.status import Scrape, _agent_lines
-from edge_agent.telemetry import wire
+from edge_agent.telemetry import journal, wire
 from edge_agent.telemetry.spool import Spool
 from tests.service_helpers import demo_toml
 from tests.small_disk import run_on_small_disk
@@ -45,38 +44,40 @@ class FastFrames(Running):
 def test_the_agent_and_its_control_loop_run_through_a_full_disk_then_store_what_was_held(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(service, "HELD_RETRY_MIN_S", 0.05, raising=False)
-    monkeypatch.setattr(service, "HELD_RETRY_MAX_S", 0.2, raising=False)
-    monkeypatch.setattr(service, "HELD_MAX_BYTES", 6000, raising=False)
+    monkeypatch.setattr(journal, "HELD_RETRY_MIN_S", 0.05)
+    monkeypatch.setattr(journal, "HELD_RETRY_MAX_S", 0.2)
+    monkeypatch.setattr(journal, "HELD_MAX_BYTES", 6000)
 
     async def scenario():
         async with FastFrames(tmp_path, extra=NO_METRICS) as r:
             agent = r.service.agent
-            spool = agent.spool.spool
-            pages = await agent.spool._run(spool.pragma, "page_count")
-            await agent.spool._run(spool.pragma, f"max_page_count = {pages}")
+            spool = agent.journal.spool.spool
+            pages = await agent.journal.spool._run(spool.pragma, "page_count")
+            await agent.journal.spool._run(spool.pragma, f"max_page_count = {pages}")
             # An event larger than a page needs new pages at once: the spool refuses it.
-            await agent.store_event("operator_note", {"text": "x" * 5000})
-            assert agent.spool_trouble is not None
+            await agent.journal.store_event("operator_note", {"text": "x" * 5000})
+            assert agent.journal.spool_trouble is not None
             ticks = agent.control.ticks
             for _ in range(40):  # two seconds of a full disk
                 await asyncio.sleep(0.05)
                 assert not r.task.done(), "the agent stopped on a full disk"
             assert agent.control.ticks > ticks + 50  # 100 Hz: the loop never noticed
-            assert agent.store_failures["disk_full"] >= 3  # retried with backoff
-            assert agent.held.dropped_total["data"] > 0  # beyond the bound, the oldest frames
+            assert agent.journal.store_failures["disk_full"] >= 3  # retried with backoff
+            assert (
+                agent.journal.held.dropped_total["data"] > 0
+            )  # beyond the bound, the oldest frames
             loop = asyncio.get_running_loop()
             status = await asyncio.to_thread(status_lines, r.service, loop)
             assert any(line.startswith("  spool       NOT TAKING PAYLOADS: ") for line in status)
             assert any("payloads never stored" in line for line in status)
-            await agent.spool._run(spool.pragma, "max_page_count = 1073741823")
+            await agent.journal.spool._run(spool.pragma, "max_page_count = 1073741823")
             for _ in range(100):
-                if agent.spool_trouble is None:
+                if agent.journal.spool_trouble is None:
                     break
                 await asyncio.sleep(0.05)
-            assert agent.spool_trouble is None
+            assert agent.journal.spool_trouble is None
             assert agent.control.ticks > ticks + 100
-        return dict(agent.held.dropped_total)
+        return dict(agent.journal.held.dropped_total)
 
     dropped = run(scenario())
     assert dropped.get("data", 0) > 0 and not dropped.get("event")  # events kept
@@ -111,7 +112,7 @@ def test_damage_found_while_running_stops_the_agent_safely_and_the_restart_salva
         r = FastFrames(tmp_path, extra=NO_METRICS)
         await r.__aenter__()
         agent = r.service.agent
-        await agent.spool._run(damage_under_it, agent.spool.spool)
+        await agent.journal.spool._run(damage_under_it, agent.journal.spool.spool)
         try:
             await asyncio.wait_for(asyncio.shield(r.task), 10)
         except spooling.SpoolCorrupt as exc:
