@@ -16,7 +16,6 @@ from . import __version__, logs
 from .collector.store import StoreError
 from .config import ConfigError, load_config
 from .control.teach import TeachError, TeachStore, to_json
-from .sources.poll_plan import PlanLimits, plan_reads
 from .telemetry.spool import SpoolError
 from .upstream import UpstreamError
 
@@ -68,18 +67,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args) -> int:
+    from .sources.registry import describe
+    from .telemetry.channels import channel_table
+
     config = load_config(args.config)
-    c = config.controller
-    limits = PlanLimits(
-        c.max_registers_per_read, c.max_bits_per_read, c.max_gap_registers, c.max_gap_bits
-    )
-    print(f"{args.config}: ok: {len(config.tags)} tags in {len(config.poll_groups)} poll groups")
-    for name, group in config.poll_groups.items():
-        requests = plan_reads([t for t in config.tags if t.poll_group == name], limits)
-        print(
-            f"  {name}: every {group.period_s:g} s, {len(requests)} read requests: "
-            + ", ".join(f"{r.table.value} {r.address}+{r.count}" for r in requests)
-        )
+    print(f"{args.config}: ok: {len(channel_table(config))} channels published")
+    print("\n".join(describe(config)))
     return 0
 
 

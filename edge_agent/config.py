@@ -10,9 +10,7 @@ Never touches the network or the machine.
 from __future__ import annotations
 
 import math
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from dataclasses import replace as dataclass_replace
@@ -22,6 +20,7 @@ from typing import Any
 from . import limits, names
 from .registers import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Order, Table, Tag, ValueType
 from .sources.base import SourceChannel
+from .sources.opcua_config import OpcUaConfig, OpcUaNode, parse_opcua
 from .tomlcheck import KeyPath, Range, TomlChecker, kind_name, read_toml_text
 
 
@@ -326,6 +325,7 @@ class AgentConfig:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     bridge: BridgeConfig | None = None  # None: no [bridge] section
+    opcua: OpcUaConfig | None = None  # None: no [opcua] section
     source: str = "<memory>"
 
 
@@ -418,6 +418,7 @@ _INTEGER_RANGES = {
 _SECTIONS = (
     "machine",
     "bridge",
+    "opcua",
     "controller",
     "tags",
     "poll_groups",
@@ -428,6 +429,8 @@ _SECTIONS = (
     "upstream",
     "service",
 )
+#: The sections of a Modbus controller: required unless [opcua] reads the controller.
+_MODBUS_SECTIONS = ("controller", "tags", "poll_groups")
 _TAG_KEYS = {
     "name",
     "address",
@@ -457,12 +460,20 @@ class _Validator(TomlChecker):
     def agent(self, data: dict) -> AgentConfig:
         self.table(data, (), _SECTIONS)
         machine = self.machine(data)
-        controller = self.controller(data)
-        groups = self.poll_groups(data)
-        tags = self.tags(data, groups)
+        # Modbus is the controller unless [opcua] is (then it may still read a PLC beside it).
+        if "opcua" not in data or any(k in data for k in _MODBUS_SECTIONS):
+            controller = self.controller(data)
+            groups = self.poll_groups(data)
+            tags = self.tags(data, groups)
+        else:
+            controller, groups, tags = ControllerConfig(), {}, ()
         bridge = self.bridge(data, {t.name for t in tags})
+        taken = {t.name for t in tags} | {n for n, *_ in (bridge.streams() if bridge else ())}
+        opcua = parse_opcua(self, data, taken)
         sources = _declared_channels(
-            AgentConfig(machine, controller, tags, groups, bridge=bridge, source=self.source)
+            AgentConfig(
+                machine, controller, tags, groups, bridge=bridge, opcua=opcua, source=self.source
+            )
         )
         telemetry = self.telemetry(data, set(sources))
         channels = self.channels(data, sources)
@@ -473,7 +484,8 @@ class _Validator(TomlChecker):
             if factor > 1:
                 period, source = periods[name]
                 periods[name] = (period * factor, f"{source}, decimated by {factor}")
-        control = self.control(data, {t.name: t for t in tags}, periods)
+        nodes = {n.name: n for n in opcua.nodes} if opcua else {}
+        control = self.control(data, {t.name: t for t in tags}, nodes, periods)
         spool = self.spool(data)
         upstream = self.upstream(data)
         service = self.section(data, "service", ServiceConfig)
@@ -498,6 +510,7 @@ class _Validator(TomlChecker):
             upstream=upstream,
             service=service,
             bridge=bridge,
+            opcua=opcua,
             source=self.source,
         )
         self.channel_count(config)
@@ -652,19 +665,6 @@ class _Validator(TomlChecker):
         if cfg.reconnect_max_s < cfg.reconnect_min_s:
             raise self.fail((*path, "reconnect_max_s"), "must not be less than reconnect_min_s")
 
-    def private_file(self, path: tuple[str, ...], name: str) -> None:
-        """A secret (password, private key) must exist and not be readable by others."""
-        try:
-            mode = os.stat(name).st_mode
-        except OSError as exc:
-            raise self.fail(path, f"{name}: {exc.strerror}") from None
-        if mode & 0o007:
-            raise self.fail(
-                path,
-                f"{name} is readable by others (mode {stat.S_IMODE(mode):04o}); "
-                "chmod o-rwx it (0600, or 0640 with the agent's group)",
-            )
-
     def machine(self, data: dict) -> MachineConfig:
         cfg = self.section(data, "machine", MachineConfig, required=True)
         for key in ("site", "machine_id"):
@@ -817,16 +817,21 @@ class _Validator(TomlChecker):
         return TelemetryConfig(interval, max_points, tuple(include))
 
     def control(
-        self, data: dict, tags: dict[str, Tag], periods: dict[str, tuple[float, str]]
+        self,
+        data: dict,
+        tags: dict[str, Tag],
+        nodes: dict[str, OpcUaNode],
+        periods: dict[str, tuple[float, str]],
     ) -> ControlConfig:
-        """`periods`: every tag's and bridge channel's sampling period (s) and its source."""
+        """`periods`: every source channel's sampling period (s) and where it is set; `tags`
+        and `nodes`: what a controller source could write (Modbus registers, OPC UA nodes)."""
         cfg = self.section(data, "control", ControlConfig)
         raw, path = data.get("control", {}), ("control",)
         self.choice(raw, path, "target_mode", ("fixed", "teach_in"), "fixed")
         self.ranges(cfg, path, limits.CONTROL)
         self.control_relations(cfg, path)
         if cfg.enabled:
-            self.control_roles(cfg, path, tags, periods)
+            self.control_roles(cfg, path, tags, nodes, periods)
         return cfg
 
     def control_relations(self, cfg: ControlConfig, path: KeyPath) -> None:
@@ -897,10 +902,13 @@ class _Validator(TomlChecker):
         cfg: ControlConfig,
         path: KeyPath,
         tags: dict[str, Tag],
+        nodes: dict[str, OpcUaNode],
         periods: dict[str, tuple[float, str]],
     ) -> None:
-        """The tags control reads and writes: present, one role each, a writable register
-        that a whole-register write cannot harm, and poll periods its timers can work with."""
+        """The channels control reads and writes: present, one role each, a writable register
+        that a whole-register write cannot harm (or an OPC UA node marked writable), and
+        periods its timers can work with. The signal may come from any source; the other
+        roles are the controller's (a Modbus tag or an OPC UA node)."""
         roles: dict[str, str] = {}
         for key in self._ROLES:
             name = getattr(cfg, key)
@@ -908,8 +916,8 @@ class _Validator(TomlChecker):
                 if key in self._REQUIRED_ROLES:
                     raise self.fail((*path, key), "must name a tag: control needs it")
                 continue
-            if name not in tags and not (key == "signal" and name in periods):
-                what = "tag or bridge channel" if key == "signal" else "tag"
+            if name not in tags and name not in nodes and not (key == "signal" and name in periods):
+                what = "tag, node or bridge channel" if key == "signal" else "tag or node"
                 raise self.fail((*path, key), f"no {what} named {name!r}")
             if name in roles:
                 raise self.fail(
@@ -921,10 +929,14 @@ class _Validator(TomlChecker):
             if getattr(cfg, key) and not getattr(cfg, needs):
                 raise self.fail((*path, key), f"needs {needs} to tell which one runs")
         for i, name in enumerate(cfg.writable):
-            self.writable_tag(tags.get(name), name, (*path, "writable", i), roles)
+            if name in nodes:
+                self.writable_node(nodes[name], (*path, "writable", i), roles)
+            else:
+                self.writable_tag(tags.get(name), name, (*path, "writable", i), roles)
         if cfg.override_tag not in cfg.writable:
             raise self.fail((*path, "override_tag"), f"{cfg.override_tag!r} is not in writable")
-        self.override_range(cfg, tags[cfg.override_tag], (*path, "override_tag"))
+        if cfg.override_tag in tags:
+            self.override_range(cfg, tags[cfg.override_tag], (*path, "override_tag"))
         for key in self._TIMELY_ROLES:
             name = getattr(cfg, key)
             if name:
@@ -954,6 +966,19 @@ class _Validator(TomlChecker):
         if name in roles and roles[name] != "override_tag":
             raise self.fail(
                 path, f"{name!r} is read as control.{roles[name]}: it cannot also be written"
+            )
+
+    def writable_node(self, node: OpcUaNode, path: KeyPath, roles: dict) -> None:
+        """An OPC UA node the actuator may write: marked `writable` in [[opcua.nodes]] (every
+        other node the writer refuses), and not read in another role."""
+        if not node.writable:
+            raise self.fail(
+                path, f"{node.name!r} is not writable = true in [[opcua.nodes]]: refused"
+            )
+        if node.name in roles and roles[node.name] != "override_tag":
+            raise self.fail(
+                path,
+                f"{node.name!r} is read as control.{roles[node.name]}: it cannot also be written",
             )
 
     def override_range(self, cfg: ControlConfig, tag: Tag, path: KeyPath) -> None:

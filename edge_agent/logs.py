@@ -93,6 +93,8 @@ def setup(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # pymodbus logs every timeout at ERROR; the agent counts them and logs once per change.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # pymodbus logs every timeout at ERROR, asyncua a traceback for every lost connection; the
+    # agent's sources count them and log once per change of state.
+    for library in ("pymodbus", "asyncua"):
+        logging.getLogger(library).setLevel(logging.CRITICAL)
     return limit

@@ -24,7 +24,7 @@ from .control.loop import ControlLoop
 from .routing import SampleRouter
 from .samples import Sample
 from .sources.base import Source, SourceStats
-from .sources.registry import make_sources
+from .sources.registry import declared, make_sources
 from .tasks import cancel_and_wait
 from .telemetry.journal import Journal
 from .upstream.file_link import FileLink
@@ -53,8 +53,15 @@ class Agent:
             s.name: s
             for s in make_sources(config, self.clock, self._on_samples, self._identified, connect)
         }
-        #: The source that holds the one writer (and whose link the control loop watches).
-        self.controller_source = next(s for s in self.sources.values() if s.controller)
+        #: The source that holds the one writer (and whose link the control loop watches):
+        #: the one that reads the override, where control is on.
+        override = config.control.override_tag if config.control.enabled else None
+        self.controller_source = next(
+            self.sources[name]
+            for name, declaration in declared(config)
+            if self.sources[name].controller
+            and (override is None or any(c.name == override for c in declaration.channels))
+        )
         self._birth_firmware: str | None = None  # the firmware the last birth named
         self.router = SampleRouter(config.channels)  # control tags once control exists
         self.journal = Journal(config, self.boot, self.clock)
@@ -113,14 +120,23 @@ class Agent:
         if not self.journal.opened:
             return  # open_spool's birth and event carry it
         self._background(self.journal.store_event(f"{source.name}_identified", identity))
-        if identity.get("firmware") != self._birth_firmware:
+        if self._firmware() != self._birth_firmware:
             self._background(self.store_birth())
 
-    async def store_birth(self) -> None:
-        """A birth naming the firmware of the first source that has told its own."""
-        self._birth_firmware = next(
-            (s.identity["firmware"] for s in self.sources.values() if s.identity), None
+    def _firmware(self) -> str | None:
+        """What the birth names: the firmware of the first source that has told its own (the
+        bridge's board; a controller's identity is an event only)."""
+        return next(
+            (
+                s.identity["firmware"]
+                for s in self.sources.values()
+                if s.identity and "firmware" in s.identity
+            ),
+            None,
         )
+
+    async def store_birth(self) -> None:
+        self._birth_firmware = self._firmware()
         await self.journal.store_birth(self._birth_firmware)
 
     @property
@@ -226,9 +242,7 @@ class Agent:
     async def open_spool(self) -> None:
         """The journal's spool, birth and start event; then what each source's device said it
         is, as events."""
-        self._birth_firmware = next(
-            (s.identity["firmware"] for s in self.sources.values() if s.identity), None
-        )
+        self._birth_firmware = self._firmware()
         await self.journal.open(self._birth_firmware)
         for source in self.sources.values():
             if source.identity is not None:

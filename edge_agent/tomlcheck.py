@@ -8,7 +8,9 @@ error naming the file, the line (where it can be found), the key path and what i
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import tomllib
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -91,6 +93,19 @@ class TomlChecker:
             return tomllib.loads(self.text)
         except tomllib.TOMLDecodeError as exc:
             raise self.error(f"{self.source}: invalid TOML: {exc}") from None
+
+    def private_file(self, path: KeyPath, name: str) -> None:
+        """A secret (password, private key) must exist and not be readable by others."""
+        try:
+            mode = os.stat(name).st_mode
+        except OSError as exc:
+            raise self.fail(path, f"{name}: {exc.strerror}") from None
+        if mode & 0o007:
+            raise self.fail(
+                path,
+                f"{name} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+                "chmod o-rwx it (0600, or 0640 with the agent's group)",
+            )
 
     def fail(self, path: KeyPath, message: str) -> ValueError:
         line = self.lines.line_of(path)

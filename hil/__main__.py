@@ -62,8 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME|CSV",
         help="replay a recording (e.g. experiment_01) instead of the cutting plant",
     )
-    demo.add_argument(
+    over = demo.add_mutually_exclusive_group()
+    over.add_argument(
         "--rtu", action="store_true", help="Modbus RTU over a pseudo-terminal pair, not TCP"
+    )
+    over.add_argument(
+        "--opcua", action="store_true", help="OPC UA (the bench's server), not Modbus"
     )
     demo.add_argument(
         "--spool", default="demo-spool.db", help="the spool file (default: demo-spool.db here)"
@@ -154,6 +158,7 @@ def demo(args: argparse.Namespace) -> None:
             args.duration,
             replay=args.replay,
             rtu=args.rtu,
+            opcua=args.opcua,
             spool=args.spool,
             telemetry=args.telemetry_file,
         )

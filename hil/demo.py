@@ -17,7 +17,11 @@ from pathlib import Path
 
 from edge_agent.config import parse_config
 from edge_agent.service import Agent
+from edge_agent.sources.modbus import default_quantum
+from edge_agent.sources.opcua_config import OpcUaConfig, OpcUaGroup, OpcUaNode
 from hil.controller import SimulatedController
+from hil.opcua_server import OpcUaController
+from hil.opcua_space import MACHINE, NAMESPACE_URI, VARIABLES
 from hil.plant import demo_plant
 from hil.ptypair import PtyPair
 from hil.replay import ReplayPlant, recording_path
@@ -48,6 +52,44 @@ def demo_config(
     )
 
 
+#: The OPC UA type names of [[opcua.nodes]] `type`, by the bench's variant types.
+_NODE_TYPES = {"Double": "double", "Boolean": "boolean", "UInt32": "uint32", "Int32": "int32"}
+
+
+def opcua_demo_config(url: str, spool: str = "demo-spool.db", telemetry: str | None = None):
+    """The demo's configuration reading the bench's OPC UA server (`hil/opcua_server.py`)
+    instead of Modbus: the same channels (names, units, quanta, time groups and periods),
+    each a node of `hil/opcua_space.py` by its browse path, the agent's override the one
+    node marked writable."""
+    config = demo_config(spool=spool, telemetry=telemetry)
+    tags = {t.name: t for t in config.tags}
+    groups = {
+        name: OpcUaGroup(name, group.period_s, group.stale_after_s)
+        for name, group in config.poll_groups.items()
+    }
+    nodes = tuple(
+        OpcUaNode(
+            var.tag,
+            browse_path=f"Objects/Machines/{MACHINE}/{var.path}",
+            unit=tags[var.tag].unit,
+            quantum=default_quantum(tags[var.tag]),
+            group=tags[var.tag].poll_group,
+            writable=var.writable,
+            type=_NODE_TYPES.get(var.type.name, "string"),
+        )
+        for var in VARIABLES
+        if var.tag in tags
+    )
+    opcua = OpcUaConfig(
+        url,
+        namespace=NAMESPACE_URI,
+        timeout_s=config.controller.timeout_s,
+        groups=groups,
+        nodes=nodes,
+    )
+    return dataclasses.replace(config, tags=(), poll_groups={}, opcua=opcua)
+
+
 def _plant(replay: str | None):
     if replay is None:
         return demo_plant(), "cutting plant, demo part"
@@ -60,17 +102,22 @@ async def run_demo(
     *,
     replay: str | None = None,
     rtu: bool = False,
+    opcua: bool = False,
     spool: str | None = None,
     telemetry: str | None = None,
     out=sys.stdout,
     progress=sys.stderr,
 ) -> Agent:
     plant, what = _plant(replay)
-    controller = SimulatedController(plant)
+    controller = OpcUaController(plant) if opcua else SimulatedController(plant)
     spool = spool or "demo-spool.db"
     telemetry = telemetry or str(Path(spool).with_name("demo-telemetry.msgpack"))
     with contextlib.ExitStack() as stack:
-        if rtu:
+        if opcua:
+            await controller.start("127.0.0.1", 0)
+            config = opcua_demo_config(controller.url, spool=spool, telemetry=telemetry)
+            where = f"OPC UA at {controller.url}"
+        elif rtu:
             pair = stack.enter_context(PtyPair())
             await controller.start_rtu(pair.a, baudrate=115200)
             config = demo_config(spool=spool, serial_port=pair.b, telemetry=telemetry)

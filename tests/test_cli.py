@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_check_config_prints_the_read_plan(capsys):
     assert main(["check-config", str(ROOT / "edge_agent/defaults/demo.toml")]) == 0
     out = capsys.readouterr().out
-    assert "ok: 22 tags in 2 poll groups" in out
-    assert "fast: every 0.02 s, 5 read requests" in out
+    assert "ok: 23 channels published" in out
+    assert "  controller fast: every 0.02 s, 18 channels; 5 read requests: holding 100+1" in out
+    assert "  controller slow: every 1 s, 4 channels; 2 read requests" in out
 
 
 def test_check_config_error_is_one_line_and_exit_2(tmp_path, capsys):
@@ -86,3 +87,19 @@ def test_demo_runs_and_summarises_then_decode_reads_its_telemetry_file(tmp_path,
     assert [f["kind"] for f in frames[:2]] == ["birth", "birth"]
     assert {f["kind"] for f in frames[2:-1]} == {"event", "data"}
     assert frames[-1]["kind"] == "death" and frames[-1]["birth_seq"] == 1
+
+
+def test_check_config_of_an_opcua_machine_lists_its_groups(tmp_path, capsys):
+    """docs/opcua.md's example for the bench server, as a whole agent configuration: no
+    Modbus section needed."""
+    docs = (ROOT / "docs/opcua.md").read_text()
+    example = docs.split("The bench server, `python -m hil.opcua_server`")[1]
+    example = example.split("```toml\n")[1].split("```")[0]
+    config = tmp_path / "agent.toml"
+    config.write_text('[machine]\nsite = "s"\nmachine_id = "m"\n' + example)
+    assert main(["check-config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "ok: 5 channels published" in out
+    assert "  opcua fast: every 0.1 s, 4 channels" in out
+    assert "  opcua slow: every 1 s, 1 channels" in out
+    assert "controller" not in out

@@ -87,6 +87,26 @@ class Command:
     events: list[tuple[str, dict]] = field(default_factory=list)
 
 
+def control_inputs(cfg: ControlConfig) -> tuple[str, ...]:
+    """The channels the controller reads, from its configuration."""
+    return tuple(
+        name
+        for name in (
+            cfg.signal,
+            cfg.override_tag,
+            cfg.spindle_on_tag,
+            cfg.program_running_tag,
+            cfg.alarm_tag,
+            cfg.tool_tag,
+            cfg.program_tag,
+            cfg.block_tag,
+            cfg.knob_tag,
+            cfg.enable_tag,
+        )
+        if name
+    )
+
+
 class AdaptiveController:
     """One machine's feed control. `update` is the only entry point that changes anything."""
 
@@ -112,22 +132,7 @@ class AdaptiveController:
         self.override: float | None = None  # what the register holds, as far as we know
         self.idle_pct: float | None = cfg.idle_load_pct or None
         self.hold_reason = ""
-        self.inputs = tuple(
-            name
-            for name in (
-                cfg.signal,
-                cfg.override_tag,
-                cfg.spindle_on_tag,
-                cfg.program_running_tag,
-                cfg.alarm_tag,
-                cfg.tool_tag,
-                cfg.program_tag,
-                cfg.block_tag,
-                cfg.knob_tag,
-                cfg.enable_tag,
-            )
-            if name
-        )
+        self.inputs = control_inputs(cfg)
         # Inputs that must be younger than `stale_s`: the signal and the run state. The others
         # (tool, program, block, knob, enable) may sit in a slow poll group: their samples'
         # quality (stale after their group's limit) is what counts.

@@ -21,7 +21,7 @@ from ..routing import SampleRouter
 from ..sources.base import Source
 from ..tasks import cancel_and_wait
 from .actuator import Actuator
-from .adaptive import AdaptiveController
+from .adaptive import AdaptiveController, control_inputs
 from .loop import ControlLoop
 from .teach import TeachError, TeachStore
 
@@ -47,6 +47,8 @@ class ControlHost:
         self._store_event = store_event
         # A target the actuator cannot write whole: refused now, not once the machine runs.
         self._targets: Mapping[str, object] = source.write_targets(cfg) if cfg.enabled else {}
+        if cfg.enabled:  # inputs that arrive before the loop starts wait in its inbox
+            router.control_tags = frozenset(control_inputs(cfg))
         self.loop: ControlLoop | None = None
         self.events: Counter[str] = Counter()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -87,7 +89,6 @@ class ControlHost:
             except TeachError as exc:
                 log.error("%s; teach-in starts afresh for every tool", exc)
         controller = AdaptiveController(cfg, taught)
-        self.router.control_tags = frozenset(controller.inputs)
         writer = self.source.take_writer(loop)
         actuator = Actuator(cfg, self._targets, writer)
         source = self.source

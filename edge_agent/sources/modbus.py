@@ -19,6 +19,7 @@ from ..tasks import run_together
 from .base import Declaration, Emit, GroupFigures, SourceChannel, SourceStats
 from .modbus_link import LinkError, ModbusLink, RegisterWriter, make_client
 from .modbus_poll import PollCore
+from .poll_plan import PlanLimits, plan_reads
 
 #: A float register's default quantum: a thousandth of its unit (1 W of a kW, 1 um of a mm).
 FLOAT_QUANTUM = 0.001
@@ -48,6 +49,21 @@ def declare(config: AgentConfig) -> Declaration:
             for tag in config.tags
         ),
     )
+
+
+def read_plan(config: AgentConfig) -> dict[str, str]:
+    """Each poll group's read requests, as `check-config` shows them."""
+    c = config.controller
+    limits = PlanLimits(
+        c.max_registers_per_read, c.max_bits_per_read, c.max_gap_registers, c.max_gap_bits
+    )
+    plan = {}
+    for name in config.poll_groups:
+        requests = plan_reads([t for t in config.tags if t.poll_group == name], limits)
+        plan[name] = f"{len(requests)} read requests: " + ", ".join(
+            f"{r.table.value} {r.address}+{r.count}" for r in requests
+        )
+    return plan
 
 
 class ModbusPoller:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..config import AgentConfig
-from . import bridge, modbus
+from . import bridge, modbus, opcua
 from .base import Declaration, Emit, Source
 
 
@@ -24,17 +24,20 @@ class SourceKind:
     #: (config, clock, emit, on_identity, connect): `connect` is the source's way to its
     #: device (a client factory, a port opener), injected by tests; None for the real one.
     make: Callable[..., Source]
+    #: What `check-config` adds to a time group's line (the Modbus read plan), by group.
+    details: Callable[[AgentConfig], dict[str, str]] = lambda config: {}
 
 
 #: In the order the channel table gives them aliases and time groups.
 KINDS = (
     SourceKind(
         "controller",
-        lambda config: True,
+        lambda config: bool(config.tags),
         modbus.declare,
         lambda config, clock, emit, on_identity, connect: modbus.ModbusSource(
             config, clock, emit, connect
         ),
+        modbus.read_plan,
     ),
     SourceKind(
         "bridge",
@@ -44,12 +47,39 @@ KINDS = (
             config.bridge, clock, emit, on_identity, connect
         ),
     ),
+    SourceKind(
+        "opcua",
+        lambda config: config.opcua is not None,
+        lambda config: opcua.declare(config.opcua),
+        lambda config, clock, emit, on_identity, connect: opcua.OpcUaSource(
+            config.opcua, clock, emit, connect
+        ),
+    ),
 )
 
 
 def declared(config: AgentConfig) -> list[tuple[str, Declaration]]:
     """Each configured source's name and declaration, in table order."""
     return [(kind.name, kind.declare(config)) for kind in KINDS if kind.configured(config)]
+
+
+def describe(config: AgentConfig) -> list[str]:
+    """`check-config`'s lines: each source's time groups, their periods and channels, and
+    what the source adds (the Modbus read plan)."""
+    lines = []
+    for kind in KINDS:
+        if not kind.configured(config):
+            continue
+        declaration, details = kind.declare(config), kind.details(config)
+        for group in declaration.time_groups:
+            channels = [c for c in declaration.channels if c.time_group == group]
+            if not channels:
+                continue
+            line = (
+                f"  {kind.name} {group}: every {channels[0].period_s:g} s, {len(channels)} channels"
+            )
+            lines.append(line + (f"; {details[group]}" if group in details else ""))
+    return lines
 
 
 def make_sources(
