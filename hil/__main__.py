@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench = sub.add_parser("bench", help="run scenarios against their oracle, write the report")
     bench.add_argument("scenarios", nargs="*", metavar="NAME|PATH", help="default: all shipped")
     bench.add_argument("--sim", action="store_true", help="simulated time, no Modbus (fast)")
+    bench.add_argument(
+        "--opcua", action="store_true", help="the agent over OPC UA too (no link-loss scenarios)"
+    )
     bench.add_argument("--out", default="reports/hil", help="report folder (default reports/hil)")
     family = sub.add_parser("family", help="the randomized scenario family, judged")
     family.add_argument("--cases", type=int, default=1000, help="how many (default 1000)")
@@ -121,7 +124,7 @@ def bench(args: argparse.Namespace) -> None:
         runs = [run_simulated(scenario) for scenario in scenarios]
         runs += [run_adaptive_simulated(scenario)[0] for scenario in scenarios]
     else:
-        runs = asyncio.run(run_all_realtime(scenarios, out / "agent", Progress()))
+        runs = asyncio.run(run_all_realtime(scenarios, out / "agent", Progress(), opcua=args.opcua))
     print(table(runs))
     print(f"report: {write_report(runs, out)}")
 
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # pymodbus logs every timeout at ERROR with a frame dump; our own lines say what matters.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncua").setLevel(logging.WARNING)  # a line per session otherwise
     args = parse_args(argv)
     try:
         if args.command == "bench":

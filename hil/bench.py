@@ -32,7 +32,8 @@ from edge_agent.routing import SampleRouter
 from edge_agent.samples import Sample
 from edge_agent.service import Agent
 from hil.controller import SimulatedController
-from hil.demo import demo_config
+from hil.demo import demo_config, opcua_demo_config
+from hil.opcua_server import OpcUaController
 from hil.oracle import oracle
 from hil.plant import CuttingPlant, RunResult
 from hil.register_map import AGENT_OVERRIDE, BY_NAME
@@ -115,15 +116,29 @@ async def _baseline_client(port: int, period_s: float = 0.1) -> None:
         client.close()
 
 
-async def run_agent_realtime(scenario: Scenario, workdir: Path, tick_s: float = 0.01) -> Run:
+async def run_agent_realtime(
+    scenario: Scenario, workdir: Path, tick_s: float = 0.01, opcua: bool = False
+) -> Run:
     """The agent itself, control enabled, against the scenario's plant over Modbus TCP in
-    real time: the same program `edge-agent run` is, with the demo's register map."""
+    real time (or the bench's OPC UA server): the same program `edge-agent run` is, with the
+    demo's register map (or its nodes)."""
     ideal = oracle(scenario).cycle_time_s
     plant = CuttingPlant(scenario, record=True)
-    controller = SimulatedController(plant)
-    port = await controller.start_tcp("127.0.0.1", 0)
     workdir.mkdir(parents=True, exist_ok=True)
-    config = demo_config(port=port, spool=str(workdir / f"{scenario.name}.db"))
+    spool = str(workdir / f"{scenario.name}.db")
+    if opcua:
+        if scenario_has_link_loss(scenario):
+            raise ValueError(f"{scenario.name}: link-loss scenarios run over Modbus only")
+        # The plant waits at time 0 until the agent is up: the server's start (its address
+        # space) and the session take a second or two that Modbus does not.
+        clock = _HeldClock()
+        controller = OpcUaController(plant, clock=clock)
+        await controller.start("127.0.0.1", 0)
+        config = opcua_demo_config(controller.url, spool=spool)
+    else:
+        controller = SimulatedController(plant)
+        port = await controller.start_tcp("127.0.0.1", 0)
+        config = demo_config(port=port, spool=spool)
     control = dataclasses.replace(control_config(scenario), teach_file=str(workdir / "teach.json"))
     agent = Agent(dataclasses.replace(config, control=control))
     stop = asyncio.Event()
@@ -135,30 +150,65 @@ async def run_agent_realtime(scenario: Scenario, workdir: Path, tick_s: float = 
         return running.done() or hold.ended(held, plant.time_s)
 
     try:
-        await _serve(plant, controller, time_limit_s(ideal), tick_s, over)
+        if opcua:
+            await asyncio.wait([asyncio.create_task(agent.up.wait()), running], timeout=30)
+            clock.release()
+            await _serve_opcua(plant, controller, time_limit_s(ideal), tick_s, over)
+        else:
+            await _serve(plant, controller, time_limit_s(ideal), tick_s, over)
     finally:
         stop.set()
         await running
         await controller.stop()
     held = agent.control.controller.hold_reason if agent.control is not None else ""
-    return Run(scenario, AGENT, plant.result, ideal, plant.trace, plant.time_s, held)
+    label = AGENT_OPCUA if opcua else AGENT
+    return Run(scenario, label, plant.result, ideal, plant.trace, plant.time_s, held)
+
+
+class _HeldClock:
+    """Monotonic seconds from `release()`; 0 before it."""
+
+    def __init__(self):
+        self._t0: float | None = None
+
+    def release(self) -> None:
+        self._t0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return 0.0 if self._t0 is None else time.monotonic() - self._t0
+
+
+def scenario_has_link_loss(scenario: Scenario) -> bool:
+    return any(event.kind == "link_loss" for event in scenario.events)
+
+
+async def _serve_opcua(plant, controller, limit_s: float, tick_s: float, over) -> None:
+    """`_serve` for the OPC UA server (its advance is a coroutine: subscriptions are told)."""
+    while plant.running and await controller.advance() < limit_s and not over():
+        await asyncio.sleep(tick_s)
 
 
 async def run_all_realtime(
-    scenarios: list[Scenario], workdir: Path, progress: Callable[[int, int, float], None]
+    scenarios: list[Scenario],
+    workdir: Path,
+    progress: Callable[[int, int, float], None],
+    opcua: bool = False,
 ) -> list[Run]:
     """The baseline of every scenario at once, each on its own controller; then the agent on
-    each in turn (one agent at a time, so that they do not share the CPU and the GIL);
+    each in turn (one agent at a time, so that they do not share the CPU and the GIL), over
+    Modbus and, with `opcua`, over OPC UA too (scenarios without a link loss);
     `progress(done, total, elapsed)`."""
     started = time.monotonic()
-    total = 2 * len(scenarios)
+    both = [s for s in scenarios if not scenario_has_link_loss(s)] if opcua else []
+    total = 2 * len(scenarios) + len(both)
     tasks = [asyncio.create_task(run_realtime(s)) for s in scenarios]
     while not all(t.done() for t in tasks):
         progress(sum(t.done() for t in tasks), total, time.monotonic() - started)
         await asyncio.wait(tasks, timeout=0.5)
     runs = [t.result() for t in tasks]
-    for scenario in scenarios:
-        task = asyncio.create_task(run_agent_realtime(scenario, workdir))
+    agents = [(s, False) for s in scenarios] + [(s, True) for s in both]
+    for scenario, over_opcua in agents:
+        task = asyncio.create_task(run_agent_realtime(scenario, workdir, opcua=over_opcua))
         while not task.done():
             progress(len(runs), total, time.monotonic() - started)
             await asyncio.wait([task], timeout=0.5)
@@ -190,6 +240,7 @@ class Progress:
 
 ADAPTIVE = "adaptive (simulated time)"
 AGENT = "adaptive (agent over Modbus)"
+AGENT_OPCUA = "adaptive (agent over OPC UA)"
 
 
 #: The agent's control settings on the bench: the defaults, aimed at the scenario's target.

@@ -110,7 +110,7 @@ def table(runs: list[Run]) -> str:
 
 
 #: Line colours per driver, in the order the runs come (the baseline first).
-_COLOURS = ("0.55", "tab:blue", "tab:green")
+_COLOURS = ("0.55", "tab:blue", "tab:green", "tab:orange")
 
 
 def plot(runs: list[Run], path: Path) -> None:

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from edge_agent.clock import FakeClock, SystemClock
 from edge_agent.config import ConfigError, ControlConfig
 from edge_agent.samples import Quality, Sample
+from edge_agent.sources.base import Deadlines
 from edge_agent.sources.opcua import (
-    Deadlines,
     GroupCore,
     OpcUaSource,
     WriteRefused,

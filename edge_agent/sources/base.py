@@ -137,3 +137,21 @@ class Source(Protocol):
     def write_targets(self, control) -> Mapping[str, object]:
         """`[control] writable`'s targets, each checked to be writable whole (a ConfigError,
         one line, names the first that is not); {} for a source that cannot write."""
+
+
+class Deadlines:
+    """An absolute-deadline schedule: cycle n is due at start + n periods; a late cycle skips
+    ahead (the periods it missed are overruns) rather than bunching reads."""
+
+    def __init__(self, period_s: float, start_ns: int):
+        self.period_ns = round(period_s * 1e9)
+        self.next_ns = start_ns
+
+    def after_cycle(self, now_ns: int) -> tuple[float, int]:
+        """A cycle ended at `now_ns`: (seconds until the next one is due, periods missed)."""
+        self.next_ns += self.period_ns
+        missed = 0
+        if now_ns >= self.next_ns:
+            missed = (now_ns - self.next_ns) // self.period_ns + 1
+            self.next_ns += missed * self.period_ns
+        return (self.next_ns - now_ns) / 1e9, missed

@@ -16,7 +16,7 @@ from ..config import AgentConfig, ConfigError, ControlConfig
 from ..registers import Table, Tag, ValueType
 from ..samples import Sample
 from ..tasks import run_together
-from .base import Declaration, Emit, GroupFigures, SourceChannel, SourceStats
+from .base import Deadlines, Declaration, Emit, GroupFigures, SourceChannel, SourceStats
 from .modbus_link import LinkError, ModbusLink, RegisterWriter, make_client
 from .modbus_poll import PollCore
 from .poll_plan import PlanLimits, plan_reads
@@ -91,17 +91,12 @@ class ModbusPoller:
     async def run_group(self, name: str) -> None:
         """Poll one group on an absolute-deadline schedule; a late cycle skips ahead
         rather than bunching reads."""
-        period_ns = round(self.groups[name].period_s * 1e9)
-        deadline = self.clock.monotonic_ns()
+        deadlines = Deadlines(self.groups[name].period_s, self.clock.monotonic_ns())
         while True:
             await self.poll_once(name)
-            deadline += period_ns
-            now = self.clock.monotonic_ns()
-            if now >= deadline:
-                missed = (now - deadline) // period_ns + 1
-                self.group_stats[name].overruns += missed
-                deadline += missed * period_ns
-            await asyncio.sleep((deadline - now) / 1e9)
+            sleep_s, missed = deadlines.after_cycle(self.clock.monotonic_ns())
+            self.group_stats[name].overruns += missed
+            await asyncio.sleep(sleep_s)
 
     async def poll_once(self, name: str) -> list[Sample]:
         """One cycle of one group: read, decode, mark stale, emit. Returns what it emitted."""

@@ -37,7 +37,7 @@ from ..config import ConfigError
 from ..samples import Quality, Sample
 from ..stats import LatencyWindow
 from ..tasks import run_together
-from .base import Declaration, Emit, GroupFigures, SourceChannel, SourceStats
+from .base import Deadlines, Declaration, Emit, GroupFigures, SourceChannel, SourceStats
 from .modbus_queue import Job, RequestQueue
 from .opcua_config import (
     OpcUaConfig,
@@ -182,24 +182,6 @@ def write_value(value: float, variant: str) -> bool | int | float | str:
     if not lo <= number <= hi:
         raise WriteRefused("BadOutOfRange")
     return number
-
-
-class Deadlines:
-    """An absolute-deadline schedule: cycle n is due at start + n periods; a late cycle skips
-    ahead (the periods it missed are overruns) rather than bunching."""
-
-    def __init__(self, period_s: float, start_ns: int):
-        self.period_ns = round(period_s * 1e9)
-        self.next_ns = start_ns
-
-    def after_cycle(self, now_ns: int) -> tuple[float, int]:
-        """A cycle ended at `now_ns`: (seconds until the next one is due, periods missed)."""
-        self.next_ns += self.period_ns
-        missed = 0
-        if now_ns >= self.next_ns:
-            missed = (now_ns - self.next_ns) // self.period_ns + 1
-            self.next_ns += missed * self.period_ns
-        return (self.next_ns - now_ns) / 1e9, missed
 
 
 @dataclass
