@@ -63,7 +63,7 @@ class Agent:
             and (override is None or any(c.name == override for c in declaration.channels))
         )
         self._birth_firmware: str | None = None  # the firmware the last birth named
-        self.router = SampleRouter(config.channels)  # control tags once control exists
+        self.router = SampleRouter(config.channels)  # its control inputs: the control host's
         self.journal = Journal(config, self.boot, self.clock)
         self.publisher = self._publisher(config)
         if self.publisher is not None:

@@ -43,7 +43,7 @@ class ControlHost:
         router: SampleRouter,
         store_event: Callable[[str, dict], Coroutine],
     ):
-        self.cfg, self.clock, self.source, self.router = cfg, clock, source, router
+        self.cfg, self.clock, self.source = cfg, clock, source
         self._store_event = store_event
         # A target the actuator cannot write whole: refused now, not once the machine runs.
         self._targets: Mapping[str, object] = source.write_targets(cfg) if cfg.enabled else {}
