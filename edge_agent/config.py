@@ -407,7 +407,6 @@ def parse_config(text: str, source: str = "<memory>") -> AgentConfig:
     return checker.agent(checker.parse())
 
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 #: The raw values of the integer types a writable register may have.
 _INTEGER_RANGES = {
     ValueType.INT16: (-(1 << 15), (1 << 15) - 1),
@@ -553,7 +552,7 @@ class _Validator(TomlChecker):
             where: KeyPath = (*path, "channels", i)
             entry = self.table(entry, where, [f.name for f in dataclass_fields(BridgeChannel)])
             name = self.value(entry, where, "name", str)
-            if not _NAME.match(name):
+            if not names.CHANNEL.match(name):
                 raise self.fail(
                     (*where, "name"), f"must be lower-case letters, digits and '_', got {name!r}"
                 )
@@ -694,7 +693,7 @@ class _Validator(TomlChecker):
         groups = {}
         for name, group in raw.items():
             path = ("poll_groups", name)
-            if not _NAME.match(name):
+            if not names.CHANNEL.match(name):
                 raise self.fail(path, "group name must be lower-case letters, digits and '_'")
             self.table(group, path, ("period_s", "stale_after_s"))
             period = self.within(group, path, "period_s", limits.POLL_GROUP["period_s"])
@@ -728,7 +727,7 @@ class _Validator(TomlChecker):
     def tag(self, entry: Any, path: KeyPath, groups: dict[str, PollGroup]) -> Tag:
         entry = self.table(entry, path, _TAG_KEYS)
         name = self.value(entry, path, "name", str)
-        if not _NAME.match(name):
+        if not names.CHANNEL.match(name):
             raise self.fail(
                 (*path, "name"),
                 "must start with a lower-case letter and hold only "

@@ -14,6 +14,7 @@ from hil.opcua_server import APPLICATION_URI, OpcUaController, make_certificate
 from hil.opcua_space import BY_TAG, MACHINE, NAMESPACE_URI, VARIABLES, objects
 from hil.plant import demo_plant
 from hil.register_map import AGENT_OVERRIDE, TAGS
+from tests.test_hil_controller import FakeClock
 
 # Each test starts a server (about 1.5 s of asyncua building its standard address space).
 pytestmark = pytest.mark.timeout(60)
@@ -21,14 +22,6 @@ pytestmark = pytest.mark.timeout(60)
 CLIENT_URI = "urn:edge-agent:test:client"
 USERS = {"agent": "feed-4-speed"}
 WAIT_S = 5.0  # for what asyncua's own tasks deliver (publish responses): far above a run's
-
-
-class FakeClock:
-    def __init__(self, t_s: float = 0.0) -> None:
-        self.t_s = t_s
-
-    def __call__(self) -> float:
-        return self.t_s
 
 
 @contextlib.asynccontextmanager

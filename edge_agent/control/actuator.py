@@ -20,9 +20,9 @@ import math
 import threading
 from collections import Counter, deque
 from collections.abc import Mapping
-from typing import Protocol
 
 from ..config import ConfigError, ControlConfig
+from ..sources.base import Writer, WriteTarget
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,6 @@ NS = 1_000_000_000
 #: Writes awaiting their read-back, per register: a 100 Hz ramp writes 50 in a default
 #: verify_s; past this many the oldest are forgotten (a late alarm, never a false one).
 UNVERIFIED_KEPT = 256
-
-
-class WriteTarget(Protocol):
-    """What the controller source writes to (a holding register's tag, an OPC UA node)."""
-
-    name: str
-
-    @property
-    def resolution(self) -> float:
-        """The smallest step a written value can take."""
-
-
-class Writer(Protocol):
-    """Sends one write without waiting for it (the controller source's own writer); an
-    urgent one goes before anything else waiting."""
-
-    def write(self, target: WriteTarget, value: float, urgent: bool = False) -> None: ...
 
 
 class Actuator:

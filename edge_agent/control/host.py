@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping
 
 from ..config import ControlConfig
 from ..routing import SampleRouter
-from ..sources.base import Source
+from ..sources.base import Source, WriteTarget
 from ..tasks import cancel_and_wait
 from .actuator import Actuator
 from .adaptive import AdaptiveController, control_inputs
@@ -46,7 +46,7 @@ class ControlHost:
         self.cfg, self.clock, self.source = cfg, clock, source
         self._store_event = store_event
         # A target the actuator cannot write whole: refused now, not once the machine runs.
-        self._targets: Mapping[str, object] = source.write_targets(cfg) if cfg.enabled else {}
+        self._targets: Mapping[str, WriteTarget] = source.write_targets(cfg) if cfg.enabled else {}
         if cfg.enabled:  # inputs that arrive before the loop starts wait in its inbox
             router.control_tags = frozenset(control_inputs(cfg))
         self.loop: ControlLoop | None = None

@@ -17,6 +17,9 @@ from typing import Protocol
 
 from ..samples import Sample
 
+#: A float value's default quantum, whatever its source: a thousandth of its unit (1 W of a
+#: kW, 1 um of a mm).
+FLOAT_QUANTUM = 0.001
 #: How a source hands its samples on: a list at a time, never waiting.
 Emit = Callable[[list[Sample]], None]
 
@@ -92,10 +95,21 @@ class SourceStats:
         return f"{self.name} {self.state}: " + ", ".join(words)
 
 
-class Writer(Protocol):
-    """The one path to the machine (docs/safety.md): the actuator's, never anyone else's."""
+class WriteTarget(Protocol):
+    """What a controller source writes to (a holding register's tag, an OPC UA node)."""
 
-    def write(self, target, value: float, urgent: bool = False) -> None: ...
+    name: str
+
+    @property
+    def resolution(self) -> float:
+        """The smallest step a written value can take."""
+
+
+class Writer(Protocol):
+    """The one path to the machine (docs/safety.md): the actuator's, never anyone else's.
+    A write is sent without waiting for it; an urgent one goes before anything waiting."""
+
+    def write(self, target: WriteTarget, value: float, urgent: bool = False) -> None: ...
 
     async def flush(self) -> None: ...
 
@@ -134,7 +148,7 @@ class Source(Protocol):
         """The one writer to the machine; a second call, or a source that cannot write,
         raises RuntimeError."""
 
-    def write_targets(self, control) -> Mapping[str, object]:
+    def write_targets(self, control) -> Mapping[str, WriteTarget]:
         """`[control] writable`'s targets, each checked to be writable whole (a ConfigError,
         one line, names the first that is not); {} for a source that cannot write."""
 

@@ -16,13 +16,17 @@ from ..config import AgentConfig, ConfigError, ControlConfig
 from ..registers import Table, Tag, ValueType
 from ..samples import Sample
 from ..tasks import run_together
-from .base import Deadlines, Declaration, Emit, GroupFigures, SourceChannel, SourceStats
+from .base import (
+    FLOAT_QUANTUM,
+    Deadlines,
+    Declaration,
+    Emit,
+    GroupFigures,
+    SourceChannel,
+    SourceStats,
+)
 from .modbus_link import LinkError, ModbusLink, RegisterWriter, make_client
-from .modbus_poll import PollCore
-from .poll_plan import PlanLimits, plan_reads
-
-#: A float register's default quantum: a thousandth of its unit (1 W of a kW, 1 um of a mm).
-FLOAT_QUANTUM = 0.001
+from .modbus_poll import PollCore, group_requests
 
 
 def default_quantum(tag: Tag) -> float:
@@ -53,17 +57,11 @@ def declare(config: AgentConfig) -> Declaration:
 
 def read_plan(config: AgentConfig) -> dict[str, str]:
     """Each poll group's read requests, as `check-config` shows them."""
-    c = config.controller
-    limits = PlanLimits(
-        c.max_registers_per_read, c.max_bits_per_read, c.max_gap_registers, c.max_gap_bits
-    )
-    plan = {}
-    for name in config.poll_groups:
-        requests = plan_reads([t for t in config.tags if t.poll_group == name], limits)
-        plan[name] = f"{len(requests)} read requests: " + ", ".join(
-            f"{r.table.value} {r.address}+{r.count}" for r in requests
-        )
-    return plan
+    return {
+        name: f"{len(requests)} read requests: "
+        + ", ".join(f"{r.table.value} {r.address}+{r.count}" for r in requests)
+        for name, requests in group_requests(config).items()
+    }
 
 
 class ModbusPoller:

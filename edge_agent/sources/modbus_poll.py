@@ -57,16 +57,10 @@ class PollCore:
     """Every poll group of one controller: plans in, samples out."""
 
     def __init__(self, config: AgentConfig):
-        limits = PlanLimits(
-            config.controller.max_registers_per_read,
-            config.controller.max_bits_per_read,
-            config.controller.max_gap_registers,
-            config.controller.max_gap_bits,
-        )
         self.groups: dict[str, PollGroup] = config.poll_groups
         self.plans: dict[str, list[PlannedRead]] = {
-            name: [PlannedRead(r) for r in plan_reads(_in_group(config.tags, name), limits)]
-            for name in self.groups
+            name: [PlannedRead(r) for r in requests]
+            for name, requests in group_requests(config).items()
         }
         self.tag_state: dict[str, _TagState] = {t.name: _TagState() for t in config.tags}
         self.counters: Counter[str] = Counter()
@@ -162,6 +156,15 @@ class PollCore:
         else:
             log.warning("%s: %s%s", what, status, f" ({detail})" if detail else "")
         planned.status = status
+
+
+def group_requests(config: AgentConfig) -> dict[str, list[ReadRequest]]:
+    """Each poll group's read requests under `[controller]`'s planner limits."""
+    c = config.controller
+    limits = PlanLimits(
+        c.max_registers_per_read, c.max_bits_per_read, c.max_gap_registers, c.max_gap_bits
+    )
+    return {name: plan_reads(_in_group(config.tags, name), limits) for name in config.poll_groups}
 
 
 _EXCEPTION_NAMES = {

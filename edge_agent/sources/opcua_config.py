@@ -17,8 +17,9 @@ import uuid
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
-from .. import limits
+from .. import limits, names
 from ..tomlcheck import KeyPath, Range, TomlChecker
+from .base import FLOAT_QUANTUM
 
 #: OPC UA's own namespace (index 0 on every server): the Objects folder, the Server object.
 STANDARD_NAMESPACE = "http://opcfoundation.org/UA/"
@@ -29,9 +30,6 @@ READ_MODES = ("subscribe", "poll")
 #: agent turns each into a number (a String: a decimal program number, docs/opcua.md).
 INTEGER_TYPES = ("sbyte", "byte", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 TYPES = ("boolean", *INTEGER_TYPES, "float", "double", "string")
-
-#: A float node's default quantum: a thousandth of its unit, as a Modbus float register's.
-FLOAT_QUANTUM = 0.001
 
 SECTION = {
     "timeout_s": Range(
@@ -68,7 +66,6 @@ QUANTUM = Range(
     zero="by the node's type",
 )
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _URL = re.compile(
     r"opc\.tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
     r":(?P<port>\d{1,5})(?P<path>/[^\s]*)?"
@@ -326,7 +323,7 @@ def _groups(checker: TomlChecker, raw: dict, path: KeyPath) -> dict[str, OpcUaGr
     groups = {}
     for name, entry in table.items():
         at: KeyPath = (*where, name)
-        if not _NAME.match(name):
+        if not names.CHANNEL.match(name):
             raise checker.fail(at, "group name must be lower-case letters, digits and '_'")
         checker.table(entry, at, tuple(GROUP))
         period = checker.within(entry, at, "period_s", GROUP["period_s"])
@@ -368,7 +365,7 @@ def _node(
 ) -> OpcUaNode:
     entry = checker.table(entry, at, [f.name for f in fields(OpcUaNode)])
     name = checker.value(entry, at, "name", str)
-    if not _NAME.match(name):
+    if not names.CHANNEL.match(name):
         raise checker.fail(
             (*at, "name"),
             "must start with a lower-case letter and hold only lower-case letters, digits "
