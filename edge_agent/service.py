@@ -157,8 +157,7 @@ class Agent:
     def _on_samples(self, samples: list[Sample]) -> None:
         arrived_ns = self.clock.monotonic_ns()
         routed = self.router.route(samples, arrived_ns)
-        for channel, sample in routed.telemetry:
-            self.journal.add(channel, sample, arrived_ns)
+        self.journal.add(routed.telemetry, arrived_ns)
         if routed.control:
             self.control_host.deliver(routed.control)
 

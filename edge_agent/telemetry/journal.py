@@ -84,10 +84,13 @@ class Journal:
         self._committed_ns = clock.monotonic_ns()
         self._commit_interval_ns = int(config.spool.commit_interval_s * 1e9)
 
-    def add(self, channel: str, sample: Sample, arrived_ns: int) -> None:
-        """Into the open batch (a channel the table does not publish is dropped); a full
-        batch closes at once."""
-        if self.builder.add(channel, sample, arrived_ns):
+    def add(self, routed: list[tuple[str, Sample]], arrived_ns: int) -> None:
+        """One delivery's (channel, sample) pairs into the open batch (a channel the table
+        does not publish is dropped); a full batch closes at once."""
+        add, full = self.builder.add, False
+        for channel, sample in routed:
+            full |= add(channel, sample, arrived_ns)
+        if full:
             self._full.set()
 
     async def open(self, firmware: str | None) -> None:
