@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from edge_agent.clock import SystemClock
-from edge_agent.config import AgentConfig, ControllerConfig, MachineConfig, PollGroup
+from edge_agent.config import AgentConfig, MachineConfig
 from edge_agent.registers import Table, Tag, ValueType
 from edge_agent.sources.modbus import ModbusPoller
+from edge_agent.sources.modbus_config import ControllerConfig, PollGroup
 from edge_agent.sources.modbus_link import ModbusLink
 from edge_agent.sources.modbus_poll import PlannedRead
 from edge_agent.sources.poll_plan import ReadRequest

@@ -4,7 +4,10 @@ Every mistake is one `ConfigError` whose message names the file, the line (where
 be found), the key path and what is wrong, e.g.
 ``agent.toml:42: tags[3].address: must be an integer in 0..65535, got -1``.
 Unknown keys are errors: a misspelt key silently ignored is a setting that never took effect.
-Never touches the network or the machine.
+Never touches the network or the machine. Each source's sections are checked next to the
+source (`sources/modbus_config.py`, `sources/bridge_config.py`, `sources/opcua_config.py`);
+this module composes them with the sections every agent has and checks what they owe each
+other (channel names, control roles, periods).
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
 from . import limits, names
-from .registers import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Order, Table, Tag, ValueType
+from .registers import Tag
+from .sources import modbus_config
 from .sources.base import SourceChannel
-from .sources.opcua_config import OpcUaConfig, OpcUaNode, parse_opcua
+from .sources.bridge_config import BridgeConfig, parse_bridge
+from .sources.modbus_config import ControllerConfig, PollGroup
+from .sources.opcua_config import OpcUaConfig, OpcUaNode, check_writable_node, parse_opcua
 from .tomlcheck import KeyPath, Range, TomlChecker, kind_name, read_toml_text
 
 
@@ -32,43 +37,6 @@ class ConfigError(ValueError):
 class MachineConfig:
     site: str
     machine_id: str
-
-
-@dataclass(frozen=True)
-class ControllerConfig:
-    protocol: str = "tcp"
-    host: str = "127.0.0.1"
-    # 502 is the registered Modbus TCP port.
-    port: int = 502
-    unit_id: int = 1
-    serial_port: str = ""
-    baudrate: int = 19200
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-    # A controller answers in a few ms on a LAN; 1 s tolerates a busy PLC scan without
-    # letting a dead link hold a 10 Hz poll group for long.
-    timeout_s: float = 1.0
-    # Reconnect backoff doubles from min to max, with jitter so a shop's agents do not
-    # all hammer a restarted controller in the same instant.
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    # Registers (bits) of unmapped gap the planner may read to save a round trip, as
-    # Telegraf's "max_insert" optimisation does. A controller that refuses a gap with
-    # "illegal address" makes the poller split that request and remember it.
-    max_gap_registers: int = 8
-    max_gap_bits: int = 64
-    # Protocol maxima by default; some controllers accept less per request.
-    max_registers_per_read: int = MAX_REGISTERS_PER_READ
-    max_bits_per_read: int = MAX_BITS_PER_READ
-
-
-@dataclass(frozen=True)
-class PollGroup:
-    name: str
-    period_s: float
-    # A value older than this is stale; three missed polls by default.
-    stale_after_s: float
 
 
 @dataclass(frozen=True)
@@ -265,53 +233,6 @@ class ServiceConfig:
     log_repeat_window_s: float = 60.0
 
 
-#: What the board computes per block of each channel (docs/bridge-protocol.md, FEATURES).
-BRIDGE_FEATURES = ("mean", "rms", "peak")
-
-
-@dataclass(frozen=True)
-class BridgeChannel:
-    """One input of the sensor bridge (docs/bridge-host.md): board channel `index` (0 the
-    spindle power ADC, 1..3 accelerometer x, y, z), calibrated as raw * scale + offset."""
-
-    name: str
-    index: int
-    unit: str = ""
-    scale: float = 1.0
-    offset: float = 0.0
-    raw: bool = False  # every sample, as channel `name`
-    features: tuple[str, ...] = ("rms",)  # per block, as channels `<name>_<feature>`
-
-
-@dataclass(frozen=True)
-class BridgeConfig:
-    """The sensor bridge on a serial port (docs/bridge-host.md has each figure's reason)."""
-
-    port: str = ""
-    # USB CDC ignores the rate; a UART needs about 300 kbaud for 4 raw channels at 2 kHz.
-    baudrate: int = 921_600
-    sample_hz: int = 2000  # 2 kHz: spindle-current ripple and tooth-pass vibration to 1 kHz
-    block_samples: int = 32  # 16 ms blocks at 2 kHz: latency for control, few frames per s
-    # A PONG every 0.5 s gives the clock fit 16 round trips per 8 s window to pick from.
-    ping_interval_s: float = 0.5
-    # A USB CDC command is answered in about a ms; 0.5 s tolerates a busy host.
-    command_timeout_s: float = 0.5
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 10.0
-    channels: tuple[BridgeChannel, ...] = ()
-
-    def streams(self) -> list[tuple[str, BridgeChannel, str, float]]:
-        """The agent channels the bridge feeds, in order: (name, its board channel, "raw" or
-        the feature, period in s)."""
-        block_s = self.block_samples / self.sample_hz
-        out = []
-        for channel in self.channels:
-            if channel.raw:
-                out.append((channel.name, channel, "raw", 1 / self.sample_hz))
-            out += [(f"{channel.name}_{f}", channel, f, block_s) for f in channel.features]
-        return out
-
-
 @dataclass(frozen=True)
 class AgentConfig:
     machine: MachineConfig
@@ -408,12 +329,6 @@ def parse_config(text: str, source: str = "<memory>") -> AgentConfig:
 
 
 #: The raw values of the integer types a writable register may have.
-_INTEGER_RANGES = {
-    ValueType.INT16: (-(1 << 15), (1 << 15) - 1),
-    ValueType.UINT16: (0, (1 << 16) - 1),
-    ValueType.INT32: (-(1 << 31), (1 << 31) - 1),
-    ValueType.UINT32: (0, (1 << 32) - 1),
-}
 _SECTIONS = (
     "machine",
     "bridge",
@@ -429,21 +344,6 @@ _SECTIONS = (
     "service",
 )
 #: The sections of a Modbus controller: required unless [opcua] reads the controller.
-_MODBUS_SECTIONS = ("controller", "tags", "poll_groups")
-_TAG_KEYS = {
-    "name",
-    "address",
-    "table",
-    "type",
-    "byte_order",
-    "word_order",
-    "scale",
-    "offset",
-    "unit",
-    "poll_group",
-    "bit",
-    "width",
-}
 
 
 def _declared_channels(config: AgentConfig) -> dict[str, SourceChannel]:
@@ -460,13 +360,13 @@ class _Validator(TomlChecker):
         self.table(data, (), _SECTIONS)
         machine = self.machine(data)
         # Modbus is the controller unless [opcua] is (then it may still read a PLC beside it).
-        if "opcua" not in data or any(k in data for k in _MODBUS_SECTIONS):
-            controller = self.controller(data)
-            groups = self.poll_groups(data)
-            tags = self.tags(data, groups)
+        if "opcua" not in data or any(k in data for k in modbus_config.SECTIONS):
+            controller = modbus_config.parse_controller(self, data)
+            groups = modbus_config.parse_poll_groups(self, data)
+            tags = modbus_config.parse_tags(self, data, groups)
         else:
             controller, groups, tags = ControllerConfig(), {}, ()
-        bridge = self.bridge(data, {t.name for t in tags})
+        bridge = parse_bridge(self, data, {t.name for t in tags})
         taken = {t.name for t in tags} | {n for n, *_ in (bridge.streams() if bridge else ())}
         opcua = parse_opcua(self, data, taken)
         sources = _declared_channels(
@@ -528,73 +428,6 @@ class _Validator(TomlChecker):
                 f"{MAX_CHANNELS} a birth may carry; narrow [telemetry] include",
             )
 
-    def bridge(self, data: dict, tag_names: set[str]) -> BridgeConfig | None:
-        if "bridge" not in data:
-            return None
-        path: KeyPath = ("bridge",)
-        raw = self.table(data["bridge"], path, [f.name for f in dataclass_fields(BridgeConfig)])
-        entries, d = raw.get("channels"), BridgeConfig()
-        port = self.value(raw, path, "port", str)
-        if not port:
-            raise self.fail((*path, "port"), "must name the bridge's serial device")
-        # The board's limits (docs/bridge-protocol.md, Behaviour: SET_RATES) and the link's.
-        cfg = BridgeConfig(
-            port,
-            **{k: self.within(raw, path, k, r, getattr(d, k)) for k, r in limits.BRIDGE.items()},
-        )
-        self.reconnect_bounds(cfg, path)
-        if not isinstance(entries, list) or not entries:
-            raise self.fail(
-                (*path, "channels"), "needs one or more [[bridge.channels]] (name, index, ...)"
-            )
-        channels, taken, indices = [], {}, {}
-        for i, entry in enumerate(entries):
-            where: KeyPath = (*path, "channels", i)
-            entry = self.table(entry, where, [f.name for f in dataclass_fields(BridgeChannel)])
-            name = self.value(entry, where, "name", str)
-            if not names.CHANNEL.match(name):
-                raise self.fail(
-                    (*where, "name"), f"must be lower-case letters, digits and '_', got {name!r}"
-                )
-            index = self.within(entry, where, "index", limits.BRIDGE_CHANNEL["index"])
-            if index in indices:
-                raise self.fail(
-                    (*where, "index"),
-                    f"board channel {index} is already bridge.channels[{indices[index]}]",
-                )
-            indices[index] = i
-            features = self.value(entry, where, "features", list, ["rms"])
-            for k, feature in enumerate(features):
-                if feature not in BRIDGE_FEATURES or features.index(feature) != k:
-                    raise self.fail(
-                        (*where, "features", k),
-                        f"must be distinct ones of {', '.join(BRIDGE_FEATURES)}, got {feature!r}",
-                    )
-            channel = BridgeChannel(
-                name,
-                index,
-                self.value(entry, where, "unit", str, ""),
-                self.within(entry, where, "scale", limits.BRIDGE_CHANNEL["scale"], 1.0),
-                self.within(entry, where, "offset", limits.BRIDGE_CHANNEL["offset"], 0.0),
-                self.value(entry, where, "raw", bool, False),
-                tuple(features),
-            )
-            if not channel.raw and not channel.features:
-                raise self.fail((*where, "features"), "is empty and raw is false: nothing to read")
-            made = [channel.name] if channel.raw else []
-            made += [f"{channel.name}_{f}" for f in channel.features]
-            for stream in made:
-                if stream in tag_names:
-                    raise self.fail((*where, "name"), f"channel {stream!r} is also a tag name")
-                if stream in taken:
-                    raise self.fail(
-                        (*where, "name"),
-                        f"channel {stream!r} is also made by bridge.channels[{taken[stream]}]",
-                    )
-                taken[stream] = i
-            channels.append(channel)
-        return dataclass_replace(cfg, channels=tuple(channels))
-
     def spool(self, data: dict) -> SpoolConfig:
         spool = self.section(data, "spool", SpoolConfig)
         if not spool.path:
@@ -649,21 +482,6 @@ class _Validator(TomlChecker):
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise self.fail(path, f'must be "host:port" (e.g. "127.0.0.1:9846"), got {text!r}')
 
-    def ranges(self, cfg: Any, path: KeyPath, table: dict[str, Range]) -> None:
-        """Each numeric key of a section (already typed) in its range; an array's items each."""
-        for key, allowed in table.items():
-            value = getattr(cfg, key)
-            if isinstance(value, tuple):
-                for i, item in enumerate(value):
-                    self.admitted((*path, key, i), item, allowed)
-            else:
-                self.admitted((*path, key), value, allowed)
-
-    def reconnect_bounds(self, cfg: Any, path: KeyPath) -> None:
-        """A reconnect backoff's cap may not be under its start."""
-        if cfg.reconnect_max_s < cfg.reconnect_min_s:
-            raise self.fail((*path, "reconnect_max_s"), "must not be less than reconnect_min_s")
-
     def machine(self, data: dict) -> MachineConfig:
         cfg = self.section(data, "machine", MachineConfig, required=True)
         for key in ("site", "machine_id"):
@@ -672,129 +490,6 @@ class _Validator(TomlChecker):
             if not names.is_name(value):
                 raise self.fail(("machine", key), f"must be {names.RULE}, got {value!r}")
         return cfg
-
-    def controller(self, data: dict) -> ControllerConfig:
-        cfg = self.section(data, "controller", ControllerConfig, required=True)
-        raw, path = data["controller"], ("controller",)
-        self.choice(raw, path, "protocol", ("tcp", "rtu"), "tcp")
-        if cfg.protocol == "rtu" and not cfg.serial_port:
-            raise self.fail((*path, "serial_port"), 'missing (required when protocol = "rtu")')
-        self.choice(raw, path, "parity", ("N", "E", "O"), "N")
-        self.ranges(cfg, path, limits.CONTROLLER)
-        self.reconnect_bounds(cfg, path)
-        return cfg
-
-    def poll_groups(self, data: dict) -> dict[str, PollGroup]:
-        if "poll_groups" not in data:
-            raise self.fail(("poll_groups",), "missing section")
-        raw = data["poll_groups"]
-        if not isinstance(raw, dict) or not raw:
-            raise self.fail(("poll_groups",), "must be a table of at least one group")
-        groups = {}
-        for name, group in raw.items():
-            path = ("poll_groups", name)
-            if not names.CHANNEL.match(name):
-                raise self.fail(path, "group name must be lower-case letters, digits and '_'")
-            self.table(group, path, ("period_s", "stale_after_s"))
-            period = self.within(group, path, "period_s", limits.POLL_GROUP["period_s"])
-            stale = self.within(
-                group, path, "stale_after_s", limits.POLL_GROUP["stale_after_s"], 3 * period
-            )
-            if stale < period:
-                raise self.fail((*path, "stale_after_s"), f"must be at least period_s ({period})")
-            groups[name] = PollGroup(name, period, stale)
-        return groups
-
-    def tags(self, data: dict, groups: dict[str, PollGroup]) -> tuple[Tag, ...]:
-        raw = data.get("tags")
-        if raw is None:
-            raise self.fail(("tags",), "missing: at least one [[tags]] entry is needed")
-        if not isinstance(raw, list) or not raw:
-            raise self.fail(("tags",), "must be an array of tables ([[tags]]) with one or more")
-        tags, seen = [], {}
-        for i, entry in enumerate(raw):
-            tag = self.tag(entry, ("tags", i), groups)
-            if tag.name in seen:
-                raise self.fail(
-                    ("tags", i, "name"),
-                    f"duplicate tag name {tag.name!r} (first at tags[{seen[tag.name]}])",
-                )
-            seen[tag.name] = i
-            tags.append(tag)
-        self.check_overlaps(tags)
-        return tuple(tags)
-
-    def tag(self, entry: Any, path: KeyPath, groups: dict[str, PollGroup]) -> Tag:
-        entry = self.table(entry, path, _TAG_KEYS)
-        name = self.value(entry, path, "name", str)
-        if not names.CHANNEL.match(name):
-            raise self.fail(
-                (*path, "name"),
-                "must start with a lower-case letter and hold only "
-                f"lower-case letters, digits and '_' (at most 64), got {name!r}",
-            )
-        table = Table(self.choice(entry, path, "table", [t.value for t in Table]))
-        default_type = "bool" if table.is_bits else ...
-        vtype = ValueType(
-            self.choice(entry, path, "type", [t.value for t in ValueType], default_type)
-        )
-        if table.is_bits and vtype is not ValueType.BOOL:
-            raise self.fail(
-                (*path, "type"),
-                f"a {table.value} tag is one bit: type must be bool, got {vtype.value!r}",
-            )
-        address = self.within(entry, path, "address", limits.TAG["address"])
-        span = 1 if table.is_bits else vtype.words
-        if address + span - 1 > 65535:
-            raise self.fail((*path, "address"), f"{vtype.value} at {address} runs past 65535")
-        orders = [o.value for o in Order]
-        byte_order = Order(self.choice(entry, path, "byte_order", orders, "big"))
-        word_order = Order(self.choice(entry, path, "word_order", orders, "big"))
-        scale = self.within(entry, path, "scale", limits.TAG["scale"], 1.0)
-        offset = self.within(entry, path, "offset", limits.TAG["offset"], 0.0)
-        unit = self.value(entry, path, "unit", str, "")
-        group = self.value(entry, path, "poll_group", str, "default")
-        if group not in groups:
-            raise self.fail(
-                (*path, "poll_group"),
-                f"no poll group {group!r} in [poll_groups] (have: {', '.join(groups)})",
-            )
-        bit, width = 0, 1
-        if vtype is ValueType.BITFIELD:
-            bit = self.within(entry, path, "bit", limits.TAG["bit"])
-            width = self.int_in(entry, path, "width", 1, 16 - bit, 1)
-        else:
-            for key in ("bit", "width"):
-                if key in entry:
-                    raise self.fail((*path, key), "only a bitfield tag has bit and width")
-        return Tag(
-            name,
-            address,
-            table,
-            vtype,
-            byte_order,
-            word_order,
-            scale,
-            offset,
-            unit,
-            group,
-            bit,
-            width,
-        )
-
-    def check_overlaps(self, tags: list[Tag]) -> None:
-        """Bitfield tags may share a register with each other; nothing else may overlap."""
-        index = {tag.name: i for i, tag in enumerate(tags)}
-        for table in Table:
-            in_table = sorted((t for t in tags if t.table is table), key=lambda t: t.address)
-            for before, after in zip(in_table, in_table[1:], strict=False):
-                both_bitfields = before.type is after.type is ValueType.BITFIELD
-                if after.address < before.end and not both_bitfields:
-                    raise self.fail(
-                        ("tags", index[after.name], "address"),
-                        f"{table.value} register {after.address} of {after.name!r} "
-                        f"overlaps {before.name!r} ({before.address}..{before.end - 1})",
-                    )
 
     def telemetry(self, data: dict, tag_names: set[str]) -> TelemetryConfig:
         raw = self.table(
@@ -929,13 +624,17 @@ class _Validator(TomlChecker):
                 raise self.fail((*path, key), f"needs {needs} to tell which one runs")
         for i, name in enumerate(cfg.writable):
             if name in nodes:
-                self.writable_node(nodes[name], (*path, "writable", i), roles)
+                check_writable_node(self, nodes[name], (*path, "writable", i), roles)
             else:
-                self.writable_tag(tags.get(name), name, (*path, "writable", i), roles)
+                modbus_config.check_writable(
+                    self, tags.get(name), name, (*path, "writable", i), roles
+                )
         if cfg.override_tag not in cfg.writable:
             raise self.fail((*path, "override_tag"), f"{cfg.override_tag!r} is not in writable")
         if cfg.override_tag in tags:
-            self.override_range(cfg, tags[cfg.override_tag], (*path, "override_tag"))
+            modbus_config.check_override_range(
+                self, tags[cfg.override_tag], cfg.override_max_pct, (*path, "override_tag")
+            )
         for key in self._TIMELY_ROLES:
             name = getattr(cfg, key)
             if name:
@@ -943,57 +642,6 @@ class _Validator(TomlChecker):
         if cfg.frozen_s:
             self.at_least_two_periods(cfg.frozen_s, (*path, "frozen_s"), cfg.signal, periods)
         self.at_least_two_periods(cfg.verify_s, (*path, "verify_s"), cfg.override_tag, periods)
-
-    def writable_tag(self, tag: Tag | None, name: str, path: KeyPath, roles: dict) -> None:
-        """A register the actuator may write: a whole holding register (or registers) of its
-        own, holding a number. A write sends whole registers (FC 16): a bitfield's or a bool's
-        register may hold other bits the write would clear (docs/safety.md)."""
-        if tag is None:
-            raise self.fail(path, f"no tag named {name!r}")
-        if tag.table is not Table.HOLDING:
-            raise self.fail(
-                path, f"{name!r} is a {tag.table.value} tag: only holding registers are written"
-            )
-        if tag.type in (ValueType.BITFIELD, ValueType.BOOL):
-            raise self.fail(
-                path,
-                f"{name!r} is a {tag.type.value} tag: a write sends the whole register and "
-                "would clear the other bits in it; give the override a register of its own",
-            )
-        if tag.scale < 0:
-            raise self.fail(path, f"{name!r} has a negative scale: an override register counts up")
-        if name in roles and roles[name] != "override_tag":
-            raise self.fail(
-                path, f"{name!r} is read as control.{roles[name]}: it cannot also be written"
-            )
-
-    def writable_node(self, node: OpcUaNode, path: KeyPath, roles: dict) -> None:
-        """An OPC UA node the actuator may write: marked `writable` in [[opcua.nodes]] (every
-        other node the writer refuses), and not read in another role."""
-        if not node.writable:
-            raise self.fail(
-                path, f"{node.name!r} is not writable = true in [[opcua.nodes]]: refused"
-            )
-        if node.name in roles and roles[node.name] != "override_tag":
-            raise self.fail(
-                path,
-                f"{node.name!r} is read as control.{roles[node.name]}: it cannot also be written",
-            )
-
-    def override_range(self, cfg: ControlConfig, tag: Tag, path: KeyPath) -> None:
-        """The override register can hold 0 (the feed hold) and override_max_pct."""
-        if tag.type not in _INTEGER_RANGES:
-            return
-        lowest, highest = _INTEGER_RANGES[tag.type]
-        for value in (0.0, cfg.override_max_pct):
-            raw = (value - tag.offset) / tag.scale
-            if not lowest <= raw <= highest:
-                span = f"{lowest * tag.scale + tag.offset:g}..{highest * tag.scale + tag.offset:g}"
-                raise self.fail(
-                    path,
-                    f"{tag.name!r} ({tag.type.value}, scale {tag.scale:g}, offset "
-                    f"{tag.offset:g}) holds {span}: it cannot hold {value:g} %",
-                )
 
     def at_least_two_periods(
         self, value: float, path: KeyPath, name: str, periods: dict[str, tuple[float, str]]

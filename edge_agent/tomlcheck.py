@@ -165,6 +165,21 @@ class TomlChecker:
             raise self.fail((*path, key), f"must be one of {', '.join(choices)}, got {value!r}")
         return value
 
+    def ranges(self, cfg: Any, path: KeyPath, table: dict[str, Range]) -> None:
+        """Each numeric key of a section (already typed) in its range; an array's items each."""
+        for key, allowed in table.items():
+            value = getattr(cfg, key)
+            if isinstance(value, tuple):
+                for i, item in enumerate(value):
+                    self.admitted((*path, key, i), item, allowed)
+            else:
+                self.admitted((*path, key), value, allowed)
+
+    def reconnect_bounds(self, cfg: Any, path: KeyPath) -> None:
+        """A reconnect backoff's cap may not be under its start."""
+        if cfg.reconnect_max_s < cfg.reconnect_min_s:
+            raise self.fail((*path, "reconnect_max_s"), "must not be less than reconnect_min_s")
+
     def section(self, data: dict, name: str, cls: type, required: bool = False) -> Any:
         """Validate a flat section against the dataclass `cls`: its fields, their types (str,
         int, float, bool, or a tuple of int or str, written as an array) and defaults."""

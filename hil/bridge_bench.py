@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 
 from edge_agent.clock import SystemClock
-from edge_agent.config import BridgeChannel, BridgeConfig
 from edge_agent.sources.bridge import BridgeSource
+from edge_agent.sources.bridge_config import BridgeChannel, BridgeConfig
 
 from .bridge_emulator import BridgeEmulator
 from .plant import demo_plant

@@ -24,18 +24,16 @@ from edge_agent import limits
 from edge_agent.config import (
     _FILTER_PARAMS,
     _PUBLISHER_ONLY,
-    _TAG_KEYS,
-    BridgeChannel,
-    BridgeConfig,
     ChannelConfig,
     CollectorSection,
     ControlConfig,
-    ControllerConfig,
     ServiceConfig,
     SpoolConfig,
     TelemetryConfig,
     UpstreamConfig,
 )
+from edge_agent.sources.bridge_config import BridgeChannel, BridgeConfig
+from edge_agent.sources.modbus_config import TAG_KEYS, ControllerConfig
 from edge_agent.tomlcheck import KeyPath, Range
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,7 +288,7 @@ def _known_paths(doc: dict, collector: bool) -> dict[str, list[KeyPath]]:
     ]
     tags = doc.get("tags")
     paths["tags"] = [
-        ("tags", i, k) for i in range(len(tags) if isinstance(tags, list) else 1) for k in _TAG_KEYS
+        ("tags", i, k) for i in range(len(tags) if isinstance(tags, list) else 1) for k in TAG_KEYS
     ]
     names = _names(doc)[:8] or ["spindle_load"]
     paths["channels"] = [("channels", name, k) for name in names for k in _CHANNEL_KEYS]

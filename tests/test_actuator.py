@@ -13,10 +13,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from edge_agent.config import ConfigError, ControlConfig, ControllerConfig
+from edge_agent.config import ConfigError, ControlConfig
 from edge_agent.control.actuator import Actuator
 from edge_agent.registers import Table, Tag, ValueType
 from edge_agent.sources.modbus import writable_tags
+from edge_agent.sources.modbus_config import ControllerConfig
 from edge_agent.sources.modbus_link import ModbusLink
 from hil.register_map import BY_NAME
 

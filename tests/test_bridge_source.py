@@ -21,10 +21,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.config import BridgeChannel, BridgeConfig, ConfigError, parse_config
+from edge_agent.config import ConfigError, parse_config
 from edge_agent.samples import Quality
 from edge_agent.service import Agent
 from edge_agent.sources.bridge import BridgeCore, BridgeSource, ClockAlignment, TickUnwrapper
+from edge_agent.sources.bridge_config import BridgeChannel, BridgeConfig
 from edge_agent.telemetry.channels import channel_table
 from firmware_bridge import protocol
 from hil.controller import SimulatedController

@@ -16,14 +16,10 @@ import pytest
 
 from edge_agent import cli, limits
 from edge_agent.config import (
-    BridgeChannel,
-    BridgeConfig,
     ChannelConfig,
     CollectorSection,
     ConfigError,
     ControlConfig,
-    ControllerConfig,
-    PollGroup,
     ServiceConfig,
     SpoolConfig,
     TelemetryConfig,
@@ -33,6 +29,8 @@ from edge_agent.config import (
     parse_config,
 )
 from edge_agent.registers import Tag
+from edge_agent.sources.bridge_config import BridgeChannel, BridgeConfig
+from edge_agent.sources.modbus_config import ControllerConfig, PollGroup
 from edge_agent.telemetry import wire
 from edge_agent.tomlcheck import Range
 from tests.config_docs import BRIDGE, COLLECTOR, DEMO, _set, dumps

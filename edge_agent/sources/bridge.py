@@ -28,9 +28,10 @@ from collections.abc import Callable
 from firmware_bridge import protocol
 
 from ..backoff import Backoff
-from ..config import AgentConfig, BridgeChannel, BridgeConfig
+from ..config import AgentConfig
 from ..samples import Quality, Sample
 from .base import Declaration, SourceChannel, SourceStats
+from .bridge_config import BridgeChannel, BridgeConfig
 
 log = logging.getLogger(__name__)
 

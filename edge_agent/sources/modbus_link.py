@@ -29,8 +29,8 @@ from pymodbus.framer import FramerRTU, FramerSocket
 from pymodbus.pdu import ModbusPDU
 
 from ..backoff import Backoff
-from ..config import ControllerConfig
 from ..registers import Table, Tag, encode_registers
+from .modbus_config import ControllerConfig
 from .modbus_queue import Job, RequestQueue
 from .modbus_reply import READ_FUNCTION, WRITE_REGISTERS, BadReply, Sent, check_reply
 from .poll_plan import ReadRequest

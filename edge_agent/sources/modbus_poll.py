@@ -16,11 +16,12 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..config import AgentConfig, PollGroup
+from ..config import AgentConfig
 from ..registers import Tag
 from ..samples import Quality, Sample
 from ..stats import LatencyWindow
 from .decoding import make_decoder
+from .modbus_config import PollGroup
 from .poll_plan import PlanLimits, ReadRequest, plan_reads, without_gaps
 
 log = logging.getLogger(__name__)

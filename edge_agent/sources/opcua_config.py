@@ -407,3 +407,17 @@ def _node(
         checker.value(entry, at, "writable", bool, False),
         kind,
     )
+
+
+def check_writable_node(checker: TomlChecker, node: OpcUaNode, path: KeyPath, roles: dict) -> None:
+    """An OPC UA node the actuator may write: marked `writable` in [[opcua.nodes]] (every
+    other node the writer refuses), and not read in another role."""
+    if not node.writable:
+        raise checker.fail(
+            path, f"{node.name!r} is not writable = true in [[opcua.nodes]]: refused"
+        )
+    if node.name in roles and roles[node.name] != "override_tag":
+        raise checker.fail(
+            path,
+            f"{node.name!r} is read as control.{roles[node.name]}: it cannot also be written",
+        )
