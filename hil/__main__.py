@@ -49,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench.add_argument("scenarios", nargs="*", metavar="NAME|PATH", help="default: all shipped")
     bench.add_argument("--sim", action="store_true", help="simulated time, no Modbus (fast)")
     bench.add_argument(
-        "--opcua", action="store_true", help="the agent over OPC UA too (no link-loss scenarios)"
+        "--opcua",
+        action="store_true",
+        help="the agent over OPC UA too (every scenario, beside its Modbus run)",
     )
     bench.add_argument("--out", default="reports/hil", help="report folder (default reports/hil)")
     family = sub.add_parser("family", help="the randomized scenario family, judged")

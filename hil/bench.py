@@ -126,17 +126,15 @@ async def run_agent_realtime(
     plant = CuttingPlant(scenario, record=True)
     workdir.mkdir(parents=True, exist_ok=True)
     spool = str(workdir / f"{scenario.name}.db")
+    # The plant waits at time 0 until the agent is up, over either protocol alike: an OPC UA
+    # server's start (its address space) and session take a second or two that Modbus does not.
+    clock = _HeldClock()
     if opcua:
-        if scenario_has_link_loss(scenario):
-            raise ValueError(f"{scenario.name}: link-loss scenarios run over Modbus only")
-        # The plant waits at time 0 until the agent is up: the server's start (its address
-        # space) and the session take a second or two that Modbus does not.
-        clock = _HeldClock()
         controller = OpcUaController(plant, clock=clock)
         await controller.start("127.0.0.1", 0)
         config = opcua_demo_config(controller.url, spool=spool)
     else:
-        controller = SimulatedController(plant)
+        controller = SimulatedController(plant, clock=clock)
         port = await controller.start_tcp("127.0.0.1", 0)
         config = demo_config(port=port, spool=spool)
     control = dataclasses.replace(control_config(scenario), teach_file=str(workdir / "teach.json"))
@@ -150,9 +148,9 @@ async def run_agent_realtime(
         return running.done() or hold.ended(held, plant.time_s)
 
     try:
+        await asyncio.wait([asyncio.create_task(agent.up.wait()), running], timeout=30)
+        clock.release()
         if opcua:
-            await asyncio.wait([asyncio.create_task(agent.up.wait()), running], timeout=30)
-            clock.release()
             await _serve_opcua(plant, controller, time_limit_s(ideal), tick_s, over)
         else:
             await _serve(plant, controller, time_limit_s(ideal), tick_s, over)
@@ -178,13 +176,10 @@ class _HeldClock:
         return 0.0 if self._t0 is None else time.monotonic() - self._t0
 
 
-def scenario_has_link_loss(scenario: Scenario) -> bool:
-    return any(event.kind == "link_loss" for event in scenario.events)
-
-
 async def _serve_opcua(plant, controller, limit_s: float, tick_s: float, over) -> None:
     """`_serve` for the OPC UA server (its advance is a coroutine: subscriptions are told)."""
     while plant.running and await controller.advance() < limit_s and not over():
+        controller.faults.silent = plant.link_down()
         await asyncio.sleep(tick_s)
 
 
@@ -196,10 +191,10 @@ async def run_all_realtime(
 ) -> list[Run]:
     """The baseline of every scenario at once, each on its own controller; then the agent on
     each in turn (one agent at a time, so that they do not share the CPU and the GIL), over
-    Modbus and, with `opcua`, over OPC UA too (scenarios without a link loss);
+    Modbus and, with `opcua`, over OPC UA too;
     `progress(done, total, elapsed)`."""
     started = time.monotonic()
-    both = [s for s in scenarios if not scenario_has_link_loss(s)] if opcua else []
+    both = scenarios if opcua else []
     total = 2 * len(scenarios) + len(both)
     tasks = [asyncio.create_task(run_realtime(s)) for s in scenarios]
     while not all(t.done() for t in tasks):

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hil.opcua_space import (
+    BY_TAG,
     MACHINE,
     NAMESPACE_URI,
     UNECE_URI,
@@ -48,6 +49,8 @@ from hil.opcua_space import (
 from hil.plant import Plant, demo_plant
 
 APPLICATION_URI = "urn:edge-agent:hil:opcua-server"
+#: The folder below the machine that the `auxiliary` values are served in.
+AUXILIARY = "Auxiliary"
 #: The bench's refresh period without a test driving it: the demo plant's step, 10 ms; a
 #: shorter period would publish nothing new.
 REFRESH_PERIOD_S = 0.01
@@ -60,6 +63,9 @@ class Faults:
     write and `advance()` makes one). Tests change it at any time."""
 
     status: dict[str, int] = field(default_factory=dict)  # plant tag -> Bad StatusCode shown
+    # A link down (the scenarios' `link_loss`): nothing is read from or sent to any client,
+    # new connections included, until it clears; then what was held flows on, as TCP would.
+    silent: bool = False
 
     def fail(self, tag: str, code: int = ua.StatusCodes.BadSensorFailure) -> None:
         self.status[tag] = code
@@ -80,6 +86,11 @@ class OpcUaController:
     anonymous access off. `trusted_clients`, a folder of client certificates, refuses every
     other client certificate (without it any is accepted). `subscriptions=False` refuses every
     CreateSubscription (BadTooManySubscriptions), so a client must poll.
+
+    `auxiliary` names further values of the plant's `values()`, beyond the register
+    map's tags, to serve as read-only Doubles without a unit in a folder `Auxiliary`
+    below the machine (node id `<machine>/Auxiliary/<name>`): the synthetic values of
+    the standard load (`benchmarks/service_load.py`).
     """
 
     def __init__(
@@ -94,9 +105,12 @@ class OpcUaController:
         trusted_clients: Path | None = None,
         subscriptions: bool = True,
         refresh_period_s: float | None = REFRESH_PERIOD_S,
+        auxiliary: Iterable[str] = (),
     ) -> None:
         if (certificate is None) != (private_key is None):
             raise ValueError("certificate and private_key go together")
+        self._auxiliary = _auxiliary_variables(plant, auxiliary)
+        self._variables = VARIABLES + self._auxiliary
         self.plant = plant
         self.machine = machine
         self.faults = Faults()
@@ -116,6 +130,7 @@ class OpcUaController:
         self._node_ids: dict[str, ua.NodeId] = {}  # plant tag -> its variable
         self._nodes: dict[ua.NodeId, Variable | None] = {}  # every node of ours; objects: None
         self._shown: dict[str, tuple[object, int]] = {}  # plant tag -> (value, status) served
+        self._held: dict[asyncio.Transport, list[bytes]] = {}  # silenced: what it would send
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -138,6 +153,7 @@ class OpcUaController:
         # replaced whole, and passes every node not of ours on to asyncua's own.
         server.iserver.attribute_service = _ControllerWrites(server.iserver.aspace, self)
         server.iserver.subscribe_server_callback(CallbackType.PreRead, self._before_read)
+        server.iserver.asyncio_transports = _Transports(self._hold)
         self._server = server
         try:
             await self._build(server)
@@ -173,6 +189,7 @@ class OpcUaController:
                     await clock
             await server.stop()
         self._shown.clear()
+        self._held.clear()
 
     async def restart(self) -> None:
         """Stop, then serve again where it served before (the same port), as a controller
@@ -210,12 +227,35 @@ class OpcUaController:
             client.transport.close()
         return len(clients)
 
+    def _hold_link(self) -> None:
+        """Apply `faults.silent` to every client connection (see `_hold`)."""
+        for transport in [t for t in self._held if t.is_closing()]:
+            del self._held[transport]
+        if self._server is not None:
+            for transport in list(self._server.iserver.asyncio_transports):
+                self._hold(transport)
+
+    def _hold(self, transport: asyncio.Transport) -> None:
+        """A silenced connection reads nothing and keeps what the server sends; unsilenced, it
+        reads again and sends what it kept."""
+        held = self._held.get(transport)
+        if self.faults.silent and held is None:
+            transport.pause_reading()
+            held = self._held[transport] = []
+            transport.write = held.append  # shadows the method until the link is back
+        elif not self.faults.silent and held is not None:
+            del transport.write, self._held[transport]
+            transport.resume_reading()
+            for data in held:
+                transport.write(data)
+
     def _clients(self) -> list:
         return list(self._server.bserver.clients) if self._server and self._server.bserver else []
 
     # -- serving ----------------------------------------------------------------------------
 
     async def _advance(self) -> float:
+        self._hold_link()
         t_s = self._clock() - self._t0
         self.plant.advance_to(t_s)
         await self._refresh()
@@ -227,7 +267,7 @@ class OpcUaController:
             return
         values = self.plant.values()
         stamp = datetime.now(UTC)
-        for var in VARIABLES:
+        for var in self._variables:
             status = self.faults.status.get(var.tag, _GOOD)
             shown = (var.value(values[var.tag]), status)
             if self._shown.get(var.tag) == shown:
@@ -307,14 +347,14 @@ class OpcUaController:
         parents = {"": await machines.add_object(self._id(""), ua.QualifiedName(self.machine, ns))}
         self._nodes[machines.nodeid] = None
         self._nodes[parents[""].nodeid] = None
-        for path in objects():
+        for path in objects() + ((AUXILIARY,) if self._auxiliary else ()):
             parent, _, name = path.rpartition("/")
             parents[path] = await parents[parent].add_object(
                 self._id(path), ua.QualifiedName(name, ns)
             )
             self._nodes[parents[path].nodeid] = None
         values = self.plant.values()
-        for var in VARIABLES:
+        for var in self._variables:
             parent, _, name = var.path.rpartition("/")
             node_id = await self._add_variable(server, parents[parent].nodeid, var, name, values)
             self._node_ids[var.tag] = node_id
@@ -384,6 +424,49 @@ class OpcUaController:
         for endpoint in server.iserver.endpoints:
             endpoint.EndpointUrl = url
             endpoint.Server.DiscoveryUrls = [url]
+
+
+@dataclass(frozen=True)
+class _Auxiliary(Variable):
+    """A plant value beyond the register map's: read-only, no unit (so no EURange)."""
+
+    @property
+    def unit(self) -> str:
+        return ""
+
+    @property
+    def writable(self) -> bool:
+        return False
+
+
+def _auxiliary_variables(plant: Plant, names: Iterable[str]) -> tuple[Variable, ...]:
+    """The `auxiliary` values as Doubles in the Auxiliary folder; a ValueError for a name
+    the plant has no value of, one served already, or one no browse name can be."""
+    names = tuple(names)
+    if not names:
+        return ()
+    values = plant.values()
+    for i, name in enumerate(names):
+        if name in BY_TAG or name in names[:i]:
+            raise ValueError(f"auxiliary {name!r} is served already")
+        if name not in values:
+            raise ValueError(f"auxiliary {name!r}: the plant has no such value")
+        if not name or "/" in name:
+            raise ValueError(f"auxiliary {name!r}: a browse name is not empty and holds no '/'")
+    return tuple(_Auxiliary(name, f"{AUXILIARY}/{name}", ua.VariantType.Double) for name in names)
+
+
+class _Transports(list):
+    """asyncua's list of client connections, which each new one joins as it is made (before
+    it reads a byte): a connection made while the link is silent is silenced at once."""
+
+    def __init__(self, hold: Callable[[asyncio.Transport], None]) -> None:
+        super().__init__()
+        self._hold = hold
+
+    def append(self, transport: asyncio.Transport) -> None:
+        super().append(transport)
+        self._hold(transport)
 
 
 class _ControllerWrites(AttributeService):

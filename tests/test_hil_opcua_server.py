@@ -296,6 +296,31 @@ def test_dropped_connections_fail_the_clients_next_request():
     run(scenario)
 
 
+def test_a_silent_link_answers_nothing_until_it_is_back_then_delivers_what_it_held():
+    async def scenario():
+        async with serving() as (controller, clock):
+            client = Client(controller.url, timeout=WAIT_S)
+            await client.connect()
+            node = await node_of(client, "spindle_load")
+            controller.faults.silent = True
+            await controller.advance()
+            pending = asyncio.create_task(node.read_value())
+            newcomer = asyncio.create_task(connected(controller.url).__aenter__())
+            await asyncio.sleep(1.0)
+            assert not pending.done() and not newcomer.done()  # nothing comes back
+            clock.t_s = 8.0
+            controller.faults.silent = False
+            await controller.advance()
+            assert (
+                await asyncio.wait_for(pending, WAIT_S) == controller.plant.values()["spindle_load"]
+            )
+            await asyncio.wait_for(newcomer, WAIT_S)  # its handshake went on
+            newcomer.cancel()
+            await client.disconnect()
+
+    run(scenario)
+
+
 def test_restart_serves_again_at_the_same_address_with_the_plant_going_on():
     async def scenario():
         async with serving() as (controller, clock):
