@@ -61,6 +61,10 @@ class BridgeConfig:
         return out
 
 
+#: A channel of every default, for the keys a [[bridge.channels]] entry leaves out.
+_CHANNEL = BridgeChannel("", 0)
+
+
 def parse_bridge(checker: TomlChecker, data: dict, tag_names: set[str]) -> BridgeConfig | None:
     if "bridge" not in data:
         return None
@@ -96,7 +100,7 @@ def parse_bridge(checker: TomlChecker, data: dict, tag_names: set[str]) -> Bridg
                 f"board channel {index} is already bridge.channels[{indices[index]}]",
             )
         indices[index] = i
-        features = checker.value(entry, where, "features", list, ["rms"])
+        features = checker.value(entry, where, "features", list, list(_CHANNEL.features))
         for k, feature in enumerate(features):
             if feature not in BRIDGE_FEATURES or features.index(feature) != k:
                 raise checker.fail(
@@ -106,10 +110,12 @@ def parse_bridge(checker: TomlChecker, data: dict, tag_names: set[str]) -> Bridg
         channel = BridgeChannel(
             name,
             index,
-            checker.value(entry, where, "unit", str, ""),
-            checker.within(entry, where, "scale", limits.BRIDGE_CHANNEL["scale"], 1.0),
-            checker.within(entry, where, "offset", limits.BRIDGE_CHANNEL["offset"], 0.0),
-            checker.value(entry, where, "raw", bool, False),
+            checker.value(entry, where, "unit", str, _CHANNEL.unit),
+            checker.within(entry, where, "scale", limits.BRIDGE_CHANNEL["scale"], _CHANNEL.scale),
+            checker.within(
+                entry, where, "offset", limits.BRIDGE_CHANNEL["offset"], _CHANNEL.offset
+            ),
+            checker.value(entry, where, "raw", bool, _CHANNEL.raw),
             tuple(features),
         )
         if not channel.raw and not channel.features:

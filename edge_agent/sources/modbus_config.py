@@ -72,6 +72,8 @@ TAG_KEYS = {
 }
 
 
+#: A tag of every default, for the keys a [[tags]] entry leaves out.
+_TAG = Tag("", 0, Table.HOLDING, ValueType.UINT16)
 #: The raw values of the integer types a writable register may have.
 INTEGER_RANGES = {
     ValueType.INT16: (-(1 << 15), (1 << 15) - 1),
@@ -159,12 +161,12 @@ def _tag(checker: TomlChecker, entry: Any, path: KeyPath, groups: dict[str, Poll
     if address + span - 1 > 65535:
         raise checker.fail((*path, "address"), f"{vtype.value} at {address} runs past 65535")
     orders = [o.value for o in Order]
-    byte_order = Order(checker.choice(entry, path, "byte_order", orders, "big"))
-    word_order = Order(checker.choice(entry, path, "word_order", orders, "big"))
-    scale = checker.within(entry, path, "scale", limits.TAG["scale"], 1.0)
-    offset = checker.within(entry, path, "offset", limits.TAG["offset"], 0.0)
-    unit = checker.value(entry, path, "unit", str, "")
-    group = checker.value(entry, path, "poll_group", str, "default")
+    byte_order = Order(checker.choice(entry, path, "byte_order", orders, _TAG.byte_order))
+    word_order = Order(checker.choice(entry, path, "word_order", orders, _TAG.word_order))
+    scale = checker.within(entry, path, "scale", limits.TAG["scale"], _TAG.scale)
+    offset = checker.within(entry, path, "offset", limits.TAG["offset"], _TAG.offset)
+    unit = checker.value(entry, path, "unit", str, _TAG.unit)
+    group = checker.value(entry, path, "poll_group", str, _TAG.poll_group)
     if group not in groups:
         raise checker.fail(
             (*path, "poll_group"),
