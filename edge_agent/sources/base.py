@@ -20,6 +20,18 @@ from ..samples import Sample
 #: A float value's default quantum, whatever its source: a thousandth of its unit (1 W of a
 #: kW, 1 um of a mm).
 FLOAT_QUANTUM = 0.001
+#: The values of the integer types a written value must fit, by the type's lower-case name
+#: (a Modbus tag's `type`, an OPC UA node's built-in type).
+INTEGER_RANGES = {
+    "sbyte": (-(1 << 7), (1 << 7) - 1),
+    "byte": (0, (1 << 8) - 1),
+    "int16": (-(1 << 15), (1 << 15) - 1),
+    "uint16": (0, (1 << 16) - 1),
+    "int32": (-(1 << 31), (1 << 31) - 1),
+    "uint32": (0, (1 << 32) - 1),
+    "int64": (-(1 << 63), (1 << 63) - 1),
+    "uint64": (0, (1 << 64) - 1),
+}
 #: How a source hands its samples on: a list at a time, never waiting.
 Emit = Callable[[list[Sample]], None]
 

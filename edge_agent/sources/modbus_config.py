@@ -14,6 +14,7 @@ from typing import Any
 from .. import limits, names
 from ..registers import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Order, Table, Tag, ValueType
 from ..tomlcheck import KeyPath, TomlChecker
+from .base import INTEGER_RANGES
 
 #: The sections of a Modbus controller: required unless another source reads the controller.
 SECTIONS = ("controller", "tags", "poll_groups")
@@ -74,13 +75,6 @@ TAG_KEYS = {
 
 #: A tag of every default, for the keys a [[tags]] entry leaves out.
 _TAG = Tag("", 0, Table.HOLDING, ValueType.UINT16)
-#: The raw values of the integer types a writable register may have.
-INTEGER_RANGES = {
-    ValueType.INT16: (-(1 << 15), (1 << 15) - 1),
-    ValueType.UINT16: (0, (1 << 16) - 1),
-    ValueType.INT32: (-(1 << 31), (1 << 31) - 1),
-    ValueType.UINT32: (0, (1 << 32) - 1),
-}
 
 
 def parse_controller(checker: TomlChecker, data: dict) -> ControllerConfig:

@@ -37,7 +37,15 @@ from ..config import ConfigError
 from ..samples import Quality, Sample
 from ..stats import LatencyWindow
 from ..tasks import run_together
-from .base import Deadlines, Declaration, Emit, GroupFigures, SourceChannel, SourceStats
+from .base import (
+    INTEGER_RANGES,
+    Deadlines,
+    Declaration,
+    Emit,
+    GroupFigures,
+    SourceChannel,
+    SourceStats,
+)
 from .modbus_queue import Job, RequestQueue
 from .opcua_config import (
     OpcUaConfig,
@@ -111,16 +119,6 @@ SCALARS = (
     "Double",
     "String",
 )
-_INTEGER_RANGES = {
-    "SByte": (-(1 << 7), (1 << 7) - 1),
-    "Byte": (0, (1 << 8) - 1),
-    "Int16": (-(1 << 15), (1 << 15) - 1),
-    "UInt16": (0, (1 << 16) - 1),
-    "Int32": (-(1 << 31), (1 << 31) - 1),
-    "UInt32": (0, (1 << 32) - 1),
-    "Int64": (-(1 << 63), (1 << 63) - 1),
-    "UInt64": (0, (1 << 64) - 1),
-}
 _FLOAT32_MAX = 3.4028234663852886e38
 #: A String node's value as a number: a plain decimal ("1001", "-2.5"), nothing else.
 _DECIMAL = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*")
@@ -177,7 +175,7 @@ def write_value(value: float, variant: str) -> bool | int | float | str:
         return value != 0
     if variant == "String":
         return str(int(value)) if value.is_integer() else repr(value)
-    lo, hi = _INTEGER_RANGES[variant]
+    lo, hi = INTEGER_RANGES[variant.lower()]
     number = math.floor(value + 1e-9)  # 88.0 computed as 87.9999999 is 88
     if not lo <= number <= hi:
         raise WriteRefused("BadOutOfRange")
