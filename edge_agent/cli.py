@@ -1,4 +1,4 @@
-"""The `edge-agent` command: run | check-config | status | decode | teach | collect.
+"""The `edge-agent` command: run | check-config | probe | status | decode | teach | collect.
 
 Errors a person can fix (a bad config, a missing file) end as one line on stderr and
 exit status 2; nothing here prints a traceback for them.
@@ -9,14 +9,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import math
 import signal
 import sys
+import tomllib
 
 from . import __version__, logs
 from .collector.store import StoreError
-from .config import ConfigError, load_config
+from .config import (
+    AgentConfig,
+    ConfigError,
+    load_config,
+    parse_collector_config,
+    parse_config,
+)
 from .control.teach import TeachError, TeachStore, to_json
 from .telemetry.spool import SpoolError
+from .tomlcheck import read_toml_text
 from .upstream import UpstreamError
 
 #: Where the systemd services and the README install the configurations.
@@ -31,8 +41,16 @@ def main(argv: list[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="run the agent with a configuration file")
     run.add_argument("config")
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    check = commands.add_parser(
+        "check-config",
+        help="validate an agent's or a collector's configuration file",
+        description="Validates a configuration without touching the machine or the network. "
+        "A file whose top level has [collector] and no [machine] is a collector's (checked "
+        "as `collect run` reads it); one with [machine] or another of the agent's sections "
+        "is an agent's; any other is refused.",
+    )
     check.add_argument("config")
+    _add_probe(commands)
     decode = commands.add_parser(
         "decode", help="print telemetry payloads as JSON lines or CSV (names and units restored)"
     )
@@ -54,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "run": _run,
             "check-config": _check,
+            "probe": _probe,
             "decode": _decode,
             "status": _status,
             "teach": _teach,
@@ -70,10 +89,103 @@ def _check(args) -> int:
     from .sources.registry import describe
     from .telemetry.channels import channel_table
 
-    config = load_config(args.config)
+    text = read_toml_text(args.config, ConfigError)
+    kind = _config_kind(text)
+    if kind == "collector":
+        return _check_collector(args.config, text)
+    if kind == "neither":
+        raise ConfigError(
+            f"{args.config}: neither an agent's configuration nor a collector's: "
+            "no [machine] (an agent's) and no [collector] (a collector's) at its top level"
+        )
+    config = parse_config(text, args.config)
     print(f"{args.config}: ok: {len(channel_table(config))} channels published")
     print("\n".join(describe(config)))
     return 0
+
+
+def _config_kind(text: str) -> str:
+    """Whose configuration the text is: "collector" when its top level has [collector] and
+    no [machine], "agent" when it has any of the agent's sections (its parser then says what
+    is missing), else "neither". Text that is not TOML is the agent's parser's to report."""
+    try:
+        top = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return "agent"
+    if "collector" in top and "machine" not in top:
+        return "collector"
+    agent_sections = {f.name for f in dataclasses.fields(AgentConfig)} - {"source"}
+    return "agent" if agent_sections & set(top) else "neither"
+
+
+def _check_collector(path: str, text: str) -> int:
+    from .collector.service import subscriptions
+
+    config = parse_collector_config(text, path)
+    collector, broker = config.collector, config.broker
+    # The broker's port as the MQTT link resolves it (upstream/mqtt_link.settings_from).
+    port = broker.port or (8883 if broker.tls else 1883)
+    scheme = "mqtts" if broker.tls else "mqtt"
+    keeps = (
+        f"keeps {collector.retention_days:g} days"
+        if collector.retention_days
+        else "keeps everything"
+    )
+    print(
+        f"{path}: ok: a collector: stores what it takes from {scheme}://{broker.host}:{port} "
+        f"(MQTT {broker.protocol}) into {collector.db}, {keeps}"
+    )
+    print(f"  subscribes to {', '.join(subscriptions(config))}")
+    return 0
+
+
+def _add_probe(commands) -> None:
+    probe = commands.add_parser(
+        "probe",
+        usage="edge-agent probe CONFIG [--watch [SECONDS]]",
+        help="read every tag and node once from the machine and print it (never writes)",
+        description="Commissioning: reads every configured source once from the real machine "
+        "and prints each value with its unit; Modbus: the raw registers and the value under "
+        "the other byte and word orders; OPC UA: the node's type, status and source time; "
+        "the bridge: its identity and a value per channel. The control roles are marked. "
+        "Never writes. Exit status 0 when everything read, 1 when something did not, 2 for "
+        "a bad configuration.",
+    )
+    # Optional only so that `probe --watch CONFIG` works too: _probe requires it.
+    probe.add_argument("config", nargs="?", help="the agent's configuration")
+    probe.add_argument(
+        "--watch",
+        nargs="?",
+        const="1",
+        metavar="SECONDS",
+        help="read again every SECONDS (default 1, at least 0.1) until Ctrl-C",
+    )
+
+
+def _probe(args) -> int:
+    from .probe import MIN_WATCH_S, probe
+
+    path, watch = args.config, args.watch
+    if path is None and watch is not None:  # `probe --watch CONFIG`: the file, not seconds
+        path, watch = watch, "1"
+    if path is None:
+        print("edge-agent probe: a configuration file is needed (CONFIG)", file=sys.stderr)
+        return 2
+    seconds = None
+    if watch is not None:
+        try:
+            seconds = float(watch)
+        except ValueError:
+            seconds = math.nan
+        if not seconds >= MIN_WATCH_S:
+            print(
+                f"edge-agent probe: --watch: seconds must be a number, at least "
+                f"{MIN_WATCH_S:g}, got {watch!r}",
+                file=sys.stderr,
+            )
+            return 2
+    config = load_config(path)
+    return asyncio.run(probe(config, sys.stdout, seconds))
 
 
 def _decode(args) -> int:

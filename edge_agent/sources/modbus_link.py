@@ -377,6 +377,7 @@ class ModbusLink:
             _settle(request.outcome, LinkError("down"))
             return
         exchange = asyncio.ensure_future(self._exchange(request))
+        preempt = None
         try:
             while not exchange.done() and not self.queue.preempts():
                 self._preempt.clear()
@@ -390,7 +391,9 @@ class ModbusLink:
                 await asyncio.wait({exchange})
                 _settle(request.outcome, LinkError("preempted"))
         finally:
-            exchange.cancel()  # the link stopping cancels this task
+            exchange.cancel()  # the link stopping cancels this task (mid-wait, too:
+            if preempt is not None:  # its waiter must not outlive it, pending)
+                preempt.cancel()
             if exchange.done() and not exchange.cancelled() and exchange.exception():
                 log.error(
                     "controller %s: %s failed: %r", self.where, request.what, exchange.exception()

@@ -93,7 +93,7 @@ class PollCore:
             self.counters[f"exception_{reply:02d}"] += 1
             if reply == ILLEGAL_DATA_ADDRESS and request.has_gaps:
                 return [], self._split(group, planned)
-            self._note(planned, f"exception {reply:02d}", _EXCEPTION_NAMES.get(reply, ""))
+            self._note(planned, f"exception {reply:02d}", EXCEPTION_NAMES.get(reply, ""))
             return [Sample(t.name, stamp, math.nan, Quality.BAD) for t in request.tags], []
         self._note(planned, "ok", "")
         planned.decoder.decode(array.array("H", reply), planned.values)
@@ -168,7 +168,7 @@ def group_requests(config: AgentConfig) -> dict[str, list[ReadRequest]]:
     return {name: plan_reads(_in_group(config.tags, name), limits) for name in config.poll_groups}
 
 
-_EXCEPTION_NAMES = {
+EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",
     3: "illegal data value",

@@ -559,7 +559,7 @@ class OpcUaSource:
         except Exception as exc:  # the session's faults, counted, never raised
             core.lapse()
             if client is self._client:  # not a read the session's close cut short
-                kind, detail = _classify(exc)
+                kind, detail = classify(exc)
                 if kind in ("session_lost", "unreachable"):
                     self._lose(detail)  # counted as the session's loss
                 else:
@@ -595,7 +595,7 @@ class OpcUaSource:
             await client.connect()
             self._opened = True
             self.connects += 1
-            await self._prepare(client)
+            await self.prepare(client)
             await self._start_reading(client)
             # A subscription's first values come with its first publish, a period later (a
             # second for a slow group): one Read now, so the first cycles carry every value
@@ -624,7 +624,7 @@ class OpcUaSource:
         log.warning("opcua %s: session lost (%s); reconnecting", self.cfg.url, reason)
 
     def _failed(self, exc: Exception) -> None:
-        kind, detail = _classify(exc)
+        kind, detail = classify(exc)
         self.counters[kind] += 1
         if kind == self._failing:
             return
@@ -643,7 +643,7 @@ class OpcUaSource:
     async def _connection_lost(self, client, exc: Exception) -> None:
         """asyncua's watchdog: the keep-alive failed or the connection closed."""
         if client is self._client:  # not an earlier session's, late
-            self._lose(_classify(exc)[1])
+            self._lose(classify(exc)[1])
 
     def _subscription_lost(self, reason: str) -> None:
         """A subscription ended or fell silent: a new session makes them all again (unless
@@ -677,9 +677,13 @@ class OpcUaSource:
             async with asyncio.timeout(self.cfg.timeout_s):
                 await client.disconnect()
 
-    async def _prepare(self, client) -> None:
+    def node_ids(self) -> dict[str, object]:
+        """Each node found this session: its name -> its NodeId (`edge-agent probe` reads them)."""
+        return {name: resolved.node_id for name, resolved in self._resolved.items()}
+
+    async def prepare(self, client) -> None:
         """The server's namespaces and identity, the nodes' ids and types: one Read, one
-        TranslateBrowsePathsToNodeIds, one Read."""
+        TranslateBrowsePathsToNodeIds, one Read (`edge-agent probe` resolves by it too)."""
         from asyncua import ua
 
         ids, value = ua.ObjectIds, ua.AttributeIds.Value
@@ -933,7 +937,7 @@ class OpcUaSource:
         try:
             (status,) = await client.uaclient.write(params)
         except Exception as exc:  # the session's faults, counted, never raised
-            kind, detail = _classify(exc)
+            kind, detail = classify(exc)
             if kind in ("session_lost", "unreachable"):
                 self._lose(detail)
                 return "down"
@@ -1032,7 +1036,7 @@ def _variant_of(data_type, value) -> str | None:
     return variant.VariantType.name
 
 
-def _classify(exc: BaseException) -> tuple[str, str]:
+def classify(exc: BaseException) -> tuple[str, str]:
     """(fault kind, one-line detail) of a failed request or connection."""
     from asyncua import ua
 
