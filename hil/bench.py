@@ -72,7 +72,7 @@ def run_simulated(scenario: Scenario) -> Run:
     plant = CuttingPlant(scenario, record=True)
     plant.write(AGENT_OVERRIDE, BASELINE_OVERRIDE_PCT)
     limit = time_limit_s(ideal)
-    while plant.running and plant.time_s < limit:
+    while not plant.done and plant.time_s < limit:
         plant.advance_to(plant.time_s + 1.0)
     return Run(scenario, BASELINE, plant.result, ideal, plant.trace, plant.time_s)
 
@@ -178,7 +178,7 @@ class _HeldClock:
 
 async def _serve_opcua(plant, controller, limit_s: float, tick_s: float, over) -> None:
     """`_serve` for the OPC UA server (its advance is a coroutine: subscriptions are told)."""
-    while plant.running and await controller.advance() < limit_s and not over():
+    while not plant.done and await controller.advance() < limit_s and not over():
         controller.faults.silent = plant.link_down()
         await asyncio.sleep(tick_s)
 
@@ -302,7 +302,7 @@ def run_adaptive_simulated(
     limit_ns = round(time_limit_s(ideal) * 1e9)
     next_poll_ns = 0
     hold = HoldWatch()
-    while plant.running and now_ns < limit_ns:
+    while not plant.done and now_ns < limit_ns:
         now_ns += period_ns
         plant.advance_to(now_ns / 1e9)
         if now_ns >= next_poll_ns:
@@ -343,6 +343,6 @@ class HoldWatch:
 async def _serve(plant, controller, limit_s: float, tick_s: float, over=lambda: False) -> None:
     """Keep the plant on the controller's clock until it is done, the time limit passes or
     `over()` says so; the scenario's link-loss events silence the controller meanwhile."""
-    while plant.running and controller.advance() < limit_s and not over():
+    while not plant.done and controller.advance() < limit_s and not over():
         controller.faults.silent = plant.link_down()
         await asyncio.sleep(tick_s)

@@ -48,8 +48,10 @@ def ideal_feed(scenario: Scenario, kc: float, area_mm2: float, programmed: float
     return min(programmed * override / 100, m.max_feed_mm_min)
 
 
-def _part_time(scenario: Scenario, part: int, stock_step_mm: float) -> float:
-    wear = 1.0 + scenario.tool.wear_kc_per_part * (part - 1)
+def _part_time(series: Scenario, part: int, stock_step_mm: float) -> float:
+    """Part `part` of the series: its own program and stock (`Scenario.variant`), its wear."""
+    wear = 1.0 + series.tool.wear_kc_per_part * (part - 1)
+    scenario = series.variant(part)
     stock = new_stock(scenario)
     total = 0.0
     for piece in program_of(scenario):

@@ -170,7 +170,6 @@ class CuttingPlant:
         self.scenario = scenario
         self.machine = scenario.machine
         self.loop = loop
-        self.program = program_of(scenario)
         self.feed_knob_pct = 100.0  # the operator's knob; the agent only reads it
         self._override_pct = 100.0
         self._written_s = 0.0  # the agent's last write, for the override watchdog
@@ -252,7 +251,13 @@ class CuttingPlant:
     @property
     def running(self) -> bool:
         external = self._driven_to is None or self._driven_running
-        return external and not self.result.finished and not self._alarm
+        changing = self._changing_steps > 0
+        return external and not changing and not self.result.finished and not self._alarm
+
+    @property
+    def done(self) -> bool:
+        """The run is over: every part made, or stopped by an alarm (a part change is not)."""
+        return self.result.finished or self._alarm
 
     def drive(
         self, x: float, y: float, z: float, *, running: bool, programmed_feed_mm_min: float = 0.0
@@ -331,8 +336,12 @@ class CuttingPlant:
         self._start_part()
 
     def _start_part(self) -> None:
-        """A fresh blank on the table and the program from its first piece."""
-        self.stock = new_stock(self.scenario)
+        """A fresh blank on the table and the program from its first piece: the part's own
+        (`Scenario.variant`)."""
+        made = self.scenario.variant(self._part)
+        self.program = program_of(made)
+        self.stock = new_stock(made)
+        self._changing_steps = 0
         self._index = 0
         self._piece_mm = 0.0
         self._piece_steps = 0
@@ -351,7 +360,12 @@ class CuttingPlant:
             self._override_pct = min(self._override_pct, 100.0)
         motion, area, cutting_kw = "idle", 0.0, 0.0
         self._engaged_kc = 0.0
-        if self.running:
+        if self._changing_steps:
+            self._changing_steps -= 1
+            if not self._changing_steps:
+                self._part += 1
+                self._start_part()
+        elif self.running:
             self._part_steps += 1
             if self._driven_to is None:
                 motion, area, cutting_kw = self._move(dt)
@@ -490,7 +504,11 @@ class CuttingPlant:
     def _end_part(self) -> None:
         """Count the part's time; then the next part, the next loop, or the end."""
         self.result.part_times_s.append(self._part_steps * self.machine.step_s)
-        if self._part < self.scenario.parts:
+        change = round(self.machine.part_change_s / self.machine.step_s)
+        if self._part < self.scenario.parts and change and self._driven_to is None:
+            self._changing_steps = change  # program ended, spindle off; the next part after
+            self._speed = 0.0
+        elif self._part < self.scenario.parts:
             self._part += 1
             self._start_part()
         elif self.loop:

@@ -45,6 +45,10 @@ class Machine:
     # override falls to min(current, 100 %) (docs/safety.md). 0, the default: none, the
     # last override stays, as on a controller without one.
     override_watchdog_s: float = 0.0
+    # Between the parts of a series the program ends and the spindle stops for this long (a
+    # part or pallet change), as the agent sees a series on a real machine. 0, the default:
+    # the next part starts at once, in the same program run.
+    part_change_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,22 @@ class Event:
         return self.at_mm is not None
 
 
+#: The keys of a segment that a part's `edits` may change: its path and its engagement.
+EDITABLE = ("length_mm", "depth_mm", "width_mm", "feed_mm_min", "material")
+
+
+@dataclass(frozen=True)
+class PartVariant:
+    """How one part of a series differs from the scenario: more (or less) stock, hard
+    material in it alone, or its program edited (`[[vary]]`, docs/hil-scenarios.md)."""
+
+    part: int
+    allowance_mm: float = 0.0  # added to every cut's depth (a [stock]'s top, its regions')
+    hard_zones: tuple[tuple[int, HardZone], ...] = ()  # (segment index, zone)
+    hard_spots: tuple[HardSpot, ...] = ()  # [stock] scenarios
+    edits: tuple[tuple[int, tuple[tuple[str, object], ...]], ...] = ()  # (segment, changes)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -163,10 +183,43 @@ class Scenario:
     start: tuple[float, float, float] = (0.0, 0.0, 50.0)
     moves: tuple[Move, ...] = ()
     events: tuple[Event, ...] = ()
+    variants: tuple[PartVariant, ...] = ()
     source: str = "<memory>"
 
     def kc(self, material: str) -> float:
         return self.materials[material]
+
+    def variant(self, part: int) -> Scenario:
+        """The scenario as part `part` of the series is made: its `[[vary]]` entry applied
+        (the scenario itself where there is none)."""
+        v = next((v for v in self.variants if v.part == part), None)
+        if v is None:
+            return self
+        if self.stock is not None:
+            lift = v.allowance_mm
+            regions = tuple(replace(r, top_z=r.top_z + lift) for r in self.stock.regions)
+            stock = replace(
+                self.stock,
+                top_z=self.stock.top_z + lift,
+                regions=regions,
+                hard_spots=self.stock.hard_spots + v.hard_spots,
+            )
+            return replace(self, stock=stock, variants=())
+        segments = list(self.segments)
+        for index, changes in v.edits:
+            segments[index] = replace(segments[index], **dict(changes))
+        for index, zone in v.hard_zones:
+            segments[index] = replace(
+                segments[index], hard_zones=segments[index].hard_zones + (zone,)
+            )
+        if v.allowance_mm:
+            segments = [
+                replace(seg, depth_mm=seg.depth_mm + v.allowance_mm)
+                if seg.kind == "cut" and seg.depth_mm > 0
+                else seg
+                for seg in segments
+            ]
+        return replace(self, segments=tuple(segments), variants=())
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -209,6 +262,7 @@ _TOP = (
     "start",
     "moves",
     "events",
+    "vary",
 )
 _EVENT_KEYS = {
     "breakage": ("kind", "at_mm", "part", "spike_factor", "spike_s", "residual"),
@@ -221,7 +275,9 @@ class _ScenarioChecker(TomlChecker):
     def scenario(self, data: dict) -> Scenario:
         self.table(data, (), _TOP)
         materials = self.materials(data)
-        machine = self.positive_section(data, "machine", Machine, zero_ok=("override_watchdog_s",))
+        machine = self.positive_section(
+            data, "machine", Machine, zero_ok=("override_watchdog_s", "part_change_s")
+        )
         sensor = self.section(data, "sensor", Sensor)
         for key in ("lag_s", "dead_time_s", "quantum_pct", "noise_pct"):
             if getattr(sensor, key) < 0:
@@ -257,6 +313,7 @@ class _ScenarioChecker(TomlChecker):
             start = self.point(data, (), "start", (0.0, 0.0, 50.0))
             stock = self.stock(data, materials)
             scenario = replace(scenario, stock=stock, start=start, moves=self.moves(data, start))
+        scenario = replace(scenario, variants=self.variants(data, scenario))
         return replace(scenario, events=self.events(data, scenario))
 
     def positive_section(self, data: dict, name: str, cls: type, zero_ok: tuple[str, ...] = ()):
@@ -431,6 +488,94 @@ class _ScenarioChecker(TomlChecker):
                 raise self.fail((*path, "feed_mm_min"), "missing (no feed programmed yet)")
             moves.append(Move(x, y, z, rapid, 0.0 if rapid else feed))
         return tuple(moves)
+
+    def variants(self, data, scenario: Scenario) -> tuple[PartVariant, ...]:
+        """`[[vary]]`: how single parts of the series differ (one entry a part)."""
+        raw = self.value(data, (), "vary", list, [])
+        variants, seen = [], {}
+        keys = ("part", "allowance_mm", "hard_zones", "hard_spots", "edits")
+        for i, entry in enumerate(raw):
+            path = ("vary", i)
+            if not isinstance(entry, dict):
+                raise self.fail(path, "must be a table ([[vary]])")
+            self.table(entry, path, keys)
+            part = self.int_in(entry, path, "part", 1, scenario.parts)
+            if part in seen:
+                raise self.fail((*path, "part"), f"part {part} is already vary[{seen[part]}]")
+            seen[part] = i
+            on_stock = scenario.stock is not None
+            for key in ("edits", "hard_zones") if on_stock else ("hard_spots",):
+                if key in entry:
+                    what = "[[segments]]" if key != "hard_spots" else "[stock]"
+                    raise self.fail((*path, key), f"goes with a {what} scenario")
+            segments = list(scenario.segments)
+            edits = self.edits(entry, path, segments, scenario.materials)
+            for index, changes in edits:
+                segments[index] = replace(segments[index], **dict(changes))
+            allowance = self.value(entry, path, "allowance_mm", float, 0.0)
+            for k, seg in enumerate(segments):
+                if seg.kind == "cut" and seg.depth_mm > 0 and seg.depth_mm + allowance < 0:
+                    raise self.fail(
+                        (*path, "allowance_mm"),
+                        f"leaves segments[{k}] a negative depth ({seg.depth_mm + allowance:g})",
+                    )
+            zones = []
+            for k, zone in enumerate(self.value(entry, path, "hard_zones", list, [])):
+                where = (*path, "hard_zones", k)
+                index = self.segment_index(zone, where, segments)
+                rest = {key: value for key, value in zone.items() if key != "segment"}
+                (made,) = self.hard_zones([rest], where[:-1], segments[index].length_mm)
+                zones.append((index, made))
+            spots = []
+            for k, spot in enumerate(self.value(entry, path, "hard_spots", list, [])):
+                where = (*path, "hard_spots", k)
+                self.table(spot, where, ("x", "y", "kc_factor"))
+                spots.append(
+                    HardSpot(self.box(spot, where), self.positive(spot, where, "kc_factor"))
+                )
+            variants.append(PartVariant(part, allowance, tuple(zones), tuple(spots), tuple(edits)))
+        return tuple(variants)
+
+    def segment_index(self, entry, path: KeyPath, segments: list[Segment]) -> int:
+        """An entry's `segment`: the index of a cut in [[segments]] (0 the first)."""
+        if not isinstance(entry, dict):
+            raise self.fail(path, "must be a table")
+        index = self.int_in(entry, path, "segment", 0, len(segments) - 1)
+        if segments[index].kind != "cut":
+            raise self.fail(
+                (*path, "segment"), f"segments[{index}] is a {segments[index].kind}, not a cut"
+            )
+        return index
+
+    def edits(self, entry, path: KeyPath, segments: list[Segment], materials):
+        """A part's edited segments: (index, the keys changed), each checked as [[segments]]."""
+        edits = []
+        for k, edit in enumerate(self.value(entry, path, "edits", list, [])):
+            where = (*path, "edits", k)
+            index = self.segment_index(edit, where, segments)
+            self.table(edit, where, ("segment", *EDITABLE))
+            changes = []
+            for key in EDITABLE:
+                if key not in edit:
+                    continue
+                if key == "material":
+                    value = self.material(edit, where, materials)
+                elif key in ("depth_mm", "width_mm"):
+                    value = self.non_negative(edit, where, key)
+                else:
+                    value = self.positive(edit, where, key)
+                changes.append((key, value))
+            if not changes:
+                raise self.fail(where, f"changes nothing (keys: {', '.join(EDITABLE)})")
+            edited = replace(segments[index], **dict(changes))
+            for zone in edited.hard_zones:
+                if zone.to_mm > edited.length_mm:
+                    raise self.fail(
+                        (*where, "length_mm"),
+                        f"cuts off segments[{index}]'s hard zone ending at {zone.to_mm:g} mm",
+                    )
+            edits.append((index, tuple(changes)))
+        return edits
 
     def events(self, data, scenario: Scenario) -> tuple[Event, ...]:
         raw = self.value(data, (), "events", list, [])
