@@ -136,6 +136,9 @@ class ControlConfig:
     program_tag: str = "program_number"
     block_tag: str = "block_number"
     enable_tag: str = ""  # a register the part program or operator sets (0: off); "" = none
+    # The axis positions (mm, linear axes) whose path each part's record follows (the learned
+    # profile's coordinate, issue 19); empty: the record knows the blocks, not the path.
+    path_tags: tuple[str, ...] = ()
     tools: tuple[int, ...] = ()  # tools under control; empty: every tool
     programs: tuple[int, ...] = ()  # programs under control; empty: every program
     period_s: float = 0.01  # 100 Hz
@@ -619,6 +622,13 @@ class _Validator(TomlChecker):
                     f"{name!r} is already control.{roles[name]}: each role needs its own tag",
                 )
             roles[name] = key
+        for i, name in enumerate(cfg.path_tags):
+            where = (*path, "path_tags", i)
+            if name not in tags and name not in nodes:
+                raise self.fail(where, f"no tag or node named {name!r}")
+            if name in roles:
+                raise self.fail(where, f"{name!r} is already control.{roles[name]}")
+            roles[name] = "path_tags"
         for key, needs in (("tools", "tool_tag"), ("programs", "program_tag")):
             if getattr(cfg, key) and not getattr(cfg, needs):
                 raise self.fail((*path, key), f"needs {needs} to tell which one runs")

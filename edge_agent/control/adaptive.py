@@ -25,6 +25,7 @@ from ..kernels.feedlaw import FeedLaw
 from ..samples import Quality, Sample
 from .breakage import BreakageRule, BreakageWatch
 from .noise import NoiseEstimate
+from .part import PartRecord, PartRecorder
 from .teach import TeachIn, ToolRecord
 
 NS = 1_000_000_000
@@ -102,6 +103,7 @@ def control_inputs(cfg: ControlConfig) -> tuple[str, ...]:
             cfg.block_tag,
             cfg.knob_tag,
             cfg.enable_tag,
+            *cfg.path_tags,
         )
         if name
     )
@@ -172,6 +174,8 @@ class AdaptiveController:
         self._teach: TeachIn | None = None
         self._block: int | None = None
         self._cut_in_block = False
+        self.parts = PartRecorder()
+        self.last_part: PartRecord | None = None  # the last program run, once it ended
 
     # -- the entry point ---------------------------------------------------------------------
 
@@ -192,6 +196,7 @@ class AdaptiveController:
             if not waited and any(name not in self.latest for name in self.inputs):
                 return self._command(None)
         fault = self._fault(now_ns)
+        self._follow_part(now_ns, arrivals)
         if fault:
             return self._command(self._enter_fault(fault))
         if self.state is State.STARTING:
@@ -264,6 +269,7 @@ class AdaptiveController:
             self.state = state
 
     def _enter_fault(self, reason: str) -> float | None:
+        self.parts.reject(f"fault: {reason}")
         if self.state is not State.FAULT:
             self._finish_teach()
             self._go(State.FAULT, reason)
@@ -317,6 +323,7 @@ class AdaptiveController:
 
     def _hold(self, kind: str, **detail) -> None:
         self.hold_reason = kind
+        self.parts.reject(f"hold: {kind}")
         self._events.append((kind, detail))
         self._go(State.HOLD, kind)
 
@@ -474,6 +481,46 @@ class AdaptiveController:
         since = self._over_since_ns
         return since is not None and t_ns - since >= self.cfg.overload_persist_s * NS
 
+    def _good(self, name: str) -> float | None:
+        """A configured input's latest value when it is good and a number; else None."""
+        seen = self.latest.get(name) if name else None
+        if seen is None or seen[1].quality is not Quality.GOOD or not math.isfinite(seen[1].value):
+            return None
+        return seen[1].value
+
+    def _follow_part(self, now_ns: int, arrivals: list[tuple[int, Sample]]) -> None:
+        """The part record: opened as the program starts (or another program does), filled
+        with each load reading where the path has got to, closed (a `part` event) as the
+        program ends. An unknown run state changes nothing: the part goes on."""
+        cfg, parts = self.cfg, self.parts
+        running = self._good(cfg.program_running_tag)
+        if running is None:
+            return
+        program = int(self._good(cfg.program_tag) or 0)
+        current = parts.current
+        if current is not None and (not running or program != current.program):
+            self.last_part = parts.finish(now_ns)
+            self._events.append(("part", self.last_part.summary()))
+        if not running:
+            return
+        if parts.current is None:
+            parts.start(now_ns, program, self.state.value)
+        channels = {sample.channel for _, sample in arrivals}
+        if cfg.block_tag in channels or channels.intersection(cfg.path_tags):
+            block = self._good(cfg.block_tag)
+            position = tuple(self._good(name) for name in cfg.path_tags)
+            parts.move(
+                None if block is None else int(block),
+                position if position and None not in position else None,
+            )
+        knob = self._good(cfg.knob_tag) if cfg.knob_tag else 100.0
+        knob = math.nan if knob is None else knob
+        tool = int(self._good(cfg.tool_tag) or 0)
+        override = self.override if self.override is not None else math.nan
+        for arrived_ns, sample in arrivals:
+            if sample.channel == cfg.signal and self._good(cfg.signal) is not None:
+                parts.reading(arrived_ns, sample.value, override, knob, tool)
+
     def _watch_block(self) -> None:
         """Undercut: a block the teach-in cut in passed without cutting (a missing tool)."""
         cfg = self.cfg
@@ -499,5 +546,6 @@ class AdaptiveController:
         return self.law.override
 
     def _command(self, override: float | None) -> Command:
+        self.parts.state(self._now_ns, self.state.value)
         events, self._events = self._events, []
         return Command(override, events)
