@@ -30,23 +30,28 @@ BENCH_SERVICE_S: the measured window in seconds (default 300, "over 5 minutes");
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import fields
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import service_load
+from agent_process import (
+    AgentProcess,
+    BenchError,
+    LoadProcess,
+    delta,
+    log_levels,
+    metric_key,
+    scrape,
+    window_from_env,
+)
 
 from edge_agent.config import ServiceConfig
 from edge_agent.telemetry import wire
@@ -54,7 +59,6 @@ from hil.bridge_emulator import find_micropython
 from tests.collector_process import CollectorProcess
 from tests.mosquitto import Broker, _free_ports, find_mosquitto
 
-REPO = Path(__file__).resolve().parent.parent
 #: The issue asks for the budget "over 5 minutes".
 DEFAULT_WINDOW_S = 300.0
 #: Start-up (imports, the bridge's 2 s identify wait, first connections, the spool's first
@@ -63,9 +67,6 @@ WARMUP_S = 15.0
 SAMPLE_EVERY_S = 1.0
 #: The first data frame reaches the subscriber within ~3 s (bridge identify wait + a frame).
 FIRST_FRAME_TIMEOUT_S = 30.0
-#: The agent's stop: the feed made safe, the batch spooled, drain_on_stop_s (2 s), the death.
-AGENT_STOP_TIMEOUT_S = 30.0
-LOAD_STOP_TIMEOUT_S = 10.0
 #: The issue's targets.
 TARGET_RSS_MB = 64.0
 TARGET_CPU_PCT = 10.0
@@ -74,67 +75,6 @@ MB = 1e6
 BRIDGE_CHANNEL = "spindle_current"
 #: Log lines at WARNING and above quoted in the details.
 NOTABLE_LINES = 5
-#: systemd's variables: the agent here is not under systemd and must not think it is.
-SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_FDS")
-
-
-class BenchError(RuntimeError):
-    """The run was not healthy; the message says what was missing."""
-
-
-# -- /proc ------------------------------------------------------------------------------------
-
-
-def _proc(pid: int) -> dict[str, int]:
-    """One reading of the process: memory (kB) and threads from status, CPU ticks from stat,
-    the I/O counters from io."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "Threads"):
-                out[key] = int(value.split()[0])
-    with open(f"/proc/{pid}/stat") as f:
-        after_comm = f.read().rpartition(")")[2].split()
-    out["cpu_ticks"] = int(after_comm[11]) + int(after_comm[12])  # utime, stime (fields 14, 15)
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            out[key] = int(value)
-    if "VmRSS" not in out:  # a zombie: it exited and has not been reaped yet
-        raise ProcessLookupError(f"process {pid} has exited")
-    return out
-
-
-# -- the agent's logs -------------------------------------------------------------------------
-
-
-class _LogTap:
-    """Reads the agent's stdout+stderr from a pipe (as journald reads a service's stream),
-    keeps it in a file and counts the bytes."""
-
-    def __init__(self, fd: int, path: Path):
-        self.path = path
-        self.bytes = 0
-        self._fd = fd
-        self._thread = threading.Thread(target=self._run, name="agent-log", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with open(self.path, "wb") as out:
-            while chunk := os.read(self._fd, 65536):
-                out.write(chunk)
-                out.flush()
-                self.bytes += len(chunk)
-        os.close(self._fd)
-
-    def join(self, timeout_s: float = 5.0) -> None:
-        self._thread.join(timeout_s)
-
-    def tail(self, lines: int = 30) -> str:
-        text = self.path.read_text(errors="replace") if self.path.exists() else ""
-        return "\n".join(f"    {line}" for line in text.splitlines()[-lines:]) or "    (nothing)"
-
 
 # -- the subscriber ---------------------------------------------------------------------------
 
@@ -203,151 +143,7 @@ class _Subscriber:
         self.client.loop_stop()
 
 
-# -- the load process -------------------------------------------------------------------------
-
-
-class _Load:
-    """service_load.py in a process of its own: the controller and the bridge emulator."""
-
-    def __init__(self, log_path: Path):
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self._log = open(log_path, "wb")  # noqa: SIM115 (the child writes it until stop)
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("service_load.py"))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=REPO,
-            env=env,
-            text=True,
-            start_new_session=True,
-        )
-        self.log_path = log_path
-        try:
-            ready = self._line()
-        except BaseException:
-            self.stop()
-            raise
-        self.port: int = ready["port"]
-        self.bridge: str = ready["bridge"]
-
-    def _line(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.wait(LOAD_STOP_TIMEOUT_S)
-            raise BenchError(
-                f"the load process (service_load.py) exited with {self.process.returncode}: "
-                + self.log_path.read_text(errors="replace")[-2000:]
-            )
-        return json.loads(line)
-
-    def stats(self) -> dict:
-        self.process.stdin.write("stats\n")
-        self.process.stdin.flush()
-        return self._line()
-
-    def stop(self) -> None:
-        """End of stdin (its orderly stop: the server, the firmware, the pty pair), then
-        SIGTERM, then SIGKILL of its session (it and the firmware it started)."""
-        process = self.process
-        try:
-            if process.poll() is None:
-                with suppress(OSError):
-                    process.stdin.close()
-                try:
-                    process.wait(LOAD_STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    process.terminate()
-                    try:
-                        process.wait(5)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(process.pid, signal.SIGKILL)
-                        process.wait(5)
-        finally:
-            process.stdout.close()
-            self._log.close()
-
-
-# -- the agent --------------------------------------------------------------------------------
-
-
-def _agent_binary() -> str:
-    beside = Path(sys.executable).parent / "edge-agent"
-    if beside.exists():
-        return str(beside)
-    return str(REPO / ".venv" / "bin" / "edge-agent")
-
-
-def _stop_agent(agent: subprocess.Popen) -> None:
-    """SIGTERM (systemd's stop), then SIGKILL if it outlives AGENT_STOP_TIMEOUT_S."""
-    if agent.poll() is None:
-        agent.terminate()
-        try:
-            agent.wait(AGENT_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait(5)
-
-
-def _scrape(address: str) -> dict[str, float]:
-    """The agent's metrics endpoint as {'name{labels}': value}; empty when it does not answer
-    (it is optional: the health checks do not depend on it)."""
-    if not address:
-        return {}
-    try:
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            try:
-                out[key] = float(value)
-            except ValueError:
-                continue
-    return out
-
-
-def _delta(after: dict[str, float], before: dict[str, float], key: str) -> float | None:
-    """The change of one sample of the endpoint; 0 for a label not (yet) counted in a family
-    that is there (a Counter's missing key), None when the family is not served at all."""
-    if key not in after:
-        family = key.partition("{")[0]
-        return 0.0 if any(k.partition("{")[0] == family for k in after) else None
-    return after[key] - before.get(key, 0.0)
-
-
-def _levels(log_path: Path) -> tuple[Counter[str], list[str]]:
-    """Log lines by level (`LEVEL logger: message`, the agent's format off journald), and the
-    lines at WARNING and above."""
-    text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    levels: Counter[str] = Counter()
-    notable = []
-    for line in text.splitlines():
-        level = re.match(r"([A-Z]+) \S+:", line)
-        if level:
-            levels[level.group(1)] += 1
-            if level.group(1) in ("WARNING", "ERROR", "CRITICAL"):
-                notable.append(line)
-    return levels, notable
-
-
 # -- the run ----------------------------------------------------------------------------------
-
-
-def _window_s() -> float:
-    text = os.environ.get("BENCH_SERVICE_S", "")
-    if not text:
-        return DEFAULT_WINDOW_S
-    try:
-        value = float(text)
-    except ValueError:
-        raise BenchError(f"BENCH_SERVICE_S={text!r}: expected seconds, e.g. 40") from None
-    if value <= 0:
-        raise BenchError(f"BENCH_SERVICE_S={text!r}: must be more than 0")
-    return value
 
 
 def run():
@@ -359,7 +155,7 @@ def run():
     if missing:
         print(f"bench_service: {' and '.join(missing)} not installed (make test-deps); skipped")
         return []
-    window_s = _window_s()
+    window_s = window_from_env("BENCH_SERVICE_S", DEFAULT_WINDOW_S)
     with ExitStack() as stack:
         tmp = Path(
             stack.enter_context(
@@ -371,7 +167,7 @@ def run():
         collector = CollectorProcess(broker, tmp)
         collector.start()
         stack.callback(collector.stop)
-        load = _Load(tmp / "load.log")
+        load = LoadProcess(tmp / "load.log")
         stack.callback(load.stop)
         topic = "edge/bench/standard-load/#"
         subscriber = _Subscriber(broker, topic)
@@ -385,8 +181,8 @@ def run():
         config = tmp / "agent.toml"
         config.write_text(
             service_load.agent_config(
-                controller_port=load.port,
-                bridge_port=load.bridge,
+                controller_port=load.ready["port"],
+                bridge_port=load.ready["bridge"],
                 broker_host=broker.host,
                 broker_port=broker.port,
                 spool=str(tmp / "spool.db"),
@@ -394,40 +190,10 @@ def run():
                 service=service,
             )
         )
-        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
-        read_fd, write_fd = os.pipe()
-        logs = _LogTap(read_fd, tmp / "agent.log")  # ends at the pipe's end: the agent's exit
-        stack.callback(logs.join)
-        try:
-            agent = subprocess.Popen(
-                [_agent_binary(), "run", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                cwd=tmp,
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            os.close(write_fd)
-        started = time.monotonic()
-        stack.callback(_stop_agent, agent)
-
-        def check_alive(when: str) -> None:
-            if agent.poll() is not None:
-                logs.join()
-                raise BenchError(
-                    f"the agent exited with {agent.returncode} {when}; its log:\n{logs.tail()}"
-                )
-
-        def proc(when: str) -> dict[str, int]:
-            try:
-                return _proc(agent.pid)
-            except OSError:  # gone between a check and the reading
-                agent.wait(AGENT_STOP_TIMEOUT_S)
-                check_alive(when)
-                raise
-
+        agent = AgentProcess(config, tmp)
+        stack.callback(agent.stop)
+        started, logs = agent.started, agent.logs
+        check_alive, proc = agent.check_alive, agent.proc
         while not subscriber.snapshot()["payloads"]["data"]:
             check_alive("before its first data frame")
             if time.monotonic() - started > FIRST_FRAME_TIMEOUT_S:
@@ -442,7 +208,7 @@ def run():
             time.sleep(0.2)
 
         # The scrapes stay outside the window; the counters' rates use their own times.
-        metrics0 = (time.monotonic(), _scrape(metrics_address))
+        metrics0 = (time.monotonic(), scrape(metrics_address))
         proc0, t0 = proc("at the start of the measured window"), time.monotonic()
         load0, sub0, logs0 = load.stats(), subscriber.snapshot(), logs.bytes
         rss_kb = []
@@ -453,12 +219,11 @@ def run():
             rss_kb.append(proc(when)["VmRSS"])
         proc1, t1 = proc("at the end of the measured window"), time.monotonic()
         load1, sub1, logs1 = load.stats(), subscriber.snapshot(), logs.bytes
-        metrics1 = (time.monotonic(), _scrape(metrics_address))
+        metrics1 = (time.monotonic(), scrape(metrics_address))
 
-        _stop_agent(agent)
+        agent.stop()
         stop_s = time.monotonic() - t1
-        logs.join()
-        levels, notable = _levels(logs.path)
+        levels, notable = log_levels(logs.path)
         if agent.returncode != 0:
             raise BenchError(
                 f"the agent exited with {agent.returncode} on SIGTERM; its log:\n{logs.tail()}"
@@ -520,17 +285,18 @@ def _report(
         raise BenchError("; ".join(problems))
 
     def metric(key: str, per_s: bool = True) -> str:
-        value = _delta(m1, m0, key)
+        value = delta(m1, m0, key)
         if value is None:
             return "n/a"
         return f"{value / (tm1 - tm0):.1f}/s" if per_s else f"{value:.0f}"
 
     ticks = metric("edge_agent_control_ticks_total")
     overruns = metric("edge_agent_control_overruns_total", per_s=False)
-    polls = metric('edge_agent_source_work_total{source="controller",kind="requests"}')
+    polls = metric(metric_key("edge_agent_source_work_total", source="controller", kind="requests"))
     acked = metric('edge_agent_upstream_events_total{kind="acked"}')
     frames_lost = metric(
-        'edge_agent_source_faults_total{source="bridge",kind="frames_lost"}', per_s=False
+        metric_key("edge_agent_source_faults_total", source="bridge", kind="frames_lost"),
+        per_s=False,
     )
     not_read_back = metric('edge_agent_actuator_events_total{kind="not_read_back"}', per_s=False)
 
