@@ -146,8 +146,8 @@ class ScriptedPlant:
         self.result, self.trace, self.time_s = RunResult(), {}, 0.0
 
     @property
-    def running(self) -> bool:
-        return self.left > 0
+    def done(self) -> bool:
+        return self.left <= 0
 
     def advance_to(self, t_s):
         self.time_s = t_s
