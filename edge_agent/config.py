@@ -139,6 +139,11 @@ class ControlConfig:
     # The axis positions (mm, linear axes) whose path each part's record follows (the learned
     # profile's coordinate, issue 19); empty: the record knows the blocks, not the path.
     path_tags: tuple[str, ...] = ()
+    # The controller's actual and programmed path feed (any one unit, both alike): the feed
+    # the axes really ran at, acceleration and clamps in it, for the learned profile; "": the
+    # record takes what the knob and the override ask.
+    actual_feed_tag: str = ""
+    programmed_feed_tag: str = ""
     tools: tuple[int, ...] = ()  # tools under control; empty: every tool
     programs: tuple[int, ...] = ()  # programs under control; empty: every program
     period_s: float = 0.01  # 100 Hz
@@ -622,13 +627,20 @@ class _Validator(TomlChecker):
                     f"{name!r} is already control.{roles[name]}: each role needs its own tag",
                 )
             roles[name] = key
-        for i, name in enumerate(cfg.path_tags):
-            where = (*path, "path_tags", i)
+        recorded = [((*path, "path_tags", i), name) for i, name in enumerate(cfg.path_tags)]
+        recorded += [
+            ((*path, key), getattr(cfg, key))
+            for key in ("actual_feed_tag", "programmed_feed_tag")
+            if getattr(cfg, key)
+        ]
+        for where, name in recorded:  # what only the part record reads
             if name not in tags and name not in nodes:
                 raise self.fail(where, f"no tag or node named {name!r}")
             if name in roles:
                 raise self.fail(where, f"{name!r} is already control.{roles[name]}")
-            roles[name] = "path_tags"
+            roles[name] = where[1]
+        if bool(cfg.actual_feed_tag) != bool(cfg.programmed_feed_tag):
+            raise self.fail((*path, "programmed_feed_tag"), "goes with actual_feed_tag")
         for key, needs in (("tools", "tool_tag"), ("programs", "program_tag")):
             if getattr(cfg, key) and not getattr(cfg, needs):
                 raise self.fail((*path, key), f"needs {needs} to tell which one runs")

@@ -160,6 +160,19 @@ def test_the_example_documents_each_range_beside_its_key(example, ranges):
             "control.knob_tag: 'spindle_on' is already control.spindle_on_tag",
         ),
         ({"control.spindle_on_tag": ""}, "control.spindle_on_tag: must name a tag"),
+        ({"control.path_tags": ["x_position", "u_axis"]}, "control.path_tags[1]: no tag or node"),
+        (
+            {"control.path_tags": ["spindle_load"]},
+            "control.path_tags[0]: 'spindle_load' is already control.signal",
+        ),
+        (
+            {"control.programmed_feed_tag": ""},
+            "control.programmed_feed_tag: goes with actual_feed_tag",
+        ),
+        (
+            {"control.actual_feed_tag": "feed_knob", "control.programmed_feed_tag": "actual_feed"},
+            "control.actual_feed_tag: 'feed_knob' is already control.knob_tag",
+        ),
         ({"control.tool_tag": "", "control.tools": [3]}, "control.tools: needs tool_tag"),
         ({"control.tools": [-1]}, "control.tools[0]: must be an integer in 0..4294967295"),
         ({"control.kp": 0, "control.ki": 0}, "control.ki: kp and ki are both 0"),

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from edge_agent.control.delay import spindle_start_delay
 from edge_agent.control.part import PartRecorder
 from edge_agent.control.path import Visit
 from edge_agent.control.profile import Profile, Rule, learn, measure
@@ -38,7 +39,7 @@ def record_of(k=step_k, override=lambda t: 100.0, length_mm=100.0, tool=TOOL, re
         then = [h for h in history if h[0] <= t - DELAY_S + 1e-9]
         load = IDLE + (k(then[-1][1]) * then[-1][2] / 100 if then else 0.0)
         parts.move(10 if s < 50 else 20, (s, 0.0, 0.0))
-        parts.reading(round(t * NS), load, feed, 100.0, tool)
+        parts.reading(round(t * NS), load, feed, 100.0, feed, tool, s > 0)
         t += DT_S
         s += SPEED_MM_S * feed / 100 * DT_S
     if reject:
@@ -123,14 +124,21 @@ def test_outside_the_path_the_profile_knows_nothing():
 
 def test_the_agents_own_records_of_a_hil_series_teach_the_plants_true_specific_load():
     """Parts made by the agent's control path on the plant (each at the overrides the PI law
-    chose) teach, in the middle of each cut, the load the plant takes there at 100 % feed."""
+    chose) teach, in the middle of each cut, the load the plant takes there at 100 % feed:
+    with the delay fitted to each part's spindle start and the feed the controller reports,
+    nothing of the plant's own figures given."""
     from hil.bench import control_config, run_adaptive_simulated
     from hil.physics import MATERIALS
     from hil.scenario import parse_scenario
     from tests.test_hil_series import SERIES
 
     scenario = parse_scenario(SERIES)
-    cfg = control_config(scenario, path_tags=("x_position", "y_position", "z_position"))
+    cfg = control_config(
+        scenario,
+        path_tags=("x_position", "y_position", "z_position"),
+        actual_feed_tag="actual_feed",
+        programmed_feed_tag="programmed_feed",
+    )
     records = []
 
     def keep(now_ns, loop):
@@ -140,15 +148,14 @@ def test_the_agents_own_records_of_a_hil_series_teach_the_plants_true_specific_l
 
     run_adaptive_simulated(scenario, cfg, observe=keep)
     assert len(records) == 3  # every part, the last one closed as the plant finished
-    m, sensor = scenario.machine, scenario.sensor
-    # From an override change to the reading: the axes' lag, the sensor's dead time and lag
-    # (its mean delay). Put back 0.2 s only, the first cut's rising override is 3 % short.
-    delay_s = m.feed_lag_s + sensor.dead_time_s + sensor.lag_s
+    sensor = scenario.sensor
     profile = None
     for record, idle in records:
-        profile, why = learn(profile, record, 1, idle, delay_s)
+        fit = spindle_start_delay(record)
+        assert fit.mean_s == pytest.approx(sensor.dead_time_s + sensor.lag_s, abs=0.03)
+        profile, why = learn(profile, record, 1, idle, fit.mean_s)
         assert why == ""
-    x = 0.0
+    m, x = scenario.machine, 0.0
     for seg in scenario.segments:
         if seg.kind == "cut":
             kw = MATERIALS[seg.material] * seg.depth_mm * seg.width_mm * seg.feed_mm_min

@@ -88,8 +88,8 @@ class Command:
     events: list[tuple[str, dict]] = field(default_factory=list)
 
 
-def control_inputs(cfg: ControlConfig) -> tuple[str, ...]:
-    """The channels the controller reads, from its configuration."""
+def required_inputs(cfg: ControlConfig) -> tuple[str, ...]:
+    """The channels control cannot run without: one stale, bad or missing is a fault."""
     return tuple(
         name
         for name in (
@@ -103,10 +103,16 @@ def control_inputs(cfg: ControlConfig) -> tuple[str, ...]:
             cfg.block_tag,
             cfg.knob_tag,
             cfg.enable_tag,
-            *cfg.path_tags,
         )
         if name
     )
+
+
+def control_inputs(cfg: ControlConfig) -> tuple[str, ...]:
+    """Every channel the controller reads: the required ones, and those only the part
+    record follows (the path's positions, the feed), which a fault never waits for."""
+    recorded = (*cfg.path_tags, cfg.actual_feed_tag, cfg.programmed_feed_tag)
+    return required_inputs(cfg) + tuple(name for name in recorded if name)
 
 
 class AdaptiveController:
@@ -135,6 +141,7 @@ class AdaptiveController:
         self.idle_pct: float | None = cfg.idle_load_pct or None
         self.hold_reason = ""
         self.inputs = control_inputs(cfg)
+        self._required = required_inputs(cfg)
         # Inputs that must be younger than `stale_s`: the signal and the run state. The others
         # (tool, program, block, knob, enable) may sit in a slow poll group: their samples'
         # quality (stale after their group's limit) is what counts.
@@ -193,7 +200,7 @@ class AdaptiveController:
         if self.state is State.STARTING:
             self._started_ns = self._started_ns if self._started_ns is not None else now_ns
             waited = now_ns - self._started_ns > self.cfg.stale_s * NS
-            if not waited and any(name not in self.latest for name in self.inputs):
+            if not waited and any(name not in self.latest for name in self._required):
                 return self._command(None)
         fault = self._fault(now_ns)
         self._follow_part(now_ns, arrivals)
@@ -231,7 +238,7 @@ class AdaptiveController:
         if not self.link_up:
             return "controller link down"
         stale_ns = self.cfg.stale_s * NS
-        for name in self.inputs:
+        for name in self._required:
             seen = self.latest.get(name)
             if seen is None:
                 return f"{name} missing"
@@ -517,9 +524,25 @@ class AdaptiveController:
         knob = math.nan if knob is None else knob
         tool = int(self._good(cfg.tool_tag) or 0)
         override = self.override if self.override is not None else math.nan
+        feed = self._feed_pct(override, knob)
+        idle = self.idle_pct
         for arrived_ns, sample in arrivals:
             if sample.channel == cfg.signal and self._good(cfg.signal) is not None:
-                parts.reading(arrived_ns, sample.value, override, knob, tool)
+                cutting = idle is not None and sample.value > idle + self._margin()
+                parts.reading(arrived_ns, sample.value, override, knob, feed, tool, cutting)
+
+    def _feed_pct(self, override: float, knob: float) -> float:
+        """The feed the axes run at, % of the programmed: the controller's actual feed over the
+        programmed one where both are read (the axes' lag and the controller's clamps in it),
+        else what the knob and the override ask."""
+        cfg = self.cfg
+        if cfg.actual_feed_tag and cfg.programmed_feed_tag:
+            actual = self._good(cfg.actual_feed_tag)
+            programmed = self._good(cfg.programmed_feed_tag)
+            if actual is None or not programmed:
+                return math.nan
+            return 100.0 * actual / programmed
+        return override * knob / 100.0
 
     def _watch_block(self) -> None:
         """Undercut: a block the teach-in cut in passed without cutting (a missing tool)."""

@@ -15,9 +15,13 @@ Sans-IO: pure functions of the readings.
 
 from __future__ import annotations
 
+import bisect
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from .part import PartRecord
 
 #: The fit's search: dead times 0..0.5 s and lags 5 ms..2 s, on a coarse grid (20 ms, lags
 #: 20 % apart), then a fine one (5 ms, 2 %) around the coarse grid's best: a tenth of the
@@ -29,6 +33,8 @@ COARSE = (0.02, 1.2)
 FINE = (0.005, 1.02)
 #: A fit whose residual (RMS) exceeds this share of the step is not a first-order step.
 MAX_RESIDUAL_SHARE = 0.15
+#: A part's readings fitted at most: the spindle's start and the air before the first cut.
+START_WINDOW_S = 3.0
 #: A step smaller than this (% load) is too small to time against the noise.
 MIN_STEP_PCT = 1.0
 
@@ -68,6 +74,20 @@ def fit_step(t_s: Sequence[float], load_pct: Sequence[float]) -> DelayFit | None
     if final < MIN_STEP_PCT or residual > MAX_RESIDUAL_SHARE * final:
         return None
     return DelayFit(dead, lag, final, residual)
+
+
+def spindle_start_delay(record: PartRecord) -> DelayFit | None:
+    """The fit of a part's first readings: from the program's start until the first one the
+    controller saw cutting (at most START_WINDOW_S). The spindle started, on average, half a
+    reading interval before the first reading that shows it: the times are moved by that."""
+    r = record.readings
+    t, load, cutting = r["t_s"], r["load_pct"], r["cutting"]
+    end = next((i for i, c in enumerate(cutting) if c), len(t))
+    end = min(end, bisect.bisect_right(t, START_WINDOW_S))
+    if end < 2:
+        return None
+    half = statistics.median(b - a for a, b in zip(t[:end], t[1:end], strict=False)) / 2
+    return fit_step([x - t[0] + half for x in t[:end]], load[:end])
 
 
 def _steps(lo: float, hi: float, step: float) -> list[float]:

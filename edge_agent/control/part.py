@@ -22,7 +22,9 @@ NS = 1_000_000_000
 MAX_READINGS = 200_000
 
 #: The columns of a record's readings, one `array('d')` each.
-COLUMNS = ("t_s", "s_mm", "load_pct", "override_pct", "knob_pct", "tool")
+#: `feed_pct`: the feed the axes ran at, % of the programmed (`AdaptiveController._feed_pct`);
+#: `cutting`: 1 where the reading was over the idle load learned so far by the entry margin.
+COLUMNS = ("t_s", "s_mm", "load_pct", "override_pct", "knob_pct", "feed_pct", "tool", "cutting")
 
 
 @dataclass
@@ -93,7 +95,16 @@ class PartRecorder:
         if self.current is not None:
             self.path.observe(block, position)
 
-    def reading(self, t_ns: int, load: float, override: float, knob: float, tool: int) -> None:
+    def reading(
+        self,
+        t_ns: int,
+        load: float,
+        override: float,
+        knob: float,
+        feed: float,
+        tool: int,
+        cutting: bool,
+    ) -> None:
         record = self.current
         if record is None:
             return
@@ -101,7 +112,8 @@ class PartRecorder:
         if len(columns["t_s"]) >= MAX_READINGS:
             self.reject(f"longer than {MAX_READINGS} readings")
             return
-        row = ((t_ns - record.started_ns) / NS, self.path.s_mm, load, override, knob, tool)
+        t_s = (t_ns - record.started_ns) / NS
+        row = (t_s, self.path.s_mm, load, override, knob, feed, tool, float(cutting))
         for name, value in zip(COLUMNS, row, strict=True):
             columns[name].append(value)
 

@@ -69,7 +69,7 @@ def measure(
     reading put `delay_s` back in time, where the tool was and at the feed it ran at then."""
     r = record.readings
     t, s = r["t_s"], r["s_mm"]
-    feed = [o * k / 100 for o, k in zip(r["override_pct"], r["knob_pct"], strict=True)]
+    feed = r["feed_pct"]
     bins = math.ceil(record.path_mm / bin_mm) if record.path_mm > 0 else 0
     total, count = [0.0] * bins, [0] * bins
     for i, (load, used) in enumerate(zip(r["load_pct"], r["tool"], strict=True)):
@@ -78,7 +78,7 @@ def measure(
         then = t[i] - delay_s
         j = bisect.bisect_right(t, then) - 1
         if j < 0 or not feed[j] > 0:
-            continue  # before the record began, or the feed held: nothing to divide by
+            continue  # before the record began, the feed held or unknown: nothing to divide
         where = s[j] if j + 1 >= len(t) else _between(t[j], s[j], t[j + 1], s[j + 1], then)
         b = math.floor(where / bin_mm)
         if 0 <= b < bins:
