@@ -144,6 +144,9 @@ class ControlConfig:
     # record takes what the knob and the override ask.
     actual_feed_tag: str = ""
     programmed_feed_tag: str = ""
+    # The learned preview (docs/adaptive-control.md, "Learned profiles"): the law's override
+    # scaled by the profile of the material ahead, once a part of this program was learned.
+    preview: bool = False
     tools: tuple[int, ...] = ()  # tools under control; empty: every tool
     programs: tuple[int, ...] = ()  # programs under control; empty: every program
     period_s: float = 0.01  # 100 Hz

@@ -28,6 +28,7 @@ from edge_agent.config import ChannelConfig, ControlConfig, FilterSpec
 from edge_agent.control.actuator import Actuator
 from edge_agent.control.adaptive import AdaptiveController, State
 from edge_agent.control.loop import ControlLoop
+from edge_agent.control.preview import ProfileBook
 from edge_agent.routing import SampleRouter
 from edge_agent.samples import Sample
 from edge_agent.service import Agent
@@ -275,11 +276,14 @@ def run_adaptive_simulated(
     poll_s: float = 0.02,
     filters: tuple[FilterSpec, ...] = (),
     observe: Callable[[int, ControlLoop], None] | None = None,
+    book: ProfileBook | None = None,
 ) -> tuple[Run, ControlLoop]:
     """The agent's control path on simulated time: the plant polled every `poll_s` (no
     replies while the link is down), the signal through the agent's filter chain, the
     agent's own control loop ticked every period; `observe(now_ns, loop)` after each tick
-    (what the controller decided: its state, learned idle, the law's override)."""
+    (what the controller decided: its state, learned idle, the law's override). With `book`,
+    each finished part is learned at once and its profiles handed to the controller, as the
+    agent's control host does in a worker thread."""
     cfg = cfg or control_config(scenario)
     ideal = oracle(scenario).cycle_time_s
     plant = CuttingPlant(scenario, record=True)
@@ -290,10 +294,19 @@ def run_adaptive_simulated(
         Actuator(cfg, BY_NAME, _PlantWriter(plant)),
         inbox,
         link_up=lambda: not plant.link_down(),
-        on_events=lambda events: loop.events.extend((now_ns, e) for e in events),
+        on_events=lambda events: on_events(events),
         clock_ns=lambda: now_ns,
     )
     loop.events = []
+
+    def on_events(events) -> None:
+        loop.events.extend((now_ns, e) for e in events)
+        if book is not None and any(kind == "part" for kind, _ in events):
+            controller = loop.controller
+            learned = book.learn(controller.last_part, controller.idle_pct)
+            loop.events.extend((now_ns, e) for e in learned)
+            controller.set_profiles(book.profiles, book.axes_lag_s or 0.0)
+
     router = SampleRouter(  # the agent's own routing: its filter chain, qualities, control tags
         {cfg.signal: ChannelConfig(cfg.signal, filters, sample_rate_hz=1 / poll_s)},
         loop.controller.inputs,

@@ -26,6 +26,8 @@ from ..samples import Quality, Sample
 from .breakage import BreakageRule, BreakageWatch
 from .noise import NoiseEstimate
 from .part import PartRecord, PartRecorder
+from .preview import Preview
+from .profile import Profile
 from .teach import TeachIn, ToolRecord
 
 NS = 1_000_000_000
@@ -78,6 +80,10 @@ class State(StrEnum):
 
 #: States in which the tool may be cutting, so overload and breakage are watched.
 _WATCHED = (State.TEACH, State.ENTRY, State.CUTTING, State.AIR)
+#: States in which a learned profile scales the override where it knows of a cut ahead.
+_PREVIEWED = (State.AIR, State.ENTRY, State.CUTTING)
+#: Between polls of the positions the path is extrapolated at the last speed, this long at most.
+PREVIEW_EXTRAPOLATE_S = 0.1
 
 
 @dataclass
@@ -183,6 +189,14 @@ class AdaptiveController:
         self._cut_in_block = False
         self.parts = PartRecorder()
         self.last_part: PartRecord | None = None  # the last program run, once it ended
+        # The learned profiles and the axes' lag (`set_profiles`), and this part's preview.
+        self._profiles: dict[tuple[int, int], Profile] = {}
+        self._axes_lag_s = 0.0
+        self._pending_profiles: tuple[dict, float] | None = None
+        self._preview: Preview | None = None
+        self._trim = False  # the law's override is a trim (%) of the profile's, not the override
+        self._preview_tool: int | None = None
+        self._s_at: tuple[int, float, float] | None = None  # (ns, s mm, speed mm/s)
 
     # -- the entry point ---------------------------------------------------------------------
 
@@ -223,6 +237,11 @@ class AdaptiveController:
         """New teach-in records (the file changed); used from the next program start, never
         in the middle of a cut. Safe to call from another thread (one reference swap)."""
         self._pending_taught = dict(taught)
+
+    def set_profiles(self, profiles: dict[tuple[int, int], Profile], axes_lag_s: float) -> None:
+        """New learned profiles (`ProfileBook.profiles`) and the axes' lag; used from the next
+        program start. Safe to call from another thread (one reference swap)."""
+        self._pending_profiles = (dict(profiles), axes_lag_s)
 
     def commanded(self, override: float) -> None:
         """The actuator wrote `override`: that is what the register holds now."""
@@ -372,9 +391,12 @@ class AdaptiveController:
         elif self.state is State.AIR:
             if self._over_idle >= ENTRY_SAMPLES:
                 self._entry_until_ns = t_ns + round(cfg.entry_s * NS)
-                self.law.reset(min(self.law.override, self._entry_override()))
+                # A previewed cut starts untrimmed: the profile's override is the entry's.
+                entry = 100.0 if self._trim else min(self.law.override, self._entry_override())
+                self.law.reset(entry)
                 self._go(State.ENTRY, "load rose over idle", load_pct=load)
-            else:  # up at the rise rate to the air override; out of a boosted cut, down at once
+            elif not self._trim:  # up at the rise rate to the air override; out of a boosted
+                # cut, down at once (the profile's override instead where it knows a cut ahead)
                 boost = self.law.override + cfg.rise_pct_per_s * dt
                 wanted = min(cfg.air_override_pct, self._no_raise(boost, self.law.override))
                 self.law.reset(wanted)
@@ -388,6 +410,9 @@ class AdaptiveController:
             before = self.law.override
             after = self.law.step(load, target, idle, dt) if dt > 0 else before
             self.law.limit(self._no_raise(after, before))  # the knob down, or over target
+            ahead = self._feed_forward() if self._trim else None
+            if ahead is not None:  # no trim the override's clamp would undo: no windup
+                self.law.limit(max(before, 100.0 * cfg.override_max_pct / ahead))
             if load - idle < max(cfg.exit_fraction * span, self._margin()):
                 if self._exit_since_ns is None:
                     self._exit_since_ns, self._exit_override = t_ns, before
@@ -465,7 +490,7 @@ class AdaptiveController:
                     return True
         if self.state not in (State.ENTRY, State.CUTTING):
             return False
-        feed = self.law.override
+        feed = self.override if self._trim and self.override is not None else self.law.override
         if self.cfg.knob_tag:
             feed *= self._value(self.cfg.knob_tag) / 100.0
         block = self._block if self.cfg.block_tag else None
@@ -512,6 +537,12 @@ class AdaptiveController:
             return
         if parts.current is None:
             parts.start(now_ns, program, self.state.value)
+            if self._pending_profiles is not None:
+                (self._profiles, self._axes_lag_s), self._pending_profiles = (
+                    self._pending_profiles,
+                    None,
+                )
+            self._preview, self._preview_tool, self._s_at = None, None, None
         channels = {sample.channel for _, sample in arrivals}
         if cfg.block_tag in channels or channels.intersection(cfg.path_tags):
             block = self._good(cfg.block_tag)
@@ -520,6 +551,7 @@ class AdaptiveController:
                 None if block is None else int(block),
                 position if position and None not in position else None,
             )
+            self._moved(now_ns, program)
         knob = self._good(cfg.knob_tag) if cfg.knob_tag else 100.0
         knob = math.nan if knob is None else knob
         tool = int(self._good(cfg.tool_tag) or 0)
@@ -530,6 +562,35 @@ class AdaptiveController:
             if sample.channel == cfg.signal and self._good(cfg.signal) is not None:
                 cutting = idle is not None and sample.value > idle + self._margin()
                 parts.reading(arrived_ns, sample.value, override, knob, feed, tool, cutting)
+
+    def _moved(self, now_ns: int, program: int) -> None:
+        """The path moved on: where and how fast, and whether it still goes the profile's way
+        (a `profile_mismatch` event once, and no preview for the rest of the part, if not)."""
+        cfg, path = self.cfg, self.parts.path
+        actual = self._good(cfg.actual_feed_tag) if cfg.actual_feed_tag else None
+        if actual is not None:
+            speed = actual / 60.0
+        elif self._s_at is not None and now_ns > self._s_at[0]:
+            speed = (path.s_mm - self._s_at[1]) / ((now_ns - self._s_at[0]) / NS)
+        else:
+            speed = 0.0
+        self._s_at = (now_ns, path.s_mm, speed)
+        if not cfg.preview:
+            return
+        tool = int(self._good(cfg.tool_tag) or 0)
+        if tool != self._preview_tool:
+            profile = self._profiles.get((program, tool))
+            # Full effect: the axes' lag, and the fall from the highest override to the lowest
+            # at the fall rate (a harder stretch is met at the override it needs), and a tick.
+            ramp_s = (cfg.override_max_pct - cfg.override_min_pct) / cfg.fall_pct_per_s
+            lead_s = self._axes_lag_s + ramp_s + cfg.period_s
+            self._preview = profile and Preview(profile, lead_s)
+            self._preview_tool = tool
+        if self._preview is not None:
+            why = self._preview.check(path.visits, path.s_mm)
+            if why:
+                detail = {"program": program, "tool": tool, "why": why}
+                self._events.append(("profile_mismatch", detail))
 
     def _feed_pct(self, override: float, knob: float) -> float:
         """The feed the axes run at, % of the programmed: the controller's actual feed over the
@@ -566,7 +627,34 @@ class AdaptiveController:
             return FEED_HOLD
         if self.state is State.TEACH:
             return self.cfg.neutral_override_pct
-        return self.law.override
+        ahead = self._feed_forward() if self.state in _PREVIEWED else None
+        if ahead is None:
+            if self._trim:  # back to the law alone, from the override it last wrote
+                self._trim = False
+                back = self.override if self.override is not None else self.law.override
+                self.law.reset(back)
+            return self.law.override
+        cfg = self.cfg
+        if not self._trim:  # the law now trims the profile's override, from none (100 %)
+            self._trim = True
+            self.law.reset(100.0)
+        # Before the law has cut (air, entry) the profile's override alone.
+        trim = self.law.override if self.state is State.CUTTING else 100.0
+        wanted = min(cfg.override_max_pct, max(cfg.override_min_pct, ahead * trim / 100.0))
+        current = self.override if self.override is not None else wanted
+        return self._no_raise(wanted, current)
+
+    def _feed_forward(self) -> float | None:
+        """The override that holds the target where the tool will be when an override written
+        now takes effect, by the learned profile; None where it knows of no cut there."""
+        if self._preview is None or self._s_at is None:
+            return None
+        at_ns, s_mm, speed = self._s_at
+        ahead_s = min((self._now_ns - at_ns) / NS, PREVIEW_EXTRAPOLATE_S)
+        k = self._preview.k_at(s_mm + speed * ahead_s, speed)
+        if k is None:
+            return None
+        return 100.0 * (self.target_pct() - (self.idle_pct or 0.0)) / k
 
     def _command(self, override: float | None) -> Command:
         self.parts.state(self._now_ns, self.state.value)

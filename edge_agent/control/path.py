@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-#: A visit's length is compared to another part's within this (mm): polling moves where a
-#: position is read by up to one poll's travel at each end of a block.
+#: A visit's length is compared to another part's within this (mm) at least: polling moves
+#: where a position is read by up to one poll's travel at each end of a block (`tolerance`).
 SIGNATURE_TOLERANCE_MM = 2.0
 
 
@@ -26,6 +26,7 @@ class Visit:
     block: int
     start_mm: float
     length_mm: float = 0.0
+    step_mm: float = 0.0  # the longest step between two polls in it: how far off its ends are
 
 
 class PathTracker:
@@ -39,13 +40,18 @@ class PathTracker:
     def observe(self, block: int | None, position: tuple[float, ...] | None) -> float:
         """One reading of the block number and the positions (either may be None: not
         configured or not read); returns the arc length so far."""
+        step = 0.0
         if position is not None:
             if self._position is not None and len(position) == len(self._position):
-                self.s_mm += math.dist(self._position, position)
+                step = math.dist(self._position, position)
+                self.s_mm += step
             self._position = position
         if block is not None and (not self.visits or self.visits[-1].block != block):
             self._close_visit()
-            self.visits.append(Visit(block, self.s_mm))
+            self.visits.append(Visit(block, self.s_mm, step_mm=step))
+        elif self.visits and step > self.visits[-1].step_mm:
+            last = self.visits[-1]
+            self.visits[-1] = Visit(last.block, last.start_mm, last.length_mm, step)
         return self.s_mm
 
     def finish(self) -> tuple[Visit, ...]:
@@ -56,13 +62,22 @@ class PathTracker:
     def _close_visit(self) -> None:
         if self.visits:
             last = self.visits[-1]
-            self.visits[-1] = Visit(last.block, last.start_mm, self.s_mm - last.start_mm)
+            self.visits[-1] = Visit(
+                last.block, last.start_mm, self.s_mm - last.start_mm, last.step_mm
+            )
+
+
+def tolerance(a: Visit, b: Visit) -> float:
+    """How far two visits of one block may differ in length and still be the same: where a
+    poll saw each end, so SIGNATURE_TOLERANCE_MM or the longest steps between polls in them
+    (a rapid covers some 4 mm a 20 ms poll)."""
+    return max(SIGNATURE_TOLERANCE_MM, a.step_mm + b.step_mm)
 
 
 def same_path(a: tuple[Visit, ...], b: tuple[Visit, ...]) -> bool:
     """Two parts went the same way: the same blocks in the same order, each as long within
-    SIGNATURE_TOLERANCE_MM (an edited block's length or an added block shows)."""
+    `tolerance` (an edited block's length or an added block shows)."""
     return len(a) == len(b) and all(
-        x.block == y.block and abs(x.length_mm - y.length_mm) <= SIGNATURE_TOLERANCE_MM
+        x.block == y.block and abs(x.length_mm - y.length_mm) <= tolerance(x, y)
         for x, y in zip(a, b, strict=True)
     )

@@ -4,10 +4,10 @@ along the program's path, learned part after part (issue 19; docs/adaptive-contr
 
 The specific cutting load k at a place on the path is the load above idle per 100 % of feed:
 the load the tool takes there at a feed of 100 %, less the spindle's idle. A part's record
-(`part.py`) gives it reading by reading: the reading at time t shows the load of `delay_s`
-before (the sensor's dead time and lag, the poll, the actuation), so it is put where the tool
-was then and divided by the feed it ran at then. Readings in one bin of the path (`BIN_MM`)
-are averaged.
+(`part.py`) gives it reading by reading: the reading is the load filtered by the sensor's lag
+after its dead time (`delay.py` fits both), so the filter is undone, the load put where the
+tool was a dead time before, and divided by the feed it ran at then. Readings in one bin of
+the path (`BIN_MM`) are averaged.
 
 The rule, per bin, after each part that can be learned from (not rejected, the same path):
 k <- k + gain x clip(measured - k). A first part sets k. With `gain` g the error left after
@@ -25,6 +25,7 @@ from __future__ import annotations
 import array
 import bisect
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from .part import PartRecord
@@ -32,6 +33,8 @@ from .path import Visit, same_path
 
 #: The profile's resolution along the path: 1 mm, a tenth of a typical tool's diameter.
 BIN_MM = 1.0
+#: A part's k is the median of this many bins around each (`_median_filter`).
+MEDIAN_BINS = 5
 
 
 @dataclass(frozen=True)
@@ -63,19 +66,35 @@ class Profile:
 
 
 def measure(
-    record: PartRecord, tool: int, idle_pct: float, delay_s: float, bin_mm: float = BIN_MM
+    record: PartRecord,
+    tool: int,
+    idle_pct: float,
+    dead_s: float,
+    bin_mm: float = BIN_MM,
+    *,
+    lag_s: float = 0.0,
 ) -> array.array:
-    """k per bin of the record's path, from its readings with `tool` (NaN where none): each
-    reading put `delay_s` back in time, where the tool was and at the feed it ran at then."""
+    """k per bin of the record's path, from its readings with `tool` (NaN where none). The
+    reading is the load filtered by a first-order `lag_s` after `dead_s`: the load itself is
+    the reading plus lag x its rate of change (the filter undone, on the readings either
+    side), and it was the load `dead_s` before, where the tool was and at the feed it ran at
+    then."""
     r = record.readings
-    t, s = r["t_s"], r["s_mm"]
+    t, s, y = r["t_s"], r["s_mm"], r["load_pct"]
     feed = r["feed_pct"]
     bins = math.ceil(record.path_mm / bin_mm) if record.path_mm > 0 else 0
     total, count = [0.0] * bins, [0] * bins
-    for i, (load, used) in enumerate(zip(r["load_pct"], r["tool"], strict=True)):
+    last = len(t) - 1
+    for i, used in enumerate(r["tool"]):
         if used != tool:
             continue
-        then = t[i] - delay_s
+        load = y[i]
+        if lag_s > 0.0:
+            a, b = max(0, i - 1), min(last, i + 1)
+            if t[b] <= t[a]:
+                continue
+            load += lag_s * (y[b] - y[a]) / (t[b] - t[a])
+        then = t[i] - dead_s
         j = bisect.bisect_right(t, then) - 1
         if j < 0 or not feed[j] > 0:
             continue  # before the record began, the feed held or unknown: nothing to divide
@@ -84,7 +103,19 @@ def measure(
         if 0 <= b < bins:
             total[b] += max(0.0, load - idle_pct) / (feed[j] / 100)
             count[b] += 1
-    return array.array("d", (x / n if n else math.nan for x, n in zip(total, count, strict=True)))
+    means = [x / n if n else math.nan for x, n in zip(total, count, strict=True)]
+    return array.array("d", _median_filter(means, MEDIAN_BINS))
+
+
+def _median_filter(values: list[float], width: int) -> list[float]:
+    """Each value the median of the known ones within width // 2 either side (NaN stays NaN):
+    undoing the sensor's lag amplifies its noise; a median takes the noise out and keeps a
+    step where it is."""
+    half, out = width // 2, []
+    for i, v in enumerate(values):
+        near = [x for x in values[max(0, i - half) : i + half + 1] if not math.isnan(x)]
+        out.append(statistics.median(near) if not math.isnan(v) else math.nan)
+    return out
 
 
 def _between(t0: float, s0: float, t1: float, s1: float, t: float) -> float:
@@ -96,8 +127,10 @@ def learn(
     record: PartRecord,
     tool: int,
     idle_pct: float,
-    delay_s: float,
+    dead_s: float,
     rule: Rule = Rule(),
+    *,
+    lag_s: float = 0.0,
 ) -> tuple[Profile | None, str]:
     """The profile after `record`, and "" or why the record taught nothing (the profile is
     then returned as it was): a rejected part, or a path other than the profile's."""
@@ -107,7 +140,7 @@ def learn(
         return profile, "no path recorded"
     if profile is not None and not same_path(profile.visits, record.visits):
         return profile, "the program went another way than the profile's (an edited program?)"
-    measured = measure(record, tool, idle_pct, delay_s, BIN_MM)
+    measured = measure(record, tool, idle_pct, dead_s, BIN_MM, lag_s=lag_s)
     if profile is None:
         return Profile(record.program, tool, record.visits, measured, 1), ""
     k = array.array("d", profile.k)
