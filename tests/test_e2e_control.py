@@ -142,3 +142,43 @@ def test_the_refresh_writes_reach_the_plant_over_modbus_in_real_time(tmp_path):
     refresh_s = 0.2
     values = asyncio.run(_writes_reaching_the_plant(tmp_path, refresh_s, serve_s=2.5))
     assert sum(a == b for a, b in zip(values, values[1:], strict=False)) >= 3  # re-writes
+
+
+async def _series_with_preview(tmp_path):
+    series = dataclasses.replace(
+        SHORT,
+        parts=3,
+        machine=dataclasses.replace(SHORT.machine, part_change_s=1.0),
+    )
+    plant = CuttingPlant(series)
+    controller = SimulatedController(plant)
+    port = await controller.start_tcp("127.0.0.1", 0)
+    config = demo_config(port=port, spool=str(tmp_path / "spool.db"))
+    control = dataclasses.replace(
+        config.control, preview=True, teach_file=str(tmp_path / "teach.json")
+    )
+    agent = Agent(dataclasses.replace(config, control=control))
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    trimmed = False
+    try:
+        for _ in range(2500):
+            await asyncio.sleep(0.01)
+            trimmed = trimmed or (agent.control is not None and agent.control.controller.previewing)
+            if plant.result.finished:
+                break
+        await asyncio.sleep(0.3)  # the last part's end reaches the agent
+    finally:
+        stop.set()
+        await run
+        await controller.stop()
+    return plant, agent, trimmed
+
+
+def test_the_agent_learns_each_part_and_previews_the_next_in_real_time(tmp_path):
+    plant, agent, trimmed = asyncio.run(_series_with_preview(tmp_path))
+    assert plant.result.finished
+    events = agent.control_host.events
+    assert events["part"] >= 2 and events["profile_learned"] >= 1
+    assert trimmed  # a later part ran on the learned profile
+    assert agent.control_host.book.profiles

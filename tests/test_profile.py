@@ -153,7 +153,7 @@ def test_the_agents_own_records_of_a_hil_series_teach_the_plants_true_specific_l
     for record, idle in records:
         fit = spindle_start_delay(record)
         assert fit.mean_s == pytest.approx(sensor.dead_time_s + sensor.lag_s, abs=0.03)
-        profile, why = learn(profile, record, 1, idle, fit.mean_s)
+        profile, why = learn(profile, record, 1, idle, fit.dead_s, lag_s=fit.lag_s)
         assert why == ""
     m, x = scenario.machine, 0.0
     for seg in scenario.segments:

@@ -238,6 +238,11 @@ class AdaptiveController:
         in the middle of a cut. Safe to call from another thread (one reference swap)."""
         self._pending_taught = dict(taught)
 
+    @property
+    def previewing(self) -> bool:
+        """The override written now is the learned profile's, trimmed by the law."""
+        return self._trim
+
     def set_profiles(self, profiles: dict[tuple[int, int], Profile], axes_lag_s: float) -> None:
         """New learned profiles (`ProfileBook.profiles`) and the axes' lag; used from the next
         program start. Safe to call from another thread (one reference swap)."""

@@ -3,8 +3,9 @@
 It makes the controller, the actuator (holding the controller source's one writer) and the
 loop that ticks them in its own thread; feeds the loop the control inputs without waiting;
 brings the loop's events back onto the event loop to be stored as telemetry; keeps teach-in
-records in their file (reloaded when edited); and stops the loop leaving the feed at
-min(current, safe) (docs/safety.md).
+records in their file (reloaded when edited); learns each finished part's profile for the
+preview ([control] preview); and stops the loop leaving the feed at min(current, safe)
+(docs/safety.md).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import queue
+import threading
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 
@@ -23,6 +25,8 @@ from ..tasks import cancel_and_wait
 from .actuator import Actuator
 from .adaptive import AdaptiveController, control_inputs
 from .loop import ControlLoop
+from .part import PartRecord
+from .preview import ProfileBook
 from .teach import TeachError, TeachStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,10 @@ class ControlHost:
         self.events: Counter[str] = Counter()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.teach = TeachStore(cfg.teach_file)
+        # The learned preview's profiles: learned in a worker thread, one part at a time
+        # (kept in memory: an agent restarted learns its parts again).
+        self.book = ProfileBook()
+        self._learning = threading.Lock()
         self._teach_watch: asyncio.Task | None = None
         self._tasks_in_flight: set[asyncio.Task] = set()
 
@@ -137,6 +145,10 @@ class ControlHost:
                 record = detail["record"]
                 detail = dataclasses.asdict(record)
                 self._background(asyncio.to_thread(self._save_taught, record))
+            elif kind == "part" and self.cfg.preview and self.loop is not None:
+                controller = self.loop.controller
+                part, idle = controller.last_part, controller.idle_pct
+                self._background(self._learn(controller, part, idle))
             log.log(
                 logging.WARNING if kind in ("overload", "breakage", "undercut") else logging.INFO,
                 "control: %s %s",
@@ -144,6 +156,19 @@ class ControlHost:
                 detail,
             )
             self._background(self._store_event(kind, detail))
+
+    async def _learn(self, controller, part: PartRecord, idle: float | None) -> None:
+        """A finished part learned off the event loop and the control thread (a fit and a
+        pass over its readings: tens of milliseconds); the profiles reach the controller for
+        its next program start, and what was learned is an event like the loop's."""
+
+        def learn() -> list[tuple[str, dict]]:
+            with self._learning:
+                events = self.book.learn(part, idle)
+                controller.set_profiles(self.book.profiles, self.book.axes_lag_s or 0.0)
+                return events
+
+        self._on_events(await asyncio.to_thread(learn))
 
     def _background(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
