@@ -160,7 +160,7 @@ async def _series_with_preview(tmp_path):
     agent = Agent(dataclasses.replace(config, control=control))
     stop = asyncio.Event()
     run = asyncio.create_task(agent.run(stop))
-    trimmed = False
+    trimmed, stop_again, run_again = False, asyncio.Event(), None
     try:
         for _ in range(2500):
             await asyncio.sleep(0.01)
@@ -168,17 +168,30 @@ async def _series_with_preview(tmp_path):
             if plant.result.finished:
                 break
         await asyncio.sleep(0.3)  # the last part's end reaches the agent
+        stop.set()
+        await run
+        restarted = Agent(dataclasses.replace(config, control=control))  # the kept profiles
+        run_again = asyncio.create_task(restarted.run(stop_again))
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if restarted.control is not None:
+                break
     finally:
         stop.set()
         await run
+        stop_again.set()
+        if run_again is not None:
+            await run_again
         await controller.stop()
-    return plant, agent, trimmed
+    return plant, agent, trimmed, restarted
 
 
 def test_the_agent_learns_each_part_and_previews_the_next_in_real_time(tmp_path):
-    plant, agent, trimmed = asyncio.run(_series_with_preview(tmp_path))
+    plant, agent, trimmed, restarted = asyncio.run(_series_with_preview(tmp_path))
     assert plant.result.finished
     events = agent.control_host.events
     assert events["part"] >= 2 and events["profile_learned"] >= 1
     assert trimmed  # a later part ran on the learned profile
     assert agent.control_host.book.profiles
+    assert list((tmp_path / "profiles").glob("program-1001-tool-1.json"))
+    assert restarted.control_host.book.profiles.keys() == agent.control_host.book.profiles.keys()

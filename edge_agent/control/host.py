@@ -27,6 +27,7 @@ from .adaptive import AdaptiveController, control_inputs
 from .loop import ControlLoop
 from .part import PartRecord
 from .preview import ProfileBook
+from .profile_store import ProfileError, ProfileStore, profile_dir
 from .teach import TeachError, TeachStore
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,10 @@ class ControlHost:
         self.events: Counter[str] = Counter()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.teach = TeachStore(cfg.teach_file)
-        # The learned preview's profiles: learned in a worker thread, one part at a time
-        # (kept in memory: an agent restarted learns its parts again).
+        # The learned preview's profiles: learned in a worker thread, one part at a time, and
+        # kept beside the teach file.
         self.book = ProfileBook()
+        self.profiles = ProfileStore(profile_dir(cfg.teach_file))
         self._learning = threading.Lock()
         self._teach_watch: asyncio.Task | None = None
         self._tasks_in_flight: set[asyncio.Task] = set()
@@ -97,6 +99,8 @@ class ControlHost:
             except TeachError as exc:
                 log.error("%s; teach-in starts afresh for every tool", exc)
         controller = AdaptiveController(cfg, taught)
+        if cfg.preview:
+            self._restore_profiles(controller)
         writer = self.source.take_writer(loop)
         actuator = Actuator(cfg, self._targets, writer)
         source = self.source
@@ -165,10 +169,40 @@ class ControlHost:
         def learn() -> list[tuple[str, dict]]:
             with self._learning:
                 events = self.book.learn(part, idle)
-                controller.set_profiles(self.book.profiles, self.book.axes_lag_s or 0.0)
+                lag = self.book.axes_lag_s or 0.0
+                controller.set_profiles(self.book.profiles, lag)
+                for kind, detail in events:
+                    if kind == "profile_learned":
+                        self._save_profile(
+                            self.book.profiles[detail["program"], detail["tool"]], lag
+                        )
                 return events
 
         self._on_events(await asyncio.to_thread(learn))
+
+    def _restore_profiles(self, controller) -> None:
+        """The profiles kept from before, for the controller's first part; a file that does
+        not read is one line each, the others are used."""
+        try:
+            profiles, lag, errors = self.profiles.load()
+        except OSError as exc:  # the folder itself: unreadable
+            profiles, lag, errors = {}, None, [f"{self.profiles.directory}: {exc.strerror or exc}"]
+        for error in errors:
+            self.events["profile_load_failed"] += 1
+            log.error("%s; that profile is learned again", error)
+        self.book.restore(profiles, lag)
+        controller.set_profiles(self.book.profiles, self.book.axes_lag_s or 0.0)
+        if profiles:
+            log.info("%d learned profiles loaded from %s", len(profiles), self.profiles.directory)
+
+    def _save_profile(self, profile, axes_lag_s: float) -> None:
+        """In the learning thread. A save that fails is one line and counted; the profile is
+        used until the agent stops."""
+        try:
+            self.profiles.save(profile, axes_lag_s)
+        except ProfileError as exc:
+            self.events["profile_save_failed"] += 1
+            log.error("%s; the profile is used until the agent stops", exc)
 
     def _background(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

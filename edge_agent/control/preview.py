@@ -81,6 +81,13 @@ class ProfileBook:
         self._lag: deque[float] = deque(maxlen=LAG_PARTS)
         self._axes: deque[float] = deque(maxlen=LAG_PARTS)
 
+    def restore(self, profiles: dict[tuple[int, int], Profile], axes_lag_s: float | None) -> None:
+        """Profiles and the axes' lag kept from before (`profile_store.py`); the sensor's
+        lags are fitted again at the next spindle start."""
+        self.profiles.update(profiles)
+        if axes_lag_s is not None:
+            self._axes.append(axes_lag_s)
+
     @property
     def sensor(self) -> tuple[float, float] | None:
         """The load reading's dead time and lag (s), or None before a spindle start fitted."""

@@ -10,16 +10,14 @@ Never writes to the machine.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..durable import sync_directory
+from ..durable import replace_atomically
 
 #: The teach file's format version; a file of another version is refused, not guessed at.
 TEACH_FILE_VERSION = 1
@@ -205,37 +203,17 @@ class TeachStore:
     # -- writing --------------------------------------------------------------------
 
     def save(self, records: dict[int, ToolRecord]) -> None:
-        """Replace the file with these records, atomically and durably.
-
-        A temporary file in the same directory is written, flushed and fsync'ed, then renamed
-        over the file (atomic within one file system) and the directory fsync'ed so the
-        rename itself survives a power loss. On any failure the temporary file is removed and
-        the old file is untouched.
-        """
+        """Replace the file with these records, atomically and durably (`durable.py`): on
+        any failure the old file is untouched."""
         try:
             text = to_json(records)
         except ValueError as exc:
             raise TeachError(f"{self.path}: cannot save: {exc}") from None
-        directory = self.path.parent
-        tmp = None
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                # 0o644: the agent's user writes it, the CLI and the operator may read it.
-                os.fchmod(out.fileno(), 0o644)
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-            tmp = None
-            sync_directory(directory)
+            # 0o644: the agent's user writes it, the CLI and the operator may read it.
+            replace_atomically(self.path, text, 0o644)
         except OSError as exc:
             raise TeachError(f"{self.path}: cannot save: {exc.strerror or exc}") from None
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     def put(self, record: ToolRecord) -> None:
         """Store one tool's record, replacing any earlier one (a corrupt file: TeachError)."""
