@@ -313,6 +313,7 @@ def test_the_adapter_serves_the_register_map_and_a_50_pct_write_slows_the_progra
             assert all(v["spindle_speed"] == 6000 for v in cutting)
             assert max(v["spindle_load"] for v in cutting) > 40  # the plant cuts the stock
             assert len({v["x_position"] for v in cutting}) > 10  # the tool moves
+            await asyncio.sleep(0.1)  # the adapter's next status line sees the end
             assert (await _read(client, "run_state"))["run_state"] == RUN_STATE["idle"]
 
             async def keep_writing(pct):  # the agent's refresh, every 0.5 s

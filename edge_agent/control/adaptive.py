@@ -328,6 +328,7 @@ class AdaptiveController:
             self.taught, self._pending_taught = self._pending_taught, None
         tool = int(self._value(cfg.tool_tag)) if cfg.tool_tag else 0
         self.breakage.reset()
+        self._trim = False  # the law is reset to the override below; a preview trims afresh
         self._over_since_ns = self._exit_since_ns = self._last_signal_ns = None
         resume = recovered and self.idle_pct is not None
         if not resume:
