@@ -114,6 +114,8 @@ setup(
         ],
         # `make hil`: plots of every scenario run.
         "hil": ["matplotlib>=3.8"],
+        # `edge-agent teach show PROGRAM TOOL --png FILE`: a learned profile's plot.
+        "plot": ["matplotlib>=3.8"],
         "lint": ["ruff"],
     },
     entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},

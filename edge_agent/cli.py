@@ -24,6 +24,7 @@ from .config import (
     parse_collector_config,
     parse_config,
 )
+from .control.profile_store import ProfileError
 from .control.teach import TeachError, TeachStore, to_json
 from .telemetry.spool import SpoolError
 from .tomlcheck import read_toml_text
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             "teach": _teach,
             "collect": _collect,
         }[args.command](args)
-    except (ConfigError, SpoolError, StoreError, TeachError, UpstreamError) as exc:
+    except (ConfigError, ProfileError, SpoolError, StoreError, TeachError, UpstreamError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -238,9 +239,10 @@ def _status(args) -> int:
 def _add_teach(commands) -> None:
     teach = commands.add_parser(
         "teach",
-        help="list, forget or export the tools' learned loads",
+        help="list, forget or export the tools' learned loads and the learned profiles",
         description="The teach-in records: the first cut with a tool learns its peak load; "
-        "later cuts aim at [control] teach_fraction of it.",
+        "later cuts aim at [control] teach_fraction of it. The learned profiles: what each "
+        "(program, tool) cut along its path, for the preview ([control] preview).",
     )
     actions = teach.add_subparsers(dest="action", required=True)
     config_help = f"the agent's configuration (default {DEFAULT_CONFIG})"
@@ -258,10 +260,31 @@ def _add_teach(commands) -> None:
     )
     export.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
     export.add_argument("--out", metavar="FILE", help="write it here (default: stdout)")
+    profiles = actions.add_parser(
+        "profiles", help="one line per learned profile of the preview ([control] preview)"
+    )
+    profiles.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+    show = actions.add_parser(
+        "show",
+        help="one learned profile: its figures, and with --png a plot of it along the path",
+    )
+    show.add_argument("program", type=int, metavar="PROGRAM", help="the program number")
+    show.add_argument("tool", type=int, metavar="TOOL", help="the tool number")
+    show.add_argument("--png", metavar="FILE", help="plot it here (needs matplotlib)")
+    show.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
+    forget_help = "forget one learned profile: its next part teaches it again"
+    forget = actions.add_parser("forget", help=forget_help, description=forget_help)
+    forget.add_argument("program", type=int, metavar="PROGRAM", help="the program number")
+    forget.add_argument("tool", type=int, metavar="TOOL", help="the tool number")
+    forget.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
 
 
 def _teach(args) -> int:
     control = load_config(args.config).control
+    if args.action in ("profiles", "show", "forget"):
+        from .control.profile_report import profile_command
+
+        return profile_command(args, control)
     store = TeachStore(control.teach_file)
     if args.action == "reset":
         if not store.reset(args.tool):

@@ -157,3 +157,44 @@ def test_the_config_defaults_to_the_installed_path(monkeypatch, capsys):
     monkeypatch.setattr(cli, "load_config", load_config)
     assert main(["teach", "list"]) == 2
     assert capsys.readouterr().err.startswith("edge-agent: /etc/edge-agent/agent.toml: ")
+
+
+# -- the learned profiles of the preview --------------------------------------------------------
+
+
+def saved_profile(store_dir, program=1001, tool=1):
+    import array
+
+    from edge_agent.control.path import Visit
+    from edge_agent.control.profile import Profile
+    from edge_agent.control.profile_store import ProfileStore
+
+    visits = (Visit(10, 0.0, 0.0), Visit(20, 0.0, 3.0, 1.0))
+    k = array.array("d", [float("nan"), 20.0, 35.0])
+    ProfileStore(store_dir).save(Profile(program, tool, visits, k, 3), 0.05)
+
+
+def test_the_learned_profiles_are_listed_shown_plotted_and_forgotten(setup, tmp_path, capsys):
+    config, store = setup
+    saved_profile(store.path.parent / "profiles")
+    assert main(["teach", "profiles", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "1001" in out and "preview is off" in out
+    png = tmp_path / "profile.png"
+    assert main(["teach", "show", "1001", "1", "--png", str(png), "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "20 (3.0 mm)" in out and png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["teach", "forget", "1001", "1", "--config", config]) == 0
+    assert main(["teach", "show", "1001", "1", "--config", config]) == 1
+    assert "no profile of program 1001, tool 1" in capsys.readouterr().err
+
+
+def test_a_profile_file_that_does_not_read_is_one_line_and_the_listing_says_so(setup, capsys):
+    config, store = setup
+    folder = store.path.parent / "profiles"
+    saved_profile(folder)
+    (folder / "program-2-tool-2.json").write_text("{broken")
+    assert main(["teach", "profiles", "--config", config]) == 1
+    captured = capsys.readouterr()
+    assert "1001" in captured.out
+    assert captured.err.count("\n") == 1 and "program-2-tool-2.json: cannot read" in captured.err
