@@ -95,7 +95,10 @@ def test_qos1_messages_left_with_the_broker_are_all_stored_exactly_once(
 
     service = asyncio.run(run())
     assert service.counters["inbox_deferred"] > 0 and service.counters["connects"] > 1
-    assert service.collector.counters["duplicates"] == service.collector.counters["bad"] == 0
+    # Messages stored just before a reconnect may have their PUBACKs still queued when the
+    # connection closes: the broker delivers them again (QoS 1 is at least once) and the store
+    # keeps each once, counted as duplicates. Exactly once is the store's figure, below.
+    assert service.collector.counters["bad"] == 0
     store = SqliteStore(tmp_path / "c.db", readonly=True)
     assert store.missing_seqs(MACHINE) == [] and store.counts()["payloads"] == 60
 
