@@ -8,11 +8,11 @@ behind the override, fitted to the feed the controller reports. Each is the medi
 few parts, so one odd start does not move it.
 
 `Preview` runs inside the controller, for the part under way: it checks, block by block, that
-the part goes the way its profile went, and says k where the tool will be when an override
-written now takes effect. The controller then writes the override that holds the target there,
-trimmed by the PI law:
+the part goes the way its profile went, and says the hardest k between where the tool is and
+where it will be once an override written now has taken full effect (`k_at`). The controller
+then writes the override that holds the target there, trimmed by the PI law:
 
-    override = 100 x (target - idle) / k(s + v x axes lag) x trim / 100
+    override = 100 x (target - idle) / k_ahead x trim / 100
 
 With a right profile the trim stays at 100 % across every step the profile knows; what the
 profile does not know (a hard spot new to this part, wear since it was learned) reaches the
