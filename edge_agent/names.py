@@ -25,6 +25,8 @@ RULE = f"1-{MAX_NAME_CHARS} of letters, digits, '_', '.', '-', and not '.' or '.
 #: What may name a channel (a tag, a bridge channel, an OPC UA node): lower-case letters,
 #: digits and '_', starting with a letter, at most 64 (it is a key in configs and telemetry).
 CHANNEL = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: ... as the one-line errors say it.
+CHANNEL_RULE = "a lower-case letter and hold only lower-case letters, digits and '_' (at most 64)"
 
 
 def is_name(text: object) -> bool:

@@ -16,6 +16,8 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from . import names
+
 KeyPath = tuple[str | int, ...]
 
 
@@ -179,6 +181,15 @@ class TomlChecker:
         """A reconnect backoff's cap may not be under its start."""
         if cfg.reconnect_max_s < cfg.reconnect_min_s:
             raise self.fail((*path, "reconnect_max_s"), "must not be less than reconnect_min_s")
+
+    def channel_name(self, path: KeyPath, name: str, group: bool = False) -> str:
+        """`name` as a channel (or, `group`, a time group) may be named (`names.CHANNEL`), or
+        the one-line error at `path`."""
+        if not names.CHANNEL.match(name):
+            if group:
+                raise self.fail(path, "group name must be lower-case letters, digits and '_'")
+            raise self.fail(path, f"must start with {names.CHANNEL_RULE}, got {name!r}")
+        return name
 
     def section(self, data: dict, name: str, cls: type, required: bool = False) -> Any:
         """Validate a flat section against the dataclass `cls`: its fields, their types (str,

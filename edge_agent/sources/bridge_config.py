@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from dataclasses import replace as dataclass_replace
 
-from .. import limits, names
+from .. import limits
 from ..tomlcheck import KeyPath, TomlChecker
 
 #: What the board computes per block of each channel (docs/bridge-protocol.md, FEATURES).
@@ -88,11 +88,7 @@ def parse_bridge(checker: TomlChecker, data: dict, tag_names: set[str]) -> Bridg
     for i, entry in enumerate(entries):
         where: KeyPath = (*path, "channels", i)
         entry = checker.table(entry, where, [f.name for f in dataclass_fields(BridgeChannel)])
-        name = checker.value(entry, where, "name", str)
-        if not names.CHANNEL.match(name):
-            raise checker.fail(
-                (*where, "name"), f"must be lower-case letters, digits and '_', got {name!r}"
-            )
+        name = checker.channel_name((*where, "name"), checker.value(entry, where, "name", str))
         index = checker.within(entry, where, "index", limits.BRIDGE_CHANNEL["index"])
         if index in indices:
             raise checker.fail(

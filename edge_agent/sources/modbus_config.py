@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import limits, names
+from .. import limits
 from ..registers import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Order, Table, Tag, ValueType
 from ..tomlcheck import KeyPath, TomlChecker
 from .base import INTEGER_RANGES
@@ -98,8 +98,7 @@ def parse_poll_groups(checker: TomlChecker, data: dict) -> dict[str, PollGroup]:
     groups = {}
     for name, group in raw.items():
         path = ("poll_groups", name)
-        if not names.CHANNEL.match(name):
-            raise checker.fail(path, "group name must be lower-case letters, digits and '_'")
+        checker.channel_name(path, name, group=True)
         checker.table(group, path, ("period_s", "stale_after_s"))
         period = checker.within(group, path, "period_s", limits.POLL_GROUP["period_s"])
         stale = checker.within(
@@ -133,13 +132,7 @@ def parse_tags(checker: TomlChecker, data: dict, groups: dict[str, PollGroup]) -
 
 def _tag(checker: TomlChecker, entry: Any, path: KeyPath, groups: dict[str, PollGroup]) -> Tag:
     entry = checker.table(entry, path, TAG_KEYS)
-    name = checker.value(entry, path, "name", str)
-    if not names.CHANNEL.match(name):
-        raise checker.fail(
-            (*path, "name"),
-            "must start with a lower-case letter and hold only "
-            f"lower-case letters, digits and '_' (at most 64), got {name!r}",
-        )
+    name = checker.channel_name((*path, "name"), checker.value(entry, path, "name", str))
     table = Table(checker.choice(entry, path, "table", [t.value for t in Table]))
     default_type = "bool" if table.is_bits else ...
     vtype = ValueType(

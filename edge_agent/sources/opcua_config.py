@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
-from .. import limits, names
+from .. import limits
 from ..tomlcheck import KeyPath, Range, TomlChecker
 from .base import FLOAT_QUANTUM
 
@@ -323,8 +323,7 @@ def _groups(checker: TomlChecker, raw: dict, path: KeyPath) -> dict[str, OpcUaGr
     groups = {}
     for name, entry in table.items():
         at: KeyPath = (*where, name)
-        if not names.CHANNEL.match(name):
-            raise checker.fail(at, "group name must be lower-case letters, digits and '_'")
+        checker.channel_name(at, name, group=True)
         checker.table(entry, at, tuple(GROUP))
         period = checker.within(entry, at, "period_s", GROUP["period_s"])
         stale = checker.within(entry, at, "stale_after_s", GROUP["stale_after_s"], 3 * period)
@@ -364,13 +363,7 @@ def _node(
     checker: TomlChecker, entry: Any, at: KeyPath, groups: dict[str, OpcUaGroup], namespace: str
 ) -> OpcUaNode:
     entry = checker.table(entry, at, [f.name for f in fields(OpcUaNode)])
-    name = checker.value(entry, at, "name", str)
-    if not names.CHANNEL.match(name):
-        raise checker.fail(
-            (*at, "name"),
-            "must start with a lower-case letter and hold only lower-case letters, digits "
-            f"and '_' (at most 64), got {name!r}",
-        )
+    name = checker.channel_name((*at, "name"), checker.value(entry, at, "name", str))
     node_id = checker.value(entry, at, "node_id", str, "")
     browse_path = checker.value(entry, at, "browse_path", str, "")
     if node_id and browse_path:
