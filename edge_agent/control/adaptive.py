@@ -565,7 +565,8 @@ class AdaptiveController:
         feed = self._feed_pct(override, knob)
         idle = self.idle_pct
         for arrived_ns, sample in arrivals:
-            if sample.channel == cfg.signal and self._good(cfg.signal) is not None:
+            good = sample.quality is Quality.GOOD and math.isfinite(sample.value)
+            if sample.channel == cfg.signal and good:
                 cutting = idle is not None and sample.value > idle + self._margin()
                 parts.reading(arrived_ns, sample.value, override, knob, feed, tool, cutting)
 
