@@ -266,13 +266,24 @@ def _add_teach(commands) -> None:
     profiles.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
     show = actions.add_parser(
         "show",
-        help="one learned profile: its figures, and with --png a plot of it along the path",
+        help="one learned profile and its last part: their figures, with --png a plot of both "
+        "along the path, with --csv the profile as CSV",
     )
     show.add_argument("program", type=int, metavar="PROGRAM", help="the program number")
     show.add_argument("tool", type=int, metavar="TOOL", help="the tool number")
-    show.add_argument("--png", metavar="FILE", help="plot it here (needs matplotlib)")
+    show.add_argument(
+        "--png",
+        metavar="FILE",
+        help="plot it here, and below it the last part's load, target and override "
+        "(needs matplotlib)",
+    )
+    show.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="write the profile here, one row per bin: s_mm (the bin's middle), k_pct, block",
+    )
     show.add_argument("--config", default=DEFAULT_CONFIG, help=config_help)
-    forget_help = "forget one learned profile: its next part teaches it again"
+    forget_help = "forget one learned profile and its last part: its next part teaches it again"
     forget = actions.add_parser("forget", help=forget_help, description=forget_help)
     forget.add_argument("program", type=int, metavar="PROGRAM", help="the program number")
     forget.add_argument("tool", type=int, metavar="TOOL", help="the tool number")

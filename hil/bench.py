@@ -305,7 +305,7 @@ def run_adaptive_simulated(
             controller = loop.controller
             learned = book.learn(controller.last_part, controller.idle_pct)
             loop.events.extend((now_ns, e) for e in learned)
-            controller.set_profiles(book.profiles, book.axes_lag_s or 0.0)
+            controller.set_profiles(book.profiles, book.timing)
 
     router = SampleRouter(  # the agent's own routing: its filter chain, qualities, control tags
         {cfg.signal: ChannelConfig(cfg.signal, filters, sample_rate_hz=1 / poll_s)},

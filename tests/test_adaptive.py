@@ -203,6 +203,37 @@ def test_a_frozen_load_reading_is_a_fault():
     assert bench.events[-1][1]["reason"] == "spindle_load frozen"
 
 
+def test_a_clean_reading_standing_still_at_a_steady_load_is_not_frozen():
+    # A drive with 0.1 % resolution and no noise reads one value in air and at the target.
+    bench = Bench(cfg=dataclasses.replace(CFG, frozen_s=0.5))
+    bench.run(8.0, 3.0)
+    assert bench.ctrl.state is State.AIR
+    for _ in range(300):  # a cut that takes 60 % at 100 %, read to 0.1 %
+        override = bench.written[-1] if bench.written else 100.0
+        bench.poll(round(8.0 + 60.0 * override / 100, 1))
+    assert bench.ctrl.state is State.CUTTING
+    assert len(set(bench.written[-100:])) == 1  # held: the reading stood still for 2 s
+
+
+def test_a_clean_reading_that_does_not_answer_the_override_moving_is_frozen():
+    bench = Bench(cfg=dataclasses.replace(CFG, frozen_s=0.5))
+    bench.run(8.0, 1.0)
+    for _ in range(100):  # a cut read to 0.1 %, no noise
+        bench.poll(round(8.0 + 60.0 * (bench.written[-1] if bench.written else 100) / 100, 1))
+    assert bench.ctrl.state is State.CUTTING
+    bench.poll(90.0)  # the reading's last move: then it sticks, whatever the feed
+    stuck_at, moved_from = bench.t, bench.ctrl.override
+    while bench.ctrl.state is State.CUTTING and bench.t < 10.0:
+        bench.poll(90.0)
+    assert bench.ctrl.state is State.FAULT
+    assert bench.events[-1][1]["reason"] == "spindle_load frozen"
+    assert bench.t - stuck_at > 0.5 and moved_from - bench.written[-2] >= 5.0
+    bench.run(90.0, 1.0)
+    assert bench.ctrl.state is State.FAULT  # stuck until it moves
+    bench.run(70.0, 0.1)
+    assert bench.ctrl.state is State.CUTTING
+
+
 def test_after_a_fault_control_resumes_from_the_override_it_left():
     bench = cutting_bench()
     bench.run(95.0, 1.0)

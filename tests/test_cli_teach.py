@@ -6,8 +6,10 @@ import pytest
 
 from edge_agent.cli import main
 from edge_agent.config import ConfigError
+from edge_agent.control.profile_store import ProfileStore
 from edge_agent.control.teach import TeachStore, ToolRecord
 from tests.test_config import MINIMAL
+from tests.test_profile_store import part_record
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -167,7 +169,6 @@ def saved_profile(store_dir, program=1001, tool=1):
 
     from edge_agent.control.path import Visit
     from edge_agent.control.profile import Profile
-    from edge_agent.control.profile_store import ProfileStore
 
     visits = (Visit(10, 0.0, 0.0), Visit(20, 0.0, 3.0, 1.0))
     k = array.array("d", [float("nan"), 20.0, 35.0])
@@ -198,3 +199,71 @@ def test_a_profile_file_that_does_not_read_is_one_line_and_the_listing_says_so(s
     captured = capsys.readouterr()
     assert "1001" in captured.out
     assert captured.err.count("\n") == 1 and "program-2-tool-2.json: cannot read" in captured.err
+
+
+def png_size(path):
+    """(width, height) from a PNG's IHDR."""
+    data = path.read_bytes()
+    assert data[:4] == b"\x89PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_show_says_what_the_last_part_did_and_plots_it_below_the_profile(setup, tmp_path, capsys):
+    config, store = setup
+    folder = store.path.parent / "profiles"
+    saved_profile(folder)
+    ProfileStore(folder).save_last_part(part_record(), 1)
+    png = tmp_path / "profile.png"
+    assert main(["teach", "show", "1001", "1", "--png", str(png), "--config", config]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "last part: 3 readings, 0.0-1.0 s into its cycle, peak load 71.1 %"
+    assert png_size(png) == (1000, 800)  # two panels: the profile, the last part
+
+
+def test_show_without_a_last_part_says_none_is_kept_and_plots_the_profile_alone(
+    setup, tmp_path, capsys
+):
+    config, store = setup
+    saved_profile(store.path.parent / "profiles")
+    png = tmp_path / "profile.png"
+    assert main(["teach", "show", "1001", "1", "--png", str(png), "--config", config]) == 0
+    assert "no last part kept" in capsys.readouterr().out
+    assert png_size(png) == (1000, 400)
+
+
+def test_a_last_part_that_does_not_read_is_one_line_and_the_profile_is_still_shown(
+    setup, tmp_path, capsys
+):
+    config, store = setup
+    folder = store.path.parent / "profiles"
+    saved_profile(folder)
+    (folder / "program-1001-tool-1.last-part.csv").write_text("{broken")
+    png = tmp_path / "profile.png"
+    assert main(["teach", "show", "1001", "1", "--png", str(png), "--config", config]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1
+    assert "program-1001-tool-1.last-part.csv: not a last part" in captured.err
+    assert "20 (3.0 mm)" in captured.out and png_size(png) == (1000, 400)
+
+
+def test_show_writes_the_profile_as_csv_one_row_per_bin(setup, tmp_path, capsys):
+    config, store = setup
+    saved_profile(store.path.parent / "profiles")
+    out = tmp_path / "export" / "profile.csv"
+    assert main(["teach", "show", "1001", "1", "--csv", str(out), "--config", config]) == 0
+    header, *rows = out.read_text().splitlines()
+    assert header == "s_mm,k_pct,block"
+    # the profile's k: [nan, 20, 35] on 1 mm bins, all in block 20 (block 10 is 0 mm long)
+    assert rows == ["0.5,,20", "1.5,20.000,20", "2.5,35.000,20"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{out}: the profile's 3 bins of 1 mm")
+
+
+def test_forget_deletes_the_last_part_with_the_profile(setup, capsys):
+    config, store = setup
+    folder = store.path.parent / "profiles"
+    saved_profile(folder)
+    ProfileStore(folder).save_last_part(part_record(), 1)
+    assert main(["teach", "forget", "1001", "1", "--config", config]) == 0
+    assert "forgotten with its last part" in capsys.readouterr().out
+    assert list(folder.iterdir()) == []

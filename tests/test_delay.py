@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from edge_agent.control.delay import fit_step
+from edge_agent.control.delay import fit_step, fit_steps
 from hil.physics import LoadSensor
 
 pytestmark = pytest.mark.timeout(60)
@@ -15,11 +15,19 @@ POLL_S = 0.02
 STEP_S = 0.001  # the sensor model's own step: finer than the poll
 
 
-def spindle_start(rng: random.Random, dead_s: float, lag_s: float, idle: float, window_s=1.0):
+def spindle_start(
+    rng: random.Random,
+    dead_s: float,
+    lag_s: float,
+    idle: float,
+    window_s=1.0,
+    noise=0.3,
+    poll_s=POLL_S,
+):
     """Readings every poll after the spindle starts, the first poll a random fraction of a
     poll after the step: (times after the first poll, readings)."""
-    sensor = LoadSensor(STEP_S, lag_s, dead_s, 0.1, 0.3, rng)
-    phase = rng.uniform(0.0, POLL_S)
+    sensor = LoadSensor(STEP_S, lag_s, dead_s, 0.1, noise, rng)
+    phase = rng.uniform(0.0, poll_s)
     t, due, times, readings = 0.0, phase, [], []
     while due < window_s + phase:
         sensor.update(idle)
@@ -27,7 +35,7 @@ def spindle_start(rng: random.Random, dead_s: float, lag_s: float, idle: float, 
         if t >= due - 1e-12:
             times.append(due - phase)
             readings.append(sensor.reading)
-            due += POLL_S
+            due += poll_s
     return times, readings
 
 
@@ -54,6 +62,31 @@ def test_the_mean_delay_is_found_within_two_polls_on_sensors_it_was_not_tuned_on
     assert -POLL_S <= bias <= 0.0  # the step is half a poll before the first reading, on average
 
 
+def test_noisy_readings_at_slow_polls_are_fitted_over_three_starts_or_refused():
+    # The scenario family's sensors and polls (noise 0-3 %, a poll of 20-100 ms), 2 s of air
+    # after each start, three parts' starts fitted together as the profile book does. The
+    # noise rules, the longest-lag split and the joint fit were set looking at seeds 7 and
+    # 11 (refused 19-20 %, error p95 1.9-2.0 polls, max 0.14-0.24 s); seed 13 is held out.
+    # A step lost in noise of a tenth of it or more is refused: later starts are fitted.
+    rng = random.Random(13)
+    errors, refused = [], 0
+    for _ in range(200):
+        dead, lag, idle = rng.uniform(0.0, 0.2), rng.uniform(0.03, 0.4), rng.uniform(4.0, 12.0)
+        noise, poll = rng.uniform(0.0, 3.0), rng.randint(2, 10) / 100
+        starts = [spindle_start(rng, dead, lag, idle, 2.0, noise, poll) for _ in range(3)]
+        fit = fit_steps(starts)
+        if fit is None:
+            refused += 1
+            assert noise > 0.1 * idle  # only a step the noise hides
+            continue
+        error = abs(fit.mean_s - dead - lag)
+        errors.append((error / poll, error))
+    assert refused <= 0.25 * 200
+    in_polls = sorted(e for e, _ in errors)
+    assert in_polls[int(0.95 * len(errors)) - 1] <= 2.5
+    assert max(s for _, s in errors) <= 0.3
+
+
 def test_a_reading_still_falling_from_the_last_part_does_not_bend_the_fit():
     rng = random.Random(3)
     sensor = LoadSensor(STEP_S, 0.3, 0.05, 0.1, 0.3, rng)
@@ -69,9 +102,9 @@ def test_a_reading_still_falling_from_the_last_part_does_not_bend_the_fit():
             readings.append(sensor.reading)
     fit = fit_step(times, readings)
     assert readings[0] > 2.0  # still falling when the spindle starts again
-    assert fit.mean_s == pytest.approx(0.35, abs=0.03) and fit.final_pct == pytest.approx(
-        8, abs=0.5
-    )
+    # Of the splits that fit within the noise the longest lag: on the slow side, if off.
+    assert 0.35 - 0.03 <= fit.mean_s <= 0.35 + 0.05
+    assert fit.final_pct == pytest.approx(8, abs=0.5)
 
 
 @pytest.mark.parametrize(

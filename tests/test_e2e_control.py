@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from edge_agent.control.profile_store import ProfileStore
 from edge_agent.service import Agent
 from hil.controller import SimulatedController
 from hil.demo import demo_config
@@ -194,4 +195,6 @@ def test_the_agent_learns_each_part_and_previews_the_next_in_real_time(tmp_path)
     assert trimmed  # a later part ran on the learned profile
     assert agent.control_host.book.profiles
     assert list((tmp_path / "profiles").glob("program-1001-tool-1.json"))
+    last = ProfileStore(tmp_path / "profiles").last_part(1001, 1)  # the last part, kept beside
+    assert last is not None and last["t_s"][-1] > 1.0 and max(last["target_pct"]) > 0
     assert restarted.control_host.book.profiles.keys() == agent.control_host.book.profiles.keys()

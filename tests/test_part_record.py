@@ -8,7 +8,7 @@ import math
 import pytest
 
 from edge_agent.control.part import MAX_READINGS, PartRecorder
-from edge_agent.control.path import PathTracker, Visit, same_path
+from edge_agent.control.path import PathTracker, Visit, anchored, same_path
 from edge_agent.samples import Sample
 from hil.bench import control_config, run_adaptive_simulated
 from hil.scenario import load_scenario, parse_scenario, scenario_path
@@ -51,14 +51,38 @@ def test_the_same_path_allows_a_polls_travel_and_nothing_more():
     assert not same_path(a, (Visit(10, 0, 100.0), Visit(30, 100.0, 50.0)))  # renumbered
 
 
+def test_a_block_seen_at_one_poll_may_be_off_by_the_step_out_of_it():
+    # A program's first rapid, polled every 100 ms at 200 mm/s: seen at one poll only.
+    def part(step_out_mm):
+        path = PathTracker()
+        path.observe(10, (0.0, 0.0, 0.0))
+        path.observe(20, (step_out_mm, 0.0, 0.0))  # the rapid's end lies on this step
+        path.observe(20, (60.0, 0.0, 0.0))
+        return path.finish()
+
+    early, late = part(4.0), part(19.0)
+    assert (early[0].length_mm, early[0].step_mm) == (4.0, 4.0)
+    assert same_path(early, late)
+
+
+def test_a_place_is_anchored_to_its_blocks_start_so_the_arc_lengths_drift_does_not_add_up():
+    # Two parts the same way; the second's polls cut a rapid's corner 4 mm shorter.
+    first = (Visit(10, 0.0, 40.0, 16.0), Visit(20, 40.0, 100.0, 1.0), Visit(30, 140.0, 50.0))
+    second = (Visit(10, 0.0, 36.0, 16.0), Visit(20, 36.0, 100.0, 1.0), Visit(30, 136.0, 50.0))
+    assert anchored(second, first, 86.0) == 90.0  # 50 mm into block 20 in both
+    assert anchored(second, first, 150.0) == 154.0
+    assert anchored(second, first, 10.0) == 10.0  # the first block starts at 0 in both
+    assert anchored(second, first[:1], 150.0) == 150.0  # past the anchor's blocks: as it is
+
+
 def test_a_record_counts_each_state_and_keeps_the_first_reason_it_was_rejected():
     parts = PartRecorder()
     parts.start(1 * NS, 1001, "air")
     parts.move(10, (0.0, 0.0, 0.0))
-    parts.reading(1 * NS, 5.0, 100.0, 100.0, 100.0, 3, False)
+    parts.reading(1 * NS, 5.0, 70.0, 100.0, 100.0, 100.0, 3, False)
     parts.state(2 * NS, "cutting")
     parts.move(20, (10.0, 0.0, 0.0))
-    parts.reading(2 * NS, 70.0, 120.0, 100.0, 120.0, 3, True)
+    parts.reading(2 * NS, 70.0, 65.0, 120.0, 100.0, 120.0, 3, True)
     parts.reject("fault: spindle_load stale")
     parts.reject("hold: overload")
     record = parts.finish(5 * NS)
@@ -66,6 +90,7 @@ def test_a_record_counts_each_state_and_keeps_the_first_reason_it_was_rejected()
     assert record.state_s == {"air": 1.0, "cutting": 3.0}
     assert record.rejected == "fault: spindle_load stale"
     assert list(record.readings["s_mm"]) == [0.0, 10.0]
+    assert list(record.readings["target_pct"]) == [70.0, 65.0]
     assert record.summary()["tools"] == [3] and record.summary()["blocks"] == 2
     assert parts.finish(6 * NS) is None  # closed once
 
@@ -75,7 +100,7 @@ def test_a_record_too_long_to_learn_from_stops_growing_and_is_rejected(monkeypat
     parts = PartRecorder()
     parts.start(0, 1, "air")
     for i in range(5):
-        parts.reading(i, 1.0, 100.0, 100.0, 100.0, 1, False)
+        parts.reading(i, 1.0, 70.0, 100.0, 100.0, 100.0, 1, False)
     record = parts.finish(10)
     assert len(record.readings["t_s"]) == 3 and record.rejected.startswith("longer than")
     assert MAX_READINGS == 200_000
@@ -106,6 +131,7 @@ def test_each_part_of_a_series_is_one_record_along_the_programs_path():
         assert summary["program"] == 1001 and summary["tools"] == [1]
         assert summary["state_s"]["cutting"] > 2.0
     assert controller.last_part.readings["s_mm"][-1] == pytest.approx(path_mm, abs=1.0)
+    assert set(controller.last_part.readings["target_pct"]) == {controller.target_pct()}
 
 
 def test_an_edited_block_shows_as_another_path():

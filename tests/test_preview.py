@@ -4,6 +4,7 @@ own control path on HIL series of parts with and without the preview."""
 
 import array
 import dataclasses
+import math
 
 import pytest
 
@@ -12,6 +13,7 @@ from edge_agent.control.path import Visit
 from edge_agent.control.preview import Preview, ProfileBook, axes_lag
 from edge_agent.control.profile import Profile
 from hil.bench import control_config, run_adaptive_simulated
+from hil.metrics import hold_at_s
 from hil.oracle import oracle
 from hil.plant import MOTION
 from hil.scenario import load_scenario, parse_scenario, scenario_path
@@ -62,13 +64,32 @@ def test_a_part_going_another_way_is_told_once_and_previewed_no_more(going, s_mm
     assert p.check(going, s_mm) == "" and p.k_at(100.0, 0.0) is None
 
 
+def test_the_hardest_k_is_looked_for_from_a_margin_behind_to_a_margin_past_the_lead():
+    k = array.array("d", [0.0] * 50 + [40.0] * 10 + [0.0] * 40)  # a cut from 50 to 60 mm
+    p = Preview(Profile(1, 1, KNOWN, k, 2), lead_s=0.1, margin_s=0.05)
+    # At 100 mm/s the window runs from 5 mm behind the tool to 15 mm ahead of it.
+    assert p.k_at(34.0, 100.0) is None and p.k_at(36.0, 100.0) == 40.0
+    assert p.k_at(64.0, 100.0) == 40.0 and p.k_at(66.0, 100.0) is None
+    assert p.k_at(40.0, 0.0) is None  # standing still: where it is only
+
+
+def test_known_air_is_where_the_profile_saw_the_tool_cut_nothing_all_through_the_window():
+    k = array.array("d", [0.0] * 50 + [40.0] * 10 + [0.0] * 30 + [math.nan] * 10)
+    p = Preview(Profile(1, 1, KNOWN, k, 2), lead_s=0.1, margin_s=0.05)
+    assert p.known_air(20.0, 100.0)
+    assert not p.known_air(40.0, 100.0)  # a cut within the window
+    assert not p.known_air(80.0, 100.0)  # a stretch the profile never saw
+    p.matching = False
+    assert not p.known_air(20.0, 100.0)  # a part going another way knows nothing
+
+
 def test_the_axes_lag_is_the_shift_that_lines_the_reported_feed_up_with_the_asked():
     parts = PartRecorder()
     parts.start(0, 1, "cutting")
     asked = [100.0 + (30.0 if 1.0 <= i * 0.02 < 2.0 else 0.0) for i in range(150)]
     for i, a in enumerate(asked):
         reported = asked[max(0, i - 4)]  # 80 ms behind
-        parts.reading(i * 20_000_000, 50.0, a, 100.0, reported, 1, True)
+        parts.reading(i * 20_000_000, 50.0, 70.0, a, 100.0, reported, 1, True)
     assert axes_lag(parts.finish(3 * NS)) == pytest.approx(0.08, abs=0.006)
 
 
@@ -122,6 +143,19 @@ def test_from_the_second_part_on_the_preview_cuts_the_peak_and_never_the_pace(na
         assert peak <= max(plain_peak, 1.12 * target)  # no worse, and within 12 % of target
 
 
+def test_where_the_profile_knows_air_ahead_the_feed_runs_at_the_highest_override():
+    # The air override is 100 % by default: feedback alone cannot know what an air move
+    # leads into; the profile does, part after part.
+    scenario = series(load_scenario(scenario_path("long_air_moves")))
+    plain, _, _ = run(scenario, preview=False)
+    previewed, _, _ = run(scenario, preview=True)
+    for (ratio, peak), (plain_ratio, _) in zip(
+        per_part(previewed, scenario)[2:], per_part(plain, scenario)[2:], strict=True
+    ):
+        assert plain_ratio > 1.2 and ratio < 1.03  # the air moves at 150 %, not 100 %
+        assert peak <= 1.05 * scenario.control.target_load_pct  # and the entries held
+
+
 def test_an_edited_block_is_noticed_and_the_part_is_controlled_by_feedback_alone():
     text = SERIES.replace("parts = 3", "parts = 4")
     text += "\n[[vary]]\npart = 3\nedits = [{segment = 1, depth_mm = 4, length_mm = 40}]\n"
@@ -132,6 +166,36 @@ def test_an_edited_block_is_noticed_and_the_part_is_controlled_by_feedback_alone
     parts = per_part(previewed, scenario)
     assert parts[2][1] <= parts[0][1] + 1.0  # no worse than the first part's
     assert previewed.result.finished and not previewed.held
+
+
+def test_a_program_edited_for_good_is_learned_again_from_its_second_part_that_way():
+    edited = "".join(
+        f"\n[[vary]]\npart = {part}\nedits = [{{segment = 1, length_mm = 80}}]\n"
+        for part in (3, 4, 5)
+    )
+    scenario = parse_scenario(SERIES.replace("parts = 3", "parts = 5") + edited)
+    previewed, loop, _ = run(scenario, preview=True)
+    events = [(kind, d) for _, (kind, d) in loop.events if kind.startswith("profile")]
+    assert [d["why"][:9] for kind, d in events if kind == "profile_mismatch"] == ["block 30 "] * 2
+    learned = [d for kind, d in events if kind == "profile_learned"]
+    # Parts 1 and 2; part 3 went another way: not learned; part 4 the same way: learned again
+    # from itself; part 5 previewed on it, and learned.
+    assert [d["parts"] for d in learned] == [1, 2, 1, 2]
+    assert "two parts in a row" in learned[2]["relearned"]
+    assert previewed.result.finished and not previewed.held
+
+
+def test_load_lost_where_the_profile_says_the_tool_cuts_is_held_as_a_breakage():
+    # No chip, no spike: the spike rule cannot tell this from the tool leaving the material;
+    # the profile says the tool cuts there.
+    broken = '\n[[events]]\nkind = "breakage"\nat_mm = 110\npart = 3\nspike_factor = 1.0\n'
+    scenario = parse_scenario(SERIES.replace("parts = 3", "parts = 4") + broken)
+    plain, _, _ = run(scenario, preview=False)
+    previewed, loop, _ = run(scenario, preview=True)
+    assert plain.held == "" and previewed.held == "breakage"
+    detail = next(d for _, (kind, d) in loop.events if kind == "breakage")
+    assert detail["cut_pct"] < 0.4 * detail["expected_pct"]
+    assert hold_at_s(previewed) - previewed.result.broken_at_s < 0.5
 
 
 def test_without_preview_the_controller_runs_as_before():

@@ -27,7 +27,9 @@ def step_k(s_mm: float) -> float:
     return 35.0 if 40.0 <= s_mm < 60.0 else 20.0
 
 
-def record_of(k=step_k, override=lambda t: 100.0, length_mm=100.0, tool=TOOL, reject=""):
+def record_of(
+    k=step_k, override=lambda t: 100.0, length_mm=100.0, tool=TOOL, reject="", drift_mm=0.0
+):
     """One part: the tool moving along a straight path at the override's feed, its load the
     truth at the place and feed of DELAY_S before, as a lagging sensor would show it."""
     parts = PartRecorder()
@@ -38,8 +40,9 @@ def record_of(k=step_k, override=lambda t: 100.0, length_mm=100.0, tool=TOOL, re
         history.append((t, s, feed))
         then = [h for h in history if h[0] <= t - DELAY_S + 1e-9]
         load = IDLE + (k(then[-1][1]) * then[-1][2] / 100 if then else 0.0)
-        parts.move(10 if s < 50 else 20, (s, 0.0, 0.0))
-        parts.reading(round(t * NS), load, feed, 100.0, feed, tool, s > 0)
+        # `drift_mm`: the positions polled say the tool went that much further by block 20
+        parts.move(10 if s < 50 else 20, (s + (drift_mm if s >= 50 else 0.0), 0.0, 0.0))
+        parts.reading(round(t * NS), load, 70.0, feed, 100.0, feed, tool, s > 0)
         t += DT_S
         s += SPEED_MM_S * feed / 100 * DT_S
     if reject:
@@ -62,6 +65,18 @@ def test_the_wrong_delay_smears_the_step_and_another_tools_readings_say_nothing(
     late = measure(record, TOOL, IDLE, 0.0)  # not put back: the step shows 2 mm late
     assert late[40] == pytest.approx(20.0) and late[42] == pytest.approx(35.0)
     assert all(math.isnan(x) for x in measure(record, TOOL + 1, IDLE, DELAY_S))
+
+
+def test_a_later_part_whose_arc_length_drifted_is_learned_where_the_profile_has_it():
+    profile, _ = learn(
+        None, record_of(k=lambda s: 35.0 if 60.0 <= s < 80.0 else 20.0), TOOL, IDLE, DELAY_S
+    )
+    drifted = record_of(k=lambda s: 35.0 if 60.0 <= s < 80.0 else 20.0, drift_mm=4.0)
+    assert drifted.visits[1].start_mm > profile.visits[1].start_mm + 3.0
+    profile, why = learn(profile, drifted, TOOL, IDLE, DELAY_S)
+    assert why == "" and profile.parts == 2
+    assert profile.at(59.5) == pytest.approx(20.0) and profile.at(60.5) == pytest.approx(35.0)
+    assert profile.at(79.5) == pytest.approx(35.0) and profile.at(80.5) == pytest.approx(20.0)
 
 
 def test_a_held_feed_teaches_nothing():
@@ -161,5 +176,7 @@ def test_the_agents_own_records_of_a_hil_series_teach_the_plants_true_specific_l
             kw = MATERIALS[seg.material] * seg.depth_mm * seg.width_mm * seg.feed_mm_min
             true_k = 100 * kw / (60e6 * m.efficiency) / m.rated_power_kw
             middle = [profile.at(s) for s in range(int(x) + 15, int(x + seg.length_mm) - 15)]
-            assert all(v == pytest.approx(true_k, rel=0.03) for v in middle), (x, true_k)
+            # within 4 %: the 3 mm median keeps a short cut's height, and some of the noise
+            # that undoing the lag amplifies (a 0.3 % reading's noise, here)
+            assert all(v == pytest.approx(true_k, rel=0.04) for v in middle), (x, true_k)
         x += seg.length_mm

@@ -24,9 +24,10 @@ from ..config import ControlConfig
 from ..kernels.feedlaw import FeedLaw
 from ..samples import Quality, Sample
 from .breakage import BreakageRule, BreakageWatch
+from .loss import ProfileLossWatch
 from .noise import NoiseEstimate
 from .part import PartRecord, PartRecorder
-from .preview import Preview
+from .preview import Preview, Timing
 from .profile import Profile
 from .teach import TeachIn, ToolRecord
 
@@ -62,6 +63,10 @@ SEVERE_SHARE = 0.1
 #: The longest gap between samples counted into that integral (a stale signal is a fault).
 SEVERE_DT_NS = 100_000_000
 
+#: A clean reading (its noise under its resolution) standing still is stuck when the override
+#: moved this much (% of the programmed feed) in a cut since it last moved: the cutting load
+#: follows the feed, and a register's resolution (0.1-1 %) is finer than 5 % of feed moves it.
+FROZEN_FEED_CHANGE_PCT = 5.0
 #: A breakage's level must be at least this share of the target's cutting load: a tool
 #: barely touching the part has no load to lose.
 BREAKAGE_MIN_SHARE = 0.25
@@ -84,6 +89,11 @@ _WATCHED = (State.TEACH, State.ENTRY, State.CUTTING, State.AIR)
 _PREVIEWED = (State.AIR, State.ENTRY, State.CUTTING)
 #: Between polls of the positions the path is extrapolated at the last speed, this long at most.
 PREVIEW_EXTRAPOLATE_S = 0.1
+#: A stretch ahead this much harder than here (k) is met without a trim above 100 %.
+HARDER_AHEAD = 1.1
+#: The override written within this of its clamp, or the feed reported this far short of
+#: the asked (% of the programmed), is saturated: the trim does not wind up.
+SATURATED_SLACK_PCT = 3.0
 
 
 @dataclass
@@ -159,6 +169,10 @@ class AdaptiveController:
         self._events: list[tuple[str, dict]] = []
         self._started_ns: int | None = None
         self._signal_changed_ns = 0
+        self._override_at_change: float | None = None  # the override when the reading moved
+        self._stuck = False  # judged frozen since it last moved
+        self.loss = ProfileLossWatch()  # breakage against the learned profile
+        self._resolution = math.inf  # the smallest move of the reading seen: its register's
         self._now_ns = 0
         self._settled_ns = 0
         self._over_idle = 0
@@ -189,14 +203,16 @@ class AdaptiveController:
         self._cut_in_block = False
         self.parts = PartRecorder()
         self.last_part: PartRecord | None = None  # the last program run, once it ended
-        # The learned profiles and the axes' lag (`set_profiles`), and this part's preview.
+        # The learned profiles and the loop's timing (`set_profiles`), and this part's preview.
         self._profiles: dict[tuple[int, int], Profile] = {}
-        self._axes_lag_s = 0.0
-        self._pending_profiles: tuple[dict, float] | None = None
+        self._timing = Timing()
+        self._pending_profiles: tuple[dict, Timing] | None = None
         self._preview: Preview | None = None
         self._trim = False  # the law's override is a trim (%) of the profile's, not the override
         self._preview_tool: int | None = None
-        self._s_at: tuple[int, float, float] | None = None  # (ns, s mm, speed mm/s)
+        # (ns, s mm along the profile's path, speed mm/s), and the part's own s then
+        self._s_at: tuple[int, float, float] | None = None
+        self._raw_s_mm = 0.0
 
     # -- the entry point ---------------------------------------------------------------------
 
@@ -207,7 +223,10 @@ class AdaptiveController:
         for arrived_ns, sample in arrivals:
             previous = self.latest.get(sample.channel)
             if sample.channel == signal and (previous is None or previous[1].value != sample.value):
-                self._signal_changed_ns = arrived_ns
+                self._signal_changed_ns, self._override_at_change = arrived_ns, self.override
+                self._stuck = False
+                if previous is not None and math.isfinite(sample.value - previous[1].value):
+                    self._resolution = min(self._resolution, abs(sample.value - previous[1].value))
             self.latest[sample.channel] = (arrived_ns, sample)
             if sample.channel == self.cfg.override_tag and sample.quality is Quality.GOOD:
                 self.override = sample.value if self.override is None else self.override
@@ -243,10 +262,10 @@ class AdaptiveController:
         """The override written now is the learned profile's, trimmed by the law."""
         return self._trim
 
-    def set_profiles(self, profiles: dict[tuple[int, int], Profile], axes_lag_s: float) -> None:
-        """New learned profiles (`ProfileBook.profiles`) and the axes' lag; used from the next
-        program start. Safe to call from another thread (one reference swap)."""
-        self._pending_profiles = (dict(profiles), axes_lag_s)
+    def set_profiles(self, profiles: dict[tuple[int, int], Profile], timing: Timing) -> None:
+        """New learned profiles (`ProfileBook.profiles`) and the loop's timing; used from the
+        next program start. Safe to call from another thread (one reference swap)."""
+        self._pending_profiles = (dict(profiles), timing)
 
     def commanded(self, override: float) -> None:
         """The actuator wrote `override`: that is what the register holds now."""
@@ -277,9 +296,23 @@ class AdaptiveController:
         if cfg.alarm_tag and self._value(cfg.alarm_tag):
             return "controller alarm"
         turning = self._value(cfg.spindle_on_tag) and self._value(cfg.program_running_tag)
-        if cfg.frozen_s and turning and now_ns - self._signal_changed_ns > cfg.frozen_s * NS:
-            return f"{cfg.signal} frozen"  # a live load reading always moves a little
+        if cfg.frozen_s and turning and self._frozen(now_ns):
+            return f"{cfg.signal} frozen"
         return ""
+
+    def _frozen(self, now_ns: int) -> bool:
+        """The load reading is stuck: it stood still for `frozen_s` though its noise moves it
+        by a step of its resolution or more from poll to poll; or, a clean reading, quieter
+        than its resolution (it stands still at a steady load), though the override moved
+        under it in a cut by FROZEN_FEED_CHANGE_PCT."""
+        if now_ns - self._signal_changed_ns <= self.cfg.frozen_s * NS:
+            return False
+        if not self._stuck:  # once stuck, stuck until the reading moves
+            then, now = self._override_at_change, self.override
+            moved = None not in (then, now) and abs(now - then) >= FROZEN_FEED_CHANGE_PCT
+            in_cut = self.state in (State.ENTRY, State.CUTTING)
+            self._stuck = self.noise.sigma >= self._resolution or (moved and in_cut)
+        return self._stuck
 
     def _active(self) -> bool:
         cfg = self.cfg
@@ -404,9 +437,11 @@ class AdaptiveController:
             elif not self._trim:  # up at the rise rate to the air override; out of a boosted
                 # cut, down at once (the profile's override instead where it knows a cut ahead)
                 boost = self.law.override + cfg.rise_pct_per_s * dt
-                wanted = min(cfg.air_override_pct, self._no_raise(boost, self.law.override))
+                wanted = min(self._air_override(), self._no_raise(boost, self.law.override))
                 self.law.reset(wanted)
         elif self.state is State.ENTRY:
+            if self._trim and load > target and dt > 0:  # a cut the profile knew lighter
+                self.law.limit(min(100.0, self.law.step(load, target, idle, dt)))
             if not cutting:
                 self.breakage.reset()
                 self._go(State.AIR, "load fell back to idle")
@@ -418,6 +453,8 @@ class AdaptiveController:
             self.law.limit(self._no_raise(after, before))  # the knob down, or over target
             ahead = self._feed_forward() if self._trim else None
             if ahead is not None:  # no trim the override's clamp would undo: no windup
+                if after > before and self._saturated():
+                    self.law.limit(before)
                 self.law.limit(max(before, 100.0 * cfg.override_max_pct / ahead))
             if load - idle < max(cfg.exit_fraction * span, self._margin()):
                 if self._exit_since_ns is None:
@@ -494,6 +531,14 @@ class AdaptiveController:
                     since = self._over_since_ns
                     self._hold("overload", load_pct=load, since_ns=since, at_ns=t_ns)
                     return True
+        delay = self._timing.sensor_delay_s
+        if self._preview is not None and delay is not None:
+            lost = self.loss.observe(
+                t_ns, load - idle, self._preview, delay, BREAKAGE_MIN_SHARE * span
+            )
+            if lost is not None:
+                self._hold("breakage", load_pct=load, idle_pct=idle, at_ns=t_ns, **lost)
+                return True
         if self.state not in (State.ENTRY, State.CUTTING):
             return False
         feed = self.override if self._trim and self.override is not None else self.law.override
@@ -544,13 +589,15 @@ class AdaptiveController:
         if parts.current is None:
             parts.start(now_ns, program, self.state.value)
             if self._pending_profiles is not None:
-                (self._profiles, self._axes_lag_s), self._pending_profiles = (
+                (self._profiles, self._timing), self._pending_profiles = (
                     self._pending_profiles,
                     None,
                 )
             self._preview, self._preview_tool, self._s_at = None, None, None
+            self.loss.reset()
         channels = {sample.channel for _, sample in arrivals}
-        if cfg.block_tag in channels or channels.intersection(cfg.path_tags):
+        moved = cfg.block_tag in channels or bool(channels.intersection(cfg.path_tags))
+        if moved:
             block = self._good(cfg.block_tag)
             position = tuple(self._good(name) for name in cfg.path_tags)
             parts.move(
@@ -563,12 +610,23 @@ class AdaptiveController:
         tool = int(self._good(cfg.tool_tag) or 0)
         override = self.override if self.override is not None else math.nan
         feed = self._feed_pct(override, knob)
+        if moved and self._preview is not None and self._s_at is not None:
+            self.loss.moved(now_ns, self._s_at[1], feed)
         idle = self.idle_pct
         for arrived_ns, sample in arrivals:
             good = sample.quality is Quality.GOOD and math.isfinite(sample.value)
             if sample.channel == cfg.signal and good:
                 cutting = idle is not None and sample.value > idle + self._margin()
-                parts.reading(arrived_ns, sample.value, override, knob, feed, tool, cutting)
+                parts.reading(
+                    arrived_ns,
+                    sample.value,
+                    self.target_pct(),
+                    override,
+                    knob,
+                    feed,
+                    tool,
+                    cutting,
+                )
 
     def _moved(self, now_ns: int, program: int) -> None:
         """The path moved on: where and how fast, and whether it still goes the profile's way
@@ -578,10 +636,10 @@ class AdaptiveController:
         if actual is not None:
             speed = actual / 60.0
         elif self._s_at is not None and now_ns > self._s_at[0]:
-            speed = (path.s_mm - self._s_at[1]) / ((now_ns - self._s_at[0]) / NS)
+            speed = (path.s_mm - self._raw_s_mm) / ((now_ns - self._s_at[0]) / NS)
         else:
             speed = 0.0
-        self._s_at = (now_ns, path.s_mm, speed)
+        self._s_at, self._raw_s_mm = (now_ns, path.s_mm, speed), path.s_mm
         if not cfg.preview:
             return
         tool = int(self._good(cfg.tool_tag) or 0)
@@ -590,14 +648,15 @@ class AdaptiveController:
             # Full effect: the axes' lag, and the fall from the highest override to the lowest
             # at the fall rate (a harder stretch is met at the override it needs), and a tick.
             ramp_s = (cfg.override_max_pct - cfg.override_min_pct) / cfg.fall_pct_per_s
-            lead_s = self._axes_lag_s + ramp_s + cfg.period_s
-            self._preview = profile and Preview(profile, lead_s)
+            lead_s = self._timing.axes_lag_s + ramp_s + cfg.period_s
+            self._preview = profile and Preview(profile, lead_s, self._timing.margin_s)
             self._preview_tool = tool
         if self._preview is not None:
             why = self._preview.check(path.visits, path.s_mm)
             if why:
                 detail = {"program": program, "tool": tool, "why": why}
                 self._events.append(("profile_mismatch", detail))
+            self._s_at = (now_ns, path.s_mm + self._preview.offset_mm, speed)
 
     def _feed_pct(self, override: float, knob: float) -> float:
         """The feed the axes run at, % of the programmed: the controller's actual feed over the
@@ -645,23 +704,65 @@ class AdaptiveController:
         if not self._trim:  # the law now trims the profile's override, from none (100 %)
             self._trim = True
             self.law.reset(100.0)
-        # Before the law has cut (air, entry) the profile's override alone.
-        trim = self.law.override if self.state is State.CUTTING else 100.0
+        # In air the profile's override alone; at an entry, cut by the law where the load
+        # read is over target; into a harder stretch than here, no trim above 100 %: what
+        # raised it (less stock here, a clamp) is not known to hold there, and the
+        # profile's override is the safe side.
+        trim = self.law.override if self.state in (State.ENTRY, State.CUTTING) else 100.0
+        if trim > 100.0 and self._harder_ahead():
+            trim = 100.0
         wanted = min(cfg.override_max_pct, max(cfg.override_min_pct, ahead * trim / 100.0))
         current = self.override if self.override is not None else wanted
         return self._no_raise(wanted, current)
 
-    def _feed_forward(self) -> float | None:
-        """The override that holds the target where the tool will be when an override written
-        now takes effect, by the learned profile; None where it knows of no cut there."""
+    def _saturated(self) -> bool:
+        """A raise would not reach the cut: the override written is at its clamp, or the
+        controller's own feed clamp holds the axes short of what it asks (the feed it
+        reports, where read)."""
+        cfg, written = self.cfg, self.override
+        if written is None:
+            return False
+        if written >= cfg.override_max_pct - SATURATED_SLACK_PCT:
+            return True
+        knob = self._good(cfg.knob_tag) if cfg.knob_tag else 100.0
+        asked = written * (knob if knob is not None else math.nan) / 100.0
+        feed = self._feed_pct(written, knob if knob is not None else math.nan)
+        return feed < asked - SATURATED_SLACK_PCT  # False where either is unknown (NaN)
+
+    def _path_now(self) -> tuple[float, float] | None:
+        """Where the tool is along the path now (mm) and its speed (mm/s), extrapolated from
+        the last positions read; None without a preview or positions."""
         if self._preview is None or self._s_at is None:
             return None
         at_ns, s_mm, speed = self._s_at
-        ahead_s = min((self._now_ns - at_ns) / NS, PREVIEW_EXTRAPOLATE_S)
-        k = self._preview.k_at(s_mm + speed * ahead_s, speed)
+        return s_mm + speed * min((self._now_ns - at_ns) / NS, PREVIEW_EXTRAPOLATE_S), speed
+
+    def _feed_forward(self) -> float | None:
+        """The override that holds the target where the tool will be when an override written
+        now takes effect, by the learned profile; None where it knows of no cut there."""
+        now = self._path_now()
+        k = None if now is None else self._preview.k_at(*now)
         if k is None:
             return None
         return 100.0 * (self.target_pct() - (self.idle_pct or 0.0)) / k
+
+    def _harder_ahead(self) -> bool:
+        """The profile's hardest k ahead (the window the override is for) is over
+        HARDER_AHEAD x the hardest in the lead's travel just behind, where the trim was
+        learned (a window each: the profile's bin-to-bin noise is no step)."""
+        s_mm, speed = self._path_now()
+        ahead = self._preview.k_at(s_mm, speed)
+        behind = self._preview.k_at(s_mm - speed * self._preview.lead_s, speed)
+        return ahead is not None and (behind is None or ahead > HARDER_AHEAD * behind)
+
+    def _air_override(self) -> float:
+        """The override in air: the configured one, or the highest where the learned profile
+        knows the path from here to the lead ahead as air (the tool went there part after
+        part without cutting, so no material is there to enter at that feed)."""
+        now = self._path_now()
+        if now is not None and self._preview.known_air(*now):
+            return self.cfg.override_max_pct
+        return self.cfg.air_override_pct
 
     def _command(self, override: float | None) -> Command:
         self.parts.state(self._now_ns, self.state.value)

@@ -4,8 +4,8 @@ It makes the controller, the actuator (holding the controller source's one write
 loop that ticks them in its own thread; feeds the loop the control inputs without waiting;
 brings the loop's events back onto the event loop to be stored as telemetry; keeps teach-in
 records in their file (reloaded when edited); learns each finished part's profile for the
-preview ([control] preview); and stops the loop leaving the feed at min(current, safe)
-(docs/safety.md).
+preview ([control] preview) and keeps the part beside it for `teach show`; and stops the loop
+leaving the feed at min(current, safe) (docs/safety.md).
 """
 
 from __future__ import annotations
@@ -170,12 +170,13 @@ class ControlHost:
             with self._learning:
                 events = self.book.learn(part, idle)
                 lag = self.book.axes_lag_s or 0.0
-                controller.set_profiles(self.book.profiles, lag)
+                controller.set_profiles(self.book.profiles, self.book.timing)
                 for kind, detail in events:
                     if kind == "profile_learned":
                         self._save_profile(
                             self.book.profiles[detail["program"], detail["tool"]], lag
                         )
+                self._keep_last_part(part)
                 return events
 
         self._on_events(await asyncio.to_thread(learn))
@@ -191,7 +192,7 @@ class ControlHost:
             self.events["profile_load_failed"] += 1
             log.error("%s; that profile is learned again", error)
         self.book.restore(profiles, lag)
-        controller.set_profiles(self.book.profiles, self.book.axes_lag_s or 0.0)
+        controller.set_profiles(self.book.profiles, self.book.timing)
         if profiles:
             log.info("%d learned profiles loaded from %s", len(profiles), self.profiles.directory)
 
@@ -203,6 +204,16 @@ class ControlHost:
         except ProfileError as exc:
             self.events["profile_save_failed"] += 1
             log.error("%s; the profile is used until the agent stops", exc)
+
+    def _keep_last_part(self, part: PartRecord) -> None:
+        """In the learning thread: each tool's readings of the part, learned from or not (a
+        rejected part is still the last one). A save that fails is one line and counted."""
+        for tool in part.tools:
+            try:
+                self.profiles.save_last_part(part, tool)
+            except ProfileError as exc:
+                self.events["last_part_save_failed"] += 1
+                log.error("%s; `teach show` shows the part before, if any", exc)
 
     def _background(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

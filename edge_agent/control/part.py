@@ -1,8 +1,8 @@
 """One run of the program, recorded: from the program's start to its end, every load reading
-with where the tool was along the path (`path.py`), the override and knob it ran at, the tool,
-and the control state; the time spent in each state; and, if the part cannot be learned from
-(a fault, a feed hold), why. The learned profile (issue 19) learns from records that were not
-rejected; the `part` event carries a record's summary to the plant.
+with where the tool was along the path (`path.py`), the target in force, the override and knob
+it ran at, the tool, and the control state; the time spent in each state; and, if the part
+cannot be learned from (a fault, a feed hold), why. The learned profile (issue 19) learns from
+records that were not rejected; the `part` event carries a record's summary to the plant.
 
 Sans-IO: the controller feeds it; it never reads a clock.
 """
@@ -17,14 +17,25 @@ from .path import PathTracker, Visit
 
 NS = 1_000_000_000
 
-#: A record keeps at most this many readings (about 70 minutes at 50 Hz, some 10 MB): a
+#: A record keeps at most this many readings (about 70 minutes at 50 Hz, some 15 MB): a
 #: program running longer is recorded no further and rejected as too long to learn from.
 MAX_READINGS = 200_000
 
 #: The columns of a record's readings, one `array('d')` each.
+#: `target_pct`: the target load in force at the reading (`AdaptiveController.target_pct`);
 #: `feed_pct`: the feed the axes ran at, % of the programmed (`AdaptiveController._feed_pct`);
 #: `cutting`: 1 where the reading was over the idle load learned so far by the entry margin.
-COLUMNS = ("t_s", "s_mm", "load_pct", "override_pct", "knob_pct", "feed_pct", "tool", "cutting")
+COLUMNS = (
+    "t_s",
+    "s_mm",
+    "load_pct",
+    "target_pct",
+    "override_pct",
+    "knob_pct",
+    "feed_pct",
+    "tool",
+    "cutting",
+)
 
 
 @dataclass
@@ -49,12 +60,15 @@ class PartRecord:
     def path_mm(self) -> float:
         return self.visits[-1].start_mm + self.visits[-1].length_mm if self.visits else 0.0
 
+    @property
+    def tools(self) -> list[int]:
+        return sorted({int(t) for t in self.readings["tool"]})
+
     def summary(self) -> dict:
         """The `part` event's detail: what the plant needs to know of the part."""
-        tools = sorted({int(t) for t in self.readings["tool"]})
         return {
             "program": self.program,
-            "tools": tools,
+            "tools": self.tools,
             "cycle_s": round(self.cycle_s, 3),
             "path_mm": round(self.path_mm, 1),
             "blocks": len(self.visits),
@@ -99,6 +113,7 @@ class PartRecorder:
         self,
         t_ns: int,
         load: float,
+        target: float,
         override: float,
         knob: float,
         feed: float,
@@ -113,7 +128,7 @@ class PartRecorder:
             self.reject(f"longer than {MAX_READINGS} readings")
             return
         t_s = (t_ns - record.started_ns) / NS
-        row = (t_s, self.path.s_mm, load, override, knob, feed, tool, float(cutting))
+        row = (t_s, self.path.s_mm, load, target, override, knob, feed, tool, float(cutting))
         for name, value in zip(COLUMNS, row, strict=True):
             columns[name].append(value)
 

@@ -10,6 +10,7 @@ the path by it, and a part that goes another way shows as another signature.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ class Visit:
     block: int
     start_mm: float
     length_mm: float = 0.0
-    step_mm: float = 0.0  # the longest step between two polls in it: how far off its ends are
+    step_mm: float = 0.0  # the longest step between two polls in it or across its ends
 
 
 class PathTracker:
@@ -47,7 +48,7 @@ class PathTracker:
                 self.s_mm += step
             self._position = position
         if block is not None and (not self.visits or self.visits[-1].block != block):
-            self._close_visit()
+            self._close_visit(step)
             self.visits.append(Visit(block, self.s_mm, step_mm=step))
         elif self.visits and step > self.visits[-1].step_mm:
             last = self.visits[-1]
@@ -59,11 +60,13 @@ class PathTracker:
         self._close_visit()
         return tuple(self.visits)
 
-    def _close_visit(self) -> None:
+    def _close_visit(self, step_out: float = 0.0) -> None:
+        """The last visit ends here; `step_out`, the step into the next block, is where
+        its end lies too (somewhere along that step)."""
         if self.visits:
             last = self.visits[-1]
             self.visits[-1] = Visit(
-                last.block, last.start_mm, self.s_mm - last.start_mm, last.step_mm
+                last.block, last.start_mm, self.s_mm - last.start_mm, max(last.step_mm, step_out)
             )
 
 
@@ -81,3 +84,16 @@ def same_path(a: tuple[Visit, ...], b: tuple[Visit, ...]) -> bool:
         x.block == y.block and abs(x.length_mm - y.length_mm) <= tolerance(x, y)
         for x, y in zip(a, b, strict=True)
     )
+
+
+def anchored(visits: tuple[Visit, ...], anchor: tuple[Visit, ...], s_mm: float) -> float:
+    """`s_mm` along a part that went `visits`, as a place along the part that went `anchor`
+    the same way: moved by the difference of the two starts of the block it lies in. Arc
+    lengths summed from polled positions drift apart from part to part (a poll's chord cuts
+    a rapid's corner by some millimetres, at another phase each part); block starts do not
+    drift, so the drift is taken out block by block."""
+    starts = [v.start_mm for v in visits]
+    i = max(0, bisect.bisect_right(starts, s_mm) - 1)
+    if i >= len(anchor):
+        return s_mm
+    return s_mm + anchor[i].start_mm - visits[i].start_mm

@@ -3,9 +3,9 @@ learned part after part, and, while a part runs, the override the path ahead nee
 
 `ProfileBook` learns. It is fed each finished part's record (in a worker thread on the
 device, in line on the bench) and keeps one profile per (program, tool) and the loop's lags:
-the load reading's delay, fitted to each part's spindle start (`delay.py`), and the axes' lag
-behind the override, fitted to the feed the controller reports. Each is the median of the last
-few parts, so one odd start does not move it.
+the load reading's delay, fitted to the spindle starts of the last few parts together
+(`delay.py`; a fit that fails keeps the one before), and the axes' lag behind the override,
+fitted to the feed the controller reports, the median of the last few parts' fits.
 
 `Preview` runs inside the controller, for the part under way: it checks, block by block, that
 the part goes the way its profile went, and says the hardest k between where the tool is and
@@ -27,9 +27,9 @@ import statistics
 from collections import deque
 from dataclasses import dataclass
 
-from .delay import spindle_start_delay
+from .delay import Response, fit_steps, spindle_start
 from .part import PartRecord
-from .path import Visit, tolerance
+from .path import Visit, same_path, tolerance
 from .profile import Profile, Rule, learn
 
 #: The lags are the median of this many parts' fits.
@@ -37,6 +37,25 @@ LAG_PARTS = 5
 #: The axes' lag is searched 0..1 s in 5 ms steps (a first-order lag's delay on a ramp).
 AXES_LAG_STEP_S = 0.005
 MAX_AXES_LAG_S = 1.0
+#: How far (s of travel) the profile's places may be off either way before a delay is fitted
+#: in this run (profiles kept from before): each reading is put back along the path by the
+#: fitted delay, and a noisy reading at a slow poll is fitted within some 2.5 polls
+#: (`delay.py`). Once fitted, the fit's own uncertainty and half a reading interval.
+PLACE_MARGIN_S = 0.1
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What the preview needs of the loop's timing: the axes' lag behind the override, and
+    how far the profile's places may be off either way (s of travel). The hardest k within
+    the margin either side of the lead is previewed, so a step misplaced by the delay's fit
+    is still met."""
+
+    axes_lag_s: float = 0.0
+    margin_s: float = PLACE_MARGIN_S
+    sensor_delay_s: float | None = None  # the load reading's mean delay, once fitted
+
+
 #: Only places cut at least this hard (% per 100 % feed) are previewed: in air the feed is
 #: not the load's, and near k = 0 the override it would take is all noise.
 MIN_K_PCT = 1.0
@@ -77,9 +96,11 @@ class ProfileBook:
     def __init__(self, rule: Rule | None = None):
         self.rule = rule or Rule()
         self.profiles: dict[tuple[int, int], Profile] = {}
-        self._dead: deque[float] = deque(maxlen=LAG_PARTS)
-        self._lag: deque[float] = deque(maxlen=LAG_PARTS)
+        self._starts: deque[Response] = deque(maxlen=LAG_PARTS)
+        self._sensor: tuple[float, float] | None = None
+        self._margin_s = PLACE_MARGIN_S
         self._axes: deque[float] = deque(maxlen=LAG_PARTS)
+        self._other_way: dict[tuple[int, int], tuple[Visit, ...]] = {}  # the last part off it
 
     def restore(self, profiles: dict[tuple[int, int], Profile], axes_lag_s: float | None) -> None:
         """Profiles and the axes' lag kept from before (`profile_store.py`); the sensor's
@@ -90,21 +111,31 @@ class ProfileBook:
 
     @property
     def sensor(self) -> tuple[float, float] | None:
-        """The load reading's dead time and lag (s), or None before a spindle start fitted."""
-        if not self._dead:
-            return None
-        return statistics.median(self._dead), statistics.median(self._lag)
+        """The load reading's dead time and lag (s), or None before the spindle starts fitted."""
+        return self._sensor
 
     @property
     def axes_lag_s(self) -> float | None:
         return statistics.median(self._axes) if self._axes else None
 
+    @property
+    def timing(self) -> Timing:
+        delay = sum(self._sensor) if self._sensor is not None else None
+        return Timing(self.axes_lag_s or 0.0, self._margin_s, delay)
+
     def learn(self, record: PartRecord, idle_pct: float | None) -> list[tuple[str, dict]]:
         """Learn from one finished part; the events saying what it taught, or why not."""
-        fit = spindle_start_delay(record)
-        if fit is not None:
-            self._dead.append(fit.dead_s)
-            self._lag.append(fit.lag_s)
+        start = spindle_start(record)
+        if start is not None:
+            self._starts.append(start)
+            fit = fit_steps(self._starts)  # the last starts together: their noise averages
+            if fit is not None:
+                self._sensor = fit.dead_s, fit.lag_s
+                t = start[0]
+                self._margin_s = (
+                    fit.spread_s
+                    + statistics.median(b - a for a, b in zip(t, t[1:], strict=False)) / 2
+                )
         lag = axes_lag(record)
         if lag is not None:
             self._axes.append(lag)
@@ -114,16 +145,24 @@ class ProfileBook:
             return [("profile_not_learned", {"program": record.program, "why": why})]
         dead_s, lag_s = sensor
         events = []
-        for tool in sorted({int(t) for t in record.readings["tool"]}):
+        for tool in sorted(record.tools):
             key = (record.program, tool)
-            profile, why = learn(
-                self.profiles.get(key), record, tool, idle_pct, dead_s, self.rule, lag_s=lag_s
-            )
+            known = self.profiles.get(key)
             detail = {"program": record.program, "tool": tool}
+            other_way = known is not None and not same_path(known.visits, record.visits)
+            if other_way and not record.rejected:
+                # Another way twice in a row, the same both times: the program was edited
+                # for good; the profile starts again from this part.
+                before, self._other_way[key] = self._other_way.get(key), record.visits
+                if before is not None and same_path(before, record.visits):
+                    known = None
+                    detail["relearned"] = "the program went another way two parts in a row"
+            profile, why = learn(known, record, tool, idle_pct, dead_s, self.rule, lag_s=lag_s)
             if why:
                 events.append(("profile_not_learned", {**detail, "why": why}))
                 continue
             self.profiles[key] = profile
+            self._other_way.pop(key, None)
             detail |= {"parts": profile.parts, "dead_s": round(dead_s, 3), "lag_s": round(lag_s, 3)}
             events.append(("profile_learned", detail))
         return events
@@ -135,7 +174,9 @@ class Preview:
 
     profile: Profile
     lead_s: float  # how long before an override takes full effect: the axes' lag, the ramp
+    margin_s: float = PLACE_MARGIN_S  # how far the profile's places may be off (`Timing`)
     matching: bool = True
+    offset_mm: float = 0.0  # the profile's place less the part's, in the block the tool is in
 
     def check(self, visits: list[Visit], s_mm: float) -> str:
         """ "" while the part goes the profile's way so far (`visits`: the part's visits, the
@@ -156,11 +197,29 @@ class Preview:
                     f"block {visit.block} {length:.1f} mm long where the profile's was "
                     f"{known[i].length_mm:.1f} mm"
                 )
+        if visits:  # the arc length's drift taken out at the block's start (`anchored`)
+            self.offset_mm = known[last].start_mm - visits[last].start_mm
         return ""
 
     def _mismatch(self, why: str) -> str:
         self.matching = False
         return why
+
+    def _window(self, s_mm: float, speed_mm_s: float) -> list[float]:
+        """k of each bin from the margin behind the tool to the lead and the margin ahead of
+        it (NaN where the profile never saw the tool)."""
+        at = self.profile.at
+        speed = max(0.0, speed_mm_s)
+        behind = s_mm - speed * self.margin_s
+        ahead = s_mm + speed * (self.lead_s + self.margin_s)
+        bin_mm = self.profile.bin_mm
+        return [at(behind + i * bin_mm) for i in range(int((ahead - behind) / bin_mm) + 1)] + [
+            at(ahead)
+        ]
+
+    def known_air(self, s_mm: float, speed_mm_s: float) -> bool:
+        """The profile saw the tool in air all the way through the window (`_window`)."""
+        return self.matching and all(k < MIN_K_PCT for k in self._window(s_mm, speed_mm_s))
 
     def k_at(self, s_mm: float, speed_mm_s: float) -> float | None:
         """The hardest k from where the tool is (`s_mm` along the path) to where it will be
@@ -170,9 +229,5 @@ class Preview:
         part went another way."""
         if not self.matching:
             return None
-        at = self.profile.at
-        ahead = s_mm + max(0.0, speed_mm_s) * self.lead_s
-        bin_mm = self.profile.bin_mm
-        known = [at(s_mm + i * bin_mm) for i in range(int((ahead - s_mm) / bin_mm) + 1)]
-        known = [k for k in (*known, at(ahead)) if math.isfinite(k) and k >= MIN_K_PCT]
+        known = [k for k in self._window(s_mm, speed_mm_s) if math.isfinite(k) and k >= MIN_K_PCT]
         return max(known) if known else None

@@ -26,15 +26,17 @@ import array
 import bisect
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .part import PartRecord
-from .path import Visit, same_path
+from .path import Visit, anchored, same_path
 
 #: The profile's resolution along the path: 1 mm, a tenth of a typical tool's diameter.
 BIN_MM = 1.0
-#: A part's k is the median of this many bins around each (`_median_filter`).
-MEDIAN_BINS = 5
+#: A part's k is the median of this many bins around each (`_median_filter`): three keep a
+#: cut two bins short at its height (five flattened a 2 mm cut to a quarter of its k).
+MEDIAN_BINS = 3
 
 
 @dataclass(frozen=True)
@@ -73,24 +75,27 @@ def measure(
     bin_mm: float = BIN_MM,
     *,
     lag_s: float = 0.0,
+    anchor: tuple[Visit, ...] = (),
 ) -> array.array:
     """k per bin of the record's path, from its readings with `tool` (NaN where none). The
     reading is the load filtered by a first-order `lag_s` after `dead_s`: the load itself is
-    the reading plus lag x its rate of change (the filter undone, on the readings either
-    side), and it was the load `dead_s` before, where the tool was and at the feed it ran at
-    then."""
+    the reading plus lag x its rate of change (the filter undone, over the readings a quarter
+    of a lag either side), and it was the load `dead_s` before, where the tool was and at the
+    feed it ran at then. With `anchor` (the profile's visits, the record gone the same way)
+    each place is the profile's (`path.anchored`)."""
     r = record.readings
     t, s, y = r["t_s"], r["s_mm"], r["load_pct"]
     feed = r["feed_pct"]
     bins = math.ceil(record.path_mm / bin_mm) if record.path_mm > 0 else 0
     total, count = [0.0] * bins, [0] * bins
     last = len(t) - 1
+    span = _derivative_span(t, lag_s)
     for i, used in enumerate(r["tool"]):
         if used != tool:
             continue
         load = y[i]
         if lag_s > 0.0:
-            a, b = max(0, i - 1), min(last, i + 1)
+            a, b = max(0, i - span), min(last, i + span)
             if t[b] <= t[a]:
                 continue
             load += lag_s * (y[b] - y[a]) / (t[b] - t[a])
@@ -99,12 +104,27 @@ def measure(
         if j < 0 or not feed[j] > 0:
             continue  # before the record began, the feed held or unknown: nothing to divide
         where = s[j] if j + 1 >= len(t) else _between(t[j], s[j], t[j + 1], s[j + 1], then)
+        if anchor:
+            where = anchored(record.visits, anchor, where)
         b = math.floor(where / bin_mm)
         if 0 <= b < bins:
-            total[b] += max(0.0, load - idle_pct) / (feed[j] / 100)
+            total[b] += (load - idle_pct) / (feed[j] / 100)
             count[b] += 1
     means = [x / n if n else math.nan for x, n in zip(total, count, strict=True)]
-    return array.array("d", _median_filter(means, MEDIAN_BINS))
+    # Clipped at 0 after the median, not before: the noise in air then cancels rather than
+    # adding up to a cut that is not there.
+    filtered = _median_filter(means, MEDIAN_BINS)
+    return array.array("d", (k if math.isnan(k) else max(0.0, k) for k in filtered))
+
+
+def _derivative_span(t: Sequence[float], lag_s: float) -> int:
+    """How many readings either side the rate of change is taken over: a quarter of the lag
+    or one reading, whichever is more. Undoing a lag amplifies the noise by lag / interval;
+    nothing faster than the lag is seen anyway, so a longer baseline loses little."""
+    if lag_s <= 0.0 or len(t) < 2:
+        return 1
+    interval = (t[-1] - t[0]) / (len(t) - 1)
+    return max(1, round(lag_s / 4 / interval)) if interval > 0 else 1
 
 
 def _median_filter(values: list[float], width: int) -> list[float]:
@@ -140,7 +160,8 @@ def learn(
         return profile, "no path recorded"
     if profile is not None and not same_path(profile.visits, record.visits):
         return profile, "the program went another way than the profile's (an edited program?)"
-    measured = measure(record, tool, idle_pct, dead_s, BIN_MM, lag_s=lag_s)
+    anchor = profile.visits if profile is not None else ()
+    measured = measure(record, tool, idle_pct, dead_s, BIN_MM, lag_s=lag_s, anchor=anchor)
     if profile is None:
         return Profile(record.program, tool, record.visits, measured, 1), ""
     k = array.array("d", profile.k)
