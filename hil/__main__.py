@@ -6,7 +6,8 @@ SIGTERM: the cutting plant on the demo part or a scenario, or a recording with -
 never serves on anything but the address it was given (default 127.0.0.1:5020, not the
 privileged 502). `bench` runs scenarios against their oracle and writes the report (what
 `make hil` runs). `family` runs the randomized scenario family and judges it against the
-criteria (what `make hil-family` runs).
+criteria (what `make hil-family` runs). `series` runs the randomized series family (repeat
+parts, the learned preview against feedback alone) and judges it (what `make hil-series` runs).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent import logs
@@ -60,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     family.add_argument("--out", default="reports/hil-family", help="report folder")
     family.add_argument("--jobs", type=int, default=0, help="worker processes (default: cores)")
     family.add_argument("--case", metavar="SEED.INDEX", help="re-run one case, write its trace")
+    series = sub.add_parser("series", help="the randomized series family (preview), judged")
+    series.add_argument("--series", type=int, default=300, help="how many (default 300)")
+    series.add_argument("--seed", type=int, default=2, help="the family's seed (default 2)")
+    series.add_argument("--out", default="reports/hil-series", help="report folder")
+    series.add_argument("--jobs", type=int, default=0, help="worker processes (default: cores)")
     demo = sub.add_parser("demo", help="the agent against the simulated machine, then a summary")
     demo.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
     demo.add_argument(
@@ -145,14 +152,33 @@ def family(args: argparse.Namespace) -> int:
     started = time.monotonic()
     records = run_family(ids, args.jobs or default_jobs(), Progress(what="cases"))
     verdicts = criteria(records)
-    took = time.monotonic() - started
-    header = f"{args.cases} cases, seed {args.seed}, run in {took:.0f} s"
+    header = f"{args.cases} cases, seed {args.seed}, run in {time.monotonic() - started:.0f} s"
+    return _judged("family", verdicts, lambda: write_report(records, verdicts, out, header), header)
+
+
+def series(args: argparse.Namespace) -> int:
+    """The series family's report; 1 when a criterion fails (each failed one printed)."""
+    from hil.family import default_jobs, run_family
+    from hil.series_family import criteria, measure, write_report
+
+    logging.getLogger("edge_agent").setLevel(logging.ERROR)  # the report says what happened
+    ids = [f"{args.seed}.{index}" for index in range(args.series)]
+    started = time.monotonic()
+    records = run_family(ids, args.jobs or default_jobs(), Progress(what="series"), measure)
+    verdicts = criteria(records)
+    header = f"{args.series} series, seed {args.seed}, run in {time.monotonic() - started:.0f} s"
+    out = Path(args.out)
+    return _judged("series", verdicts, lambda: write_report(records, verdicts, out, header), header)
+
+
+def _judged(command: str, verdicts, write: Callable[[], Path], header: str) -> int:
+    """Each criterion's line, the report written, and 1 when one failed (each named)."""
     for verdict in verdicts:
         print(verdict.line())
-    print(f"report: {write_report(records, verdicts, out, header)} ({header})")
+    print(f"report: {write()} ({header})")
     failed = [v.name for v in verdicts if not v.passed]
     if failed:
-        print(f"python -m hil family: {len(failed)} criteria failed: {'; '.join(failed)}")
+        print(f"python -m hil {command}: {len(failed)} criteria failed: {'; '.join(failed)}")
     return 1 if failed else 0
 
 
@@ -181,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             bench(args)
         elif args.command == "family":
             return family(args)
+        elif args.command == "series":
+            return series(args)
         elif args.command == "demo":
             demo(args)
         elif args.command == "bridge":

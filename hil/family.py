@@ -162,19 +162,23 @@ def _fault_figures(item, agent, recorder, hold_s, steady, idle, span) -> dict:
 
 
 def run_family(
-    case_ids: list[str], jobs: int, progress: Callable[[int, int, float], None]
+    case_ids: list[str],
+    jobs: int,
+    progress: Callable[[int, int, float], None],
+    measure_one: Callable[[str], dict] = measure,
 ) -> list[dict]:
-    """Every case's figures, in id order, measured in `jobs` worker processes."""
+    """Every case's figures (`measure_one` of its id), in id order, measured in `jobs`
+    worker processes."""
     started = time.monotonic()
     records = []
     if jobs <= 1:
-        results: Iterable[dict] = map(measure, case_ids)
+        results: Iterable[dict] = map(measure_one, case_ids)
         for record in results:
             records.append(record)
             progress(len(records), len(case_ids), time.monotonic() - started)
     else:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            for record in pool.imap_unordered(measure, case_ids, chunksize=4):
+            for record in pool.imap_unordered(measure_one, case_ids, chunksize=4):
                 records.append(record)
                 progress(len(records), len(case_ids), time.monotonic() - started)
     order = {case_id: i for i, case_id in enumerate(case_ids)}

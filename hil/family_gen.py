@@ -147,18 +147,38 @@ def generate(seed: int, count: int) -> list[Case]:
     return [case(seed, index) for index in range(count)]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The ranges above that the series family (`series_gen.py`) draws otherwise."""
+
+    parts: tuple[int, int] = PARTS
+    cutting_s: tuple[float, float] = CUTTING_S_PER_CASE
+    wear_kc_per_part: tuple[float, float] = WEAR_KC_PER_PART
+    max_work_share: float = MAX_WORK_SHARE
+
+
 def case(seed: int, index: int) -> Case:
     rng = random.Random(f"{seed}.{index}")
     fault = rng.choices(list(CLASS_WEIGHTS), list(CLASS_WEIGHTS.values()))[0]
     placement = rng.choice(PLACEMENTS) if fault != "no_fault" else ""
-    return _Drawer(rng, f"{seed}.{index}", fault, placement).case()
+    return draw(rng, f"{seed}.{index}", fault, placement)
+
+
+def draw(
+    rng: random.Random, case_id: str, fault: str, placement: str, limits: Limits = Limits()
+) -> Case:
+    """One case with `fault` at `placement`, drawn from `rng` within `limits`."""
+    return _Drawer(rng, case_id, fault, placement, limits).case()
 
 
 class _Drawer:
     """Draws one case from its own generator, in a fixed order."""
 
-    def __init__(self, rng: random.Random, case_id: str, fault: str, placement: str):
+    def __init__(
+        self, rng: random.Random, case_id: str, fault: str, placement: str, limits: Limits
+    ):
         self.rng, self.id, self.fault, self.placement = rng, case_id, fault, placement
+        self.limits = limits
         self.overload_kind = ""
         self.outage_s = 0.0
 
@@ -185,13 +205,14 @@ class _Drawer:
             lag, dead = round(self.u(LAG_S), 3), round(self.u(DEAD_TIME_S), 3)
         sensor = Sensor(lag_s=lag, dead_time_s=dead, noise_pct=round(self.u(NOISE_PCT), 2))
         poll_s = rng.randint(round(POLL_S[0] * 100), round(POLL_S[1] * 100)) / 100
-        parts = rng.randint(*PARTS)
+        parts = rng.randint(*self.limits.parts)
         tool = Tool(
-            diameter_mm=TOOL_DIAMETER_MM, wear_kc_per_part=round(self.u(WEAR_KC_PER_PART), 4)
+            diameter_mm=TOOL_DIAMETER_MM,
+            wear_kc_per_part=round(self.u(self.limits.wear_kc_per_part), 4),
         )
         stock = rng.random() < STOCK_SHARE
         n_cuts = rng.randint(*CUTS_PER_PART)
-        budget_s = self.u(CUTTING_S_PER_CASE) / parts / n_cuts
+        budget_s = self.u(self.limits.cutting_s) / parts / n_cuts
         fault_cut = rng.randrange(n_cuts) if self.fault != "no_fault" else -1
         fault_part = rng.randint(1, parts)
         if self.fault == "overload" or stock:
@@ -335,7 +356,8 @@ class _Drawer:
 
     def fits(self, plan: _Cut) -> bool:
         """Every rise of work (levels x zones) within the cap of the lowest work over the
-        SETTLE_WINDOW_S before it; work at 100 % within MAX_WORK_SHARE; overload zone aside."""
+        SETTLE_WINDOW_S before it; work at 100 % within the limits' max_work_share; overload
+        zone aside."""
         edges = sorted(
             {0.0, plan.length_mm, *plan.starts()}
             | {z.from_mm for z in plan.zones}
@@ -355,7 +377,7 @@ class _Drawer:
                 history.append((b, math.inf))
                 continue
             work = self.work(plan, mid)
-            if plan.share * work > MAX_WORK_SHARE:
+            if plan.share * work > self.limits.max_work_share:
                 return False
             before = [w for end, w in history if end > a - window]
             if before and work > self.cap * min(before) + 1e-9:

@@ -37,12 +37,15 @@ class ControlMetrics:
     bias_pct: float = math.nan  # mean of (load read - target), % of target, steady samples
 
 
-def steady_rows(run: Run, settle_s: float = SETTLE_S) -> tuple[list[bool], float, int]:
+def steady_rows(
+    run: Run, settle_s: float = SETTLE_S, load_key: str = "load_pct"
+) -> tuple[list[bool], float, int]:
     """Which trace rows are steady; the highest overshoot above the target (load %) after an
-    engagement rise, and how many rises there were."""
+    engagement rise, of the load read or (`load_key` "load_true_pct") of the true load, and
+    how many rises there were."""
     trace, scenario = run.trace, run.scenario
     target, control = scenario.control.target_load_pct, scenario.control
-    t, load, motion = trace["t_s"], trace["load_pct"], trace["motion"]
+    t, load, motion = trace["t_s"], trace[load_key], trace["motion"]
     work = [a * k for a, k in zip(trace["area_mm2"], trace["kc"], strict=True)]
     cut = MOTION["cut"]
     m = scenario.machine
@@ -67,8 +70,11 @@ def steady_rows(run: Run, settle_s: float = SETTLE_S) -> tuple[list[bool], float
     return steady, overshoot, steps
 
 
-def control_metrics(run: Run, settle_s: float = SETTLE_S) -> ControlMetrics:
-    steady, overshoot, steps = steady_rows(run, settle_s)
+def control_metrics(
+    run: Run, settle_s: float = SETTLE_S, overshoot_of: str = "load_pct"
+) -> ControlMetrics:
+    """The run's figures; the overshoot of `overshoot_of` (the load read, or the true load)."""
+    steady, overshoot, steps = steady_rows(run, settle_s, overshoot_of)
     target = run.scenario.control.target_load_pct
     errors = [v - target for v, ok in zip(run.trace["load_pct"], steady, strict=True) if ok]
     if errors:
