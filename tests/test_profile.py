@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from edge_agent.control.delay import spindle_start_delay
+from edge_agent.control.delay import fit_step, spindle_start
 from edge_agent.control.part import PartRecorder
 from edge_agent.control.path import Visit
 from edge_agent.control.profile import Profile, Rule, learn, measure
@@ -166,7 +166,7 @@ def test_the_agents_own_records_of_a_hil_series_teach_the_plants_true_specific_l
     sensor = scenario.sensor
     profile = None
     for record, idle in records:
-        fit = spindle_start_delay(record)
+        fit = fit_step(*spindle_start(record))
         assert fit.mean_s == pytest.approx(sensor.dead_time_s + sensor.lag_s, abs=0.03)
         profile, why = learn(profile, record, 1, idle, fit.dead_s, lag_s=fit.lag_s)
         assert why == ""

@@ -605,8 +605,7 @@ class AdaptiveController:
                 position if position and None not in position else None,
             )
             self._moved(now_ns, program)
-        knob = self._good(cfg.knob_tag) if cfg.knob_tag else 100.0
-        knob = math.nan if knob is None else knob
+        knob = self._knob()
         tool = int(self._good(cfg.tool_tag) or 0)
         override = self.override if self.override is not None else math.nan
         feed = self._feed_pct(override, knob)
@@ -715,6 +714,13 @@ class AdaptiveController:
         current = self.override if self.override is not None else wanted
         return self._no_raise(wanted, current)
 
+    def _knob(self) -> float:
+        """The operator's knob (%): 100 without a knob tag, NaN while it is not read good."""
+        if not self.cfg.knob_tag:
+            return 100.0
+        knob = self._good(self.cfg.knob_tag)
+        return math.nan if knob is None else knob
+
     def _saturated(self) -> bool:
         """A raise would not reach the cut: the override written is at its clamp, or the
         controller's own feed clamp holds the axes short of what it asks (the feed it
@@ -724,10 +730,9 @@ class AdaptiveController:
             return False
         if written >= cfg.override_max_pct - SATURATED_SLACK_PCT:
             return True
-        knob = self._good(cfg.knob_tag) if cfg.knob_tag else 100.0
-        asked = written * (knob if knob is not None else math.nan) / 100.0
-        feed = self._feed_pct(written, knob if knob is not None else math.nan)
-        return feed < asked - SATURATED_SLACK_PCT  # False where either is unknown (NaN)
+        knob = self._knob()
+        feed = self._feed_pct(written, knob)
+        return feed < written * knob / 100.0 - SATURATED_SLACK_PCT  # False if unknown (NaN)
 
     def _path_now(self) -> tuple[float, float] | None:
         """Where the tool is along the path now (mm) and its speed (mm/s), extrapolated from

@@ -138,14 +138,13 @@ def spindle_start(record: PartRecord) -> Response | None:
     end = min(_first_cut(cutting), bisect.bisect_right(t, START_WINDOW_S))
     if end < 2:
         return None
-    half = statistics.median(b - a for a, b in zip(t[:end], t[1:end], strict=False)) / 2
+    half = reading_interval(t[:end]) / 2
     return [x - t[0] + half for x in t[:end]], list(load[:end])
 
 
-def spindle_start_delay(record: PartRecord) -> DelayFit | None:
-    """The fit of one part's spindle start."""
-    response = spindle_start(record)
-    return None if response is None else fit_step(*response)
+def reading_interval(t_s: Sequence[float]) -> float:
+    """The median time between readings (at least two)."""
+    return statistics.median(b - a for a, b in zip(t_s, t_s[1:], strict=False))
 
 
 def _first_cut(cutting: Sequence[float]) -> int:

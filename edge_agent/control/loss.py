@@ -18,6 +18,7 @@ Sans-IO: fed the tool's path and the readings; never reads a clock.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import deque
 
@@ -75,7 +76,7 @@ class ProfileLossWatch:
         if self._t[0] > t_ns - back_ns:
             return None  # the path not known that far back
         first = bisect.bisect_left(self._t, t_ns - back_ns)
-        places = list(self._path)[max(0, first - 1) :]
+        places = list(itertools.islice(self._path, max(0, first - 1), None))
         s_lo = min(s for s, _ in places)
         s_hi = max(s for s, _ in places)
         profile = preview.profile

@@ -27,10 +27,10 @@ import statistics
 from collections import deque
 from dataclasses import dataclass
 
-from .delay import Response, fit_steps, spindle_start
+from .delay import Response, fit_steps, reading_interval, spindle_start
 from .part import PartRecord
 from .path import Visit, same_path, tolerance
-from .profile import Profile, Rule, learn
+from .profile import OTHER_WAY, Profile, Rule, learn
 
 #: The lags are the median of this many parts' fits.
 LAG_PARTS = 5
@@ -97,7 +97,7 @@ class ProfileBook:
         self.rule = rule or Rule()
         self.profiles: dict[tuple[int, int], Profile] = {}
         self._starts: deque[Response] = deque(maxlen=LAG_PARTS)
-        self._sensor: tuple[float, float] | None = None
+        self._sensor: tuple[float, float] | None = None  # dead time, lag (s), once fitted
         self._margin_s = PLACE_MARGIN_S
         self._axes: deque[float] = deque(maxlen=LAG_PARTS)
         self._other_way: dict[tuple[int, int], tuple[Visit, ...]] = {}  # the last part off it
@@ -108,11 +108,6 @@ class ProfileBook:
         self.profiles.update(profiles)
         if axes_lag_s is not None:
             self._axes.append(axes_lag_s)
-
-    @property
-    def sensor(self) -> tuple[float, float] | None:
-        """The load reading's dead time and lag (s), or None before the spindle starts fitted."""
-        return self._sensor
 
     @property
     def axes_lag_s(self) -> float | None:
@@ -131,15 +126,11 @@ class ProfileBook:
             fit = fit_steps(self._starts)  # the last starts together: their noise averages
             if fit is not None:
                 self._sensor = fit.dead_s, fit.lag_s
-                t = start[0]
-                self._margin_s = (
-                    fit.spread_s
-                    + statistics.median(b - a for a, b in zip(t, t[1:], strict=False)) / 2
-                )
+                self._margin_s = fit.spread_s + reading_interval(start[0]) / 2
         lag = axes_lag(record)
         if lag is not None:
             self._axes.append(lag)
-        sensor = self.sensor
+        sensor = self._sensor
         if sensor is None or idle_pct is None:
             why = "no delay fitted yet" if sensor is None else "no idle load learned"
             return [("profile_not_learned", {"program": record.program, "why": why})]
@@ -147,17 +138,19 @@ class ProfileBook:
         events = []
         for tool in sorted(record.tools):
             key = (record.program, tool)
-            known = self.profiles.get(key)
             detail = {"program": record.program, "tool": tool}
-            other_way = known is not None and not same_path(known.visits, record.visits)
-            if other_way and not record.rejected:
+            profile, why = learn(
+                self.profiles.get(key), record, tool, idle_pct, dead_s, self.rule, lag_s=lag_s
+            )
+            if why == OTHER_WAY:
                 # Another way twice in a row, the same both times: the program was edited
                 # for good; the profile starts again from this part.
                 before, self._other_way[key] = self._other_way.get(key), record.visits
                 if before is not None and same_path(before, record.visits):
-                    known = None
                     detail["relearned"] = "the program went another way two parts in a row"
-            profile, why = learn(known, record, tool, idle_pct, dead_s, self.rule, lag_s=lag_s)
+                    profile, why = learn(
+                        None, record, tool, idle_pct, dead_s, self.rule, lag_s=lag_s
+                    )
             if why:
                 events.append(("profile_not_learned", {**detail, "why": why}))
                 continue
@@ -223,10 +216,10 @@ class Preview:
 
     def k_at(self, s_mm: float, speed_mm_s: float) -> float | None:
         """The hardest k from where the tool is (`s_mm` along the path) to where it will be
-        `lead_s` on at `speed_mm_s`, when an override written now has taken full effect: a
-        harder stretch ahead lowers the feed before the tool reaches it, an easier one raises
-        it only once the tool is there. None where the profile knows of no cut there, or the
-        part went another way."""
+        `lead_s` on at `speed_mm_s`, when an override written now has taken full effect, the
+        margin wider either side (`_window`): a harder stretch ahead lowers the feed before
+        the tool reaches it, an easier one raises it only once the tool is there. None where
+        the profile knows of no cut there, or the part went another way."""
         if not self.matching:
             return None
         known = [k for k in self._window(s_mm, speed_mm_s) if math.isfinite(k) and k >= MIN_K_PCT]

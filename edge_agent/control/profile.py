@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from .part import PartRecord
 from .path import Visit, anchored, same_path
 
+#: Why a record taught nothing when its path is not the profile's.
+OTHER_WAY = "the program went another way than the profile's (an edited program?)"
 #: The profile's resolution along the path: 1 mm, a tenth of a typical tool's diameter.
 BIN_MM = 1.0
 #: A part's k is the median of this many bins around each (`_median_filter`): three keep a
@@ -159,7 +161,7 @@ def learn(
     if not record.visits:
         return profile, "no path recorded"
     if profile is not None and not same_path(profile.visits, record.visits):
-        return profile, "the program went another way than the profile's (an edited program?)"
+        return profile, OTHER_WAY
     anchor = profile.visits if profile is not None else ()
     measured = measure(record, tool, idle_pct, dead_s, BIN_MM, lag_s=lag_s, anchor=anchor)
     if profile is None:
