@@ -10,6 +10,7 @@ import pytest
 
 from edge_agent.config import ControlConfig
 from edge_agent.control.host import ControlHost
+from edge_agent.control.learning import keep_last_part
 from edge_agent.control.part import PartRecorder
 from edge_agent.control.path import Visit
 from edge_agent.control.profile import Profile
@@ -149,24 +150,22 @@ def test_forgetting_a_profile_removes_its_last_part_too(tmp_path):
     assert store.remove(1001, 3) and not store.remove(1001, 3)
 
 
-def host(teach_file):
-    return ControlHost(ControlConfig(teach_file=str(teach_file)), None, None, None, None)
-
-
-def test_the_host_keeps_each_tools_last_part_even_a_rejected_one(tmp_path):
-    control = host(tmp_path / "teach.json")
-    control._keep_last_part(part_record(rejected="hold: overload"))
+def test_the_last_part_of_each_tool_is_kept_even_a_rejected_one(tmp_path):
     store = ProfileStore(tmp_path / "profiles")
+    assert keep_last_part(store, part_record(rejected="hold: overload")) == []
     assert len(store.last_part(1001, 1)["t_s"]) == 3 and len(store.last_part(1001, 2)["t_s"]) == 1
-    assert control.events == {}
 
 
-def test_a_last_part_the_host_cannot_save_is_one_line_each_and_counted(tmp_path, caplog):
+def test_a_last_part_that_cannot_be_saved_is_one_line_each_and_counted_by_the_host(
+    tmp_path, caplog
+):
     blocked = tmp_path / "file"
     blocked.write_text("")
-    control = host(blocked / "teach.json")
+    failures = keep_last_part(ProfileStore(blocked / "profiles"), part_record())
+    assert [counter for counter, _ in failures] == ["last_part_save_failed"] * 2
+    control = ControlHost(ControlConfig(teach_file=str(blocked / "teach.json")), *[None] * 4)
     with caplog.at_level(logging.ERROR, logger="edge_agent.control.host"):
-        control._keep_last_part(part_record())
+        control._count(failures)
     assert control.events == {"last_part_save_failed": 2}
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and all("cannot save" in line and "\n" not in line for line in lines)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import pickle
 import queue
-import threading
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 
@@ -24,10 +24,11 @@ from ..sources.base import Source, WriteTarget
 from ..tasks import cancel_and_wait
 from .actuator import Actuator
 from .adaptive import AdaptiveController, control_inputs
+from .learning import LearningFailed, learn_in_child
 from .loop import ControlLoop
 from .part import PartRecord
 from .preview import ProfileBook
-from .profile_store import ProfileError, ProfileStore, profile_dir
+from .profile_store import ProfileStore, profile_dir
 from .teach import TeachError, TeachStore
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,11 @@ class ControlHost:
         self.events: Counter[str] = Counter()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.teach = TeachStore(cfg.teach_file)
-        # The learned preview's profiles: learned in a worker thread, one part at a time, and
-        # kept beside the teach file.
+        # The learned preview's profiles: learned in a child process, one part at a time
+        # (learning.py), and kept beside the teach file.
         self.book = ProfileBook()
         self.profiles = ProfileStore(profile_dir(cfg.teach_file))
-        self._learning = threading.Lock()
+        self._learning = asyncio.Lock()
         self._teach_watch: asyncio.Task | None = None
         self._tasks_in_flight: set[asyncio.Task] = set()
 
@@ -162,24 +163,28 @@ class ControlHost:
             self._background(self._store_event(kind, detail))
 
     async def _learn(self, controller, part: PartRecord, idle: float | None) -> None:
-        """A finished part learned off the event loop and the control thread (a fit and a
-        pass over its readings: tens of milliseconds); the profiles reach the controller for
-        its next program start, and what was learned is an event like the loop's."""
+        """A finished part learned in a child process (learning.py), one part at a time; the
+        profiles reach the controller for its next program start, and what was learned is an
+        event like the loop's. A child that fails is one line and counted: the book is kept
+        as it was, and the next part is learned from it."""
+        async with self._learning:
+            try:
+                learned = await asyncio.to_thread(
+                    learn_in_child, self.book, part, idle, self.profiles
+                )
+            except (LearningFailed, OSError, EOFError, pickle.PickleError) as exc:
+                self.events["profile_learn_failed"] += 1
+                log.error("learning program %d's part failed: %s", part.program, exc)
+                return
+            self.book = learned.book
+            controller.set_profiles(self.book.profiles, self.book.timing)
+        self._count(learned.failures)
+        self._on_events(learned.events)
 
-        def learn() -> list[tuple[str, dict]]:
-            with self._learning:
-                events = self.book.learn(part, idle)
-                lag = self.book.axes_lag_s or 0.0
-                controller.set_profiles(self.book.profiles, self.book.timing)
-                for kind, detail in events:
-                    if kind == "profile_learned":
-                        self._save_profile(
-                            self.book.profiles[detail["program"], detail["tool"]], lag
-                        )
-                self._keep_last_part(part)
-                return events
-
-        self._on_events(await asyncio.to_thread(learn))
+    def _count(self, failures: list[tuple[str, str]]) -> None:
+        for counter, message in failures:
+            self.events[counter] += 1
+            log.error("%s", message)
 
     def _restore_profiles(self, controller) -> None:
         """The profiles kept from before, for the controller's first part; a file that does
@@ -195,25 +200,6 @@ class ControlHost:
         controller.set_profiles(self.book.profiles, self.book.timing)
         if profiles:
             log.info("%d learned profiles loaded from %s", len(profiles), self.profiles.directory)
-
-    def _save_profile(self, profile, axes_lag_s: float) -> None:
-        """In the learning thread. A save that fails is one line and counted; the profile is
-        used until the agent stops."""
-        try:
-            self.profiles.save(profile, axes_lag_s)
-        except ProfileError as exc:
-            self.events["profile_save_failed"] += 1
-            log.error("%s; the profile is used until the agent stops", exc)
-
-    def _keep_last_part(self, part: PartRecord) -> None:
-        """In the learning thread: each tool's readings of the part, learned from or not (a
-        rejected part is still the last one). A save that fails is one line and counted."""
-        for tool in part.tools:
-            try:
-                self.profiles.save_last_part(part, tool)
-            except ProfileError as exc:
-                self.events["last_part_save_failed"] += 1
-                log.error("%s; `teach show` shows the part before, if any", exc)
 
     def _background(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
