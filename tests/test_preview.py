@@ -139,8 +139,11 @@ def test_from_the_second_part_on_the_preview_cuts_the_peak_and_never_the_pace(na
     assert kinds.count("profile_learned") >= 4 and "profile_mismatch" not in kinds
     target = scenario.control.target_load_pct
     for (ratio, peak), (plain_ratio, plain_peak) in zip(with_[2:], without[2:], strict=True):
-        assert ratio <= plain_ratio + 0.002  # never slower than feedback alone
-        assert peak <= max(plain_peak, 1.12 * target)  # no worse, and within 12 % of target
+        # The pace of feedback alone within half a percent (feedback alone is a little
+        # faster where it overshoots: over target, it cuts faster than the physical limit),
+        # the peak no worse and within 7 % of the target.
+        assert ratio <= plain_ratio + 0.005
+        assert peak <= plain_peak + 0.5 and peak <= 1.07 * target
 
 
 def test_where_the_profile_knows_air_ahead_the_feed_runs_at_the_highest_override():

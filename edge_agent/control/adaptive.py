@@ -27,7 +27,8 @@ from .breakage import BreakageRule, BreakageWatch
 from .loss import ProfileLossWatch
 from .noise import NoiseEstimate
 from .part import PartRecord, PartRecorder
-from .preview import Preview, Timing
+from .predictor import ReadingModel
+from .preview import MIN_K_PCT, Preview, Timing
 from .profile import Profile
 from .teach import TeachIn, ToolRecord
 
@@ -45,6 +46,8 @@ FEED_HOLD = 0.0
 
 #: Margins over the idle load (entry, learning idle) are at least this many noise sigmas.
 NOISE_SIGMAS = 4.0
+#: The predictor's correction (predictor.py) counts only beyond this many noise sigmas.
+CORRECTION_SIGMAS = 3.0
 
 #: "At the lowest override" for the overload rule: within this share of it (noise moves the
 #: law's output a little off the clamp; 50.1 % is still at the 50 % floor).
@@ -208,6 +211,7 @@ class AdaptiveController:
         self._timing = Timing()
         self._pending_profiles: tuple[dict, Timing] | None = None
         self._preview: Preview | None = None
+        self._model: ReadingModel | None = None  # the reading by the profile, with a preview
         self._trim = False  # the law's override is a trim (%) of the profile's, not the override
         self._preview_tool: int | None = None
         # (ns, s mm along the profile's path, speed mm/s), and the part's own s then
@@ -423,6 +427,7 @@ class AdaptiveController:
             return
         if cutting:
             self._cut_in_block = True
+        seen = self._seen(t_ns, load, idle, target)
         if self._watch(t_ns, load, idle, span):
             return
         if self.state is State.TEACH:
@@ -440,8 +445,8 @@ class AdaptiveController:
                 wanted = min(self._air_override(), self._no_raise(boost, self.law.override))
                 self.law.reset(wanted)
         elif self.state is State.ENTRY:
-            if self._trim and load > target and dt > 0:  # a cut the profile knew lighter
-                self.law.limit(min(100.0, self.law.step(load, target, idle, dt)))
+            if self._trim and seen > target and dt > 0:  # a cut the profile knew lighter
+                self.law.limit(min(100.0, self.law.step(seen, target, idle, dt)))
             if not cutting:
                 self.breakage.reset()
                 self._go(State.AIR, "load fell back to idle")
@@ -449,13 +454,17 @@ class AdaptiveController:
                 self._go(State.CUTTING, "entry done")
         elif self.state is State.CUTTING:
             before = self.law.override
-            after = self.law.step(load, target, idle, dt) if dt > 0 else before
+            after = self.law.step(seen, target, idle, dt) if dt > 0 else before
             self.law.limit(self._no_raise(after, before))  # the knob down, or over target
             ahead = self._feed_forward() if self._trim else None
             if ahead is not None:  # no trim the override's clamp would undo: no windup
                 if after > before and self._saturated():
                     self.law.limit(before)
                 self.law.limit(max(before, 100.0 * cfg.override_max_pct / ahead))
+                # Into a harder stretch `_desired` carries no trim over 100 %: the law is held
+                # there too, or it winds up beneath the hold and lets go at the step.
+                if self._harder_ahead():
+                    self.law.limit(100.0)
             if load - idle < max(cfg.exit_fraction * span, self._margin()):
                 if self._exit_since_ns is None:
                     self._exit_since_ns, self._exit_override = t_ns, before
@@ -466,6 +475,35 @@ class AdaptiveController:
                     self._go(State.AIR, "load fell to the exit level", load_pct=load)
             else:
                 self._exit_since_ns = None
+
+    def _seen(self, t_ns: int, load: float, idle: float, target: float) -> float:
+        """The load the law is fed: in a previewed part, the reading with the sensor's delay
+        taken out by the profile (predictor.py); where the profile knows nothing of the
+        tool's place (or the part left its way), the reading itself."""
+        model = self._model
+        if model is None:
+            return load
+        now = self._path_now()
+        k = self._preview.profile.at(now[0]) if now and self._preview.matching else math.nan
+        override = self.override if self.override is not None else math.nan
+        knob = self._knob()
+        # A feed move runs at most at the highest override: faster, the axes are in a rapid,
+        # which cuts nothing (and makes the profile's air, k under MIN_K_PCT, no load).
+        feed = min(self._feed_pct(override, knob), self.cfg.override_max_pct * knob / 100.0)
+        if not math.isfinite(k * feed):
+            model.reset()
+            return load
+        if k < MIN_K_PCT:
+            k = 0.0
+        # The profile learned a noisy reading's noise too, smaller but bin to bin: its wiggles
+        # are no step to take the delay out of, and fed to the law they ratchet the override
+        # down (it cuts faster than it raises). Only what stands out of the noise corrects.
+        gap = model.correction(t_ns, idle + k * feed / 100.0)
+        band = CORRECTION_SIGMAS * self.noise.sigma
+        seen = load + math.copysign(max(0.0, abs(gap) - band), gap)
+        # Towards the target only: the model may hold the law back from chasing the sensor's
+        # delay, never move it by itself (a profile's edge a bin off is no load to cut for).
+        return max(min(load, target), seen)
 
     def _entry_override(self) -> float:
         """The configured entry override, or (0) the one the last cut of this program ended
@@ -594,6 +632,7 @@ class AdaptiveController:
                     None,
                 )
             self._preview, self._preview_tool, self._s_at = None, None, None
+            self._model = None
             self.loss.reset()
         channels = {sample.channel for _, sample in arrivals}
         moved = cfg.block_tag in channels or bool(channels.intersection(cfg.path_tags))
@@ -649,6 +688,8 @@ class AdaptiveController:
             ramp_s = (cfg.override_max_pct - cfg.override_min_pct) / cfg.fall_pct_per_s
             lead_s = self._timing.axes_lag_s + ramp_s + cfg.period_s
             self._preview = profile and Preview(profile, lead_s, self._timing.margin_s)
+            sensor = self._timing.sensor
+            self._model = ReadingModel(*sensor) if profile and sensor is not None else None
             self._preview_tool = tool
         if self._preview is not None:
             why = self._preview.check(path.visits, path.s_mm)

@@ -1,9 +1,9 @@
 """The learned preview (issue 19; docs/adaptive-control.md, "Learned profiles"): the profiles
 learned part after part, and, while a part runs, the override the path ahead needs.
 
-`ProfileBook` learns. It is fed each finished part's record (in a worker thread on the
-device, in line on the bench) and keeps one profile per (program, tool) and the loop's lags:
-the load reading's delay, fitted to the spindle starts of the last few parts together
+`ProfileBook` learns. It is fed each finished part's record (in a child process on the
+device, `learning.py`; in line on the bench) and keeps one profile per (program, tool) and the
+loop's lags: the load reading's delay, fitted to the spindle starts of the last few parts together
 (`delay.py`; a fit that fails keeps the one before), and the axes' lag behind the override,
 fitted to the feed the controller reports, the median of the last few parts' fits.
 
@@ -53,7 +53,13 @@ class Timing:
 
     axes_lag_s: float = 0.0
     margin_s: float = PLACE_MARGIN_S
-    sensor_delay_s: float | None = None  # the load reading's mean delay, once fitted
+    #: the load reading's dead time and lag (s), once fitted (delay.py)
+    sensor: tuple[float, float] | None = None
+
+    @property
+    def sensor_delay_s(self) -> float | None:
+        """The load reading's mean delay, once fitted."""
+        return sum(self.sensor) if self.sensor is not None else None
 
 
 #: Only places cut at least this hard (% per 100 % feed) are previewed: in air the feed is
@@ -115,8 +121,7 @@ class ProfileBook:
 
     @property
     def timing(self) -> Timing:
-        delay = sum(self._sensor) if self._sensor is not None else None
-        return Timing(self.axes_lag_s or 0.0, self._margin_s, delay)
+        return Timing(self.axes_lag_s or 0.0, self._margin_s, self._sensor)
 
     def learn(self, record: PartRecord, idle_pct: float | None) -> list[tuple[str, dict]]:
         """Learn from one finished part; the events saying what it taught, or why not."""
