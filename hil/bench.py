@@ -315,21 +315,29 @@ def run_adaptive_simulated(
     limit_ns = round(time_limit_s(ideal) * 1e9)
     next_poll_ns = 0
     hold = HoldWatch()
+
+    def poll() -> None:
+        if not plant.link_down():  # every tag, as the agent's poll groups read them
+            polled = [Sample(name, now_ns, v) for name, v in plant.values().items()]
+            arrivals = router.route(polled, now_ns).control
+            if arrivals:
+                inbox.put(arrivals)
+
     while not plant.done and now_ns < limit_ns:
         now_ns += period_ns
         plant.advance_to(now_ns / 1e9)
         if now_ns >= next_poll_ns:
             next_poll_ns += poll_ns
-            if not plant.link_down():  # every tag, as the agent's poll groups read them
-                polled = [Sample(name, now_ns, v) for name, v in plant.values().items()]
-                arrivals = router.route(polled, now_ns).control
-                if arrivals:
-                    inbox.put(arrivals)
+            poll()
         loop.tick(now_ns)
         if observe is not None:
             observe(now_ns, loop)
         if hold.ended(loop.controller.state is State.HOLD, now_ns / 1e9):
             break
+    if plant.done:  # the next poll reads the machine at its end: the agent sees the last part end
+        now_ns = max(next_poll_ns, now_ns + period_ns)
+        poll()
+        loop.tick(now_ns)
     held = loop.controller.hold_reason
     return Run(scenario, ADAPTIVE, plant.result, ideal, plant.trace, plant.time_s, held), loop
 

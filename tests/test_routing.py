@@ -136,7 +136,8 @@ def demo_with(filters: str, spool) -> AgentConfig:
 
 
 class ScriptedPlant:
-    """Answers each of the bench's polls with the next scripted values, then ends the run."""
+    """Answers each of the bench's polls with the next scripted values, the run ending with
+    the last."""
 
     script: list[dict] = []
 
@@ -146,8 +147,8 @@ class ScriptedPlant:
         self.result, self.trace, self.time_s = RunResult(), {}, 0.0
 
     @property
-    def done(self) -> bool:
-        return self.left <= 0
+    def done(self) -> bool:  # the bench polls once more, the machine at its end: the last line
+        return self.left <= 1
 
     def advance_to(self, t_s):
         self.time_s = t_s
