@@ -118,7 +118,9 @@ distclean: clean
 
 # LinuxCNC in the loop (docs/linuxcnc.md): the bench's programs on a real LinuxCNC (Debian's
 # linuxcnc-uspace, simulated machine), each at a fixed 100 % and with the agent adapting the
-# feed, and a tool breakage; the table and plots go to reports/hil-linuxcnc/.
+# feed, and a tool breakage; then one program made 5 times in a row by one agent with the learned
+# preview (a row and a plot per part); the tables and plots go to reports/hil-linuxcnc/.
 .PHONY: hil-linuxcnc
 hil-linuxcnc: $(INSTALLED)
 	$(PY) -m hil.linuxcnc bench $(HIL_LINUXCNC_ARGS)
+	$(PY) -m hil.linuxcnc series

@@ -435,12 +435,13 @@ def test_the_agent_adapts_the_feed_of_linuxcnc_over_the_adapter(cnc, tmp_path):
 
 @pytest.fixture(scope="module")
 def bench_runs(tmp_path_factory):
-    """slot_breakage with the agent, face_two_passes at a fixed 100 % and with the agent:
-    one LinuxCNC for the three runs, stopped before the tests look at them (no other test's
-    LinuxCNC may run meanwhile)."""
+    """slot_breakage with the agent, then face_two_passes at a fixed 100 % and two parts by one
+    agent with the preview (series.py): one LinuxCNC for the four runs, stopped before the
+    tests look at them (no other test's LinuxCNC may run meanwhile)."""
     _require_linuxcnc()
-    from hil.linuxcnc.bench import AGENT, FIXED, run_program
+    from hil.linuxcnc.bench import AGENT, FIXED, run_program, spool_events
     from hil.linuxcnc.runner import LinuxCNC
+    from hil.linuxcnc.series import run_series
 
     workdir = tmp_path_factory.mktemp("bench")
 
@@ -450,14 +451,20 @@ def bench_runs(tmp_path_factory):
             broken = await run_program(
                 cnc, PROGRAMS_DIR / "slot_breakage.ngc", agent=True, workdir=workdir / "broken"
             )
-            fixed = await run_program(cnc, PROGRAM, agent=False, workdir=workdir / "fixed")
-            agent = await run_program(cnc, PROGRAM, agent=True, workdir=workdir / "agent")
-        return {FIXED: fixed, AGENT: agent, "breakage": broken}
+            series = await run_series(cnc, PROGRAM, workdir / "series", parts=2)
+        events = spool_events(workdir / "series" / "spool.db")
+        return {
+            FIXED: series[0].run,
+            AGENT: series[1].run,  # the first part: no profile yet, the agent as ever
+            "breakage": broken,
+            "series": series,
+            "series_events": events,
+        }
 
     return asyncio.run(runs())
 
 
-@pytest.mark.timeout(150)  # the fixture's three runs (about 40 s) count here
+@pytest.mark.timeout(150)  # the fixture's four runs (about 55 s) count here
 def test_the_agent_finishes_faster_than_fixed_100_pct_with_the_peak_under_the_hard_limit(
     bench_runs,
 ):
@@ -491,6 +498,22 @@ def test_a_breakage_stops_the_feed_through_the_adapter_and_the_program_does_not_
         if t > reaction.stopped_s
     ]
     assert max(override) == 0  # effective override 0 until the run was stopped
+
+
+@pytest.mark.timeout(150)
+def test_the_second_part_runs_on_the_profile_learned_off_the_control_loop(bench_runs):
+    fixed, first, second = bench_runs["series"]
+    assert first.learned and not first.previewed  # learned at its end, in the agent's child
+    assert second.previewed and second.run.finished and second.run.held == ""
+    assert second.run.result.peak_load_pct < second.run.scenario.control.hard_limit_pct
+    # Learning in the agent's own process starved its Modbus polls after each part's end: the
+    # spindle load read stale, a fault. The whole series, between the parts too: none.
+    states = [
+        e["detail"]["to"] for e in bench_runs["series_events"] if e["event"] == "control_state"
+    ]
+    assert "fault" not in states
+    events = [e["event"] for e in bench_runs["series_events"]]
+    assert events.count("profile_learned") == 2 and "profile_mismatch" not in events
 
 
 @pytest.mark.timeout(120)  # LinuxCNC's start, a rejection (about 1 s), one 11 s run

@@ -4,9 +4,11 @@
 prints their cycle times and shuts it down; with --serve, the adapter serves it over Modbus
 meanwhile, so that an agent can adapt its feed. `bench` (what `make hil-linuxcnc` runs:
 bench.py) runs the programs at a fixed 100 % and with the agent and writes
-reports/hil-linuxcnc/; `measure` gives their cycle times at fixed feeds and LinuxCNC's start
-and stop times. `adapter` serves a LinuxCNC that is already running (a real machine) until
-Ctrl-C or SIGTERM. Neither listens anywhere but where told (default 127.0.0.1:5020).
+reports/hil-linuxcnc/; `series` (series.py, also in `make hil-linuxcnc`) makes one program
+several times in a row with one agent learning its profile; `measure` gives their cycle times at
+fixed feeds and LinuxCNC's start and stop times. `adapter` serves a LinuxCNC that is already
+running (a real machine) until Ctrl-C or SIGTERM. Neither listens anywhere but where told
+(default 127.0.0.1:5020).
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     bench.add_argument("programs", nargs="*", metavar="PROGRAM.ngc", help="default: bench.PROGRAMS")
     bench.add_argument("--out", type=Path, default=Path("reports/hil-linuxcnc"))
+    series = sub.add_parser(
+        "series", help="one program fixed at 100 %%, then parts in a row with the preview"
+    )
+    series.add_argument(
+        "program", nargs="?", metavar="PROGRAM.ngc", help="default: series.SERIES_PROGRAM"
+    )
+    series.add_argument("--parts", type=int, default=5, help="parts with the agent (default 5)")
+    series.add_argument("--out", type=Path, default=Path("reports/hil-linuxcnc"))
     adapter = sub.add_parser("adapter", help="serve a running LinuxCNC over Modbus TCP")
     adapter.add_argument("--listen", type=host_port, default=("127.0.0.1", 5020))
     _adapter_options(adapter, "hal:edge-adapter.spindle-load")
@@ -186,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             from hil.linuxcnc.bench import main as bench_main
 
             return bench_main(args.programs, args.out)
+        if args.command == "series":
+            from hil.linuxcnc.series import main as series_main
+
+            return series_main(args.program, args.parts, args.out)
         return asyncio.run(run(args) if args.command == "run" else serve(args))
     except (LinuxCNCError, RuntimeError, ValueError, OSError) as exc:
         print(f"python -m hil.linuxcnc: {exc}", file=sys.stderr)

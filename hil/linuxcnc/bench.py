@@ -91,6 +91,7 @@ class BenchRun:
     states_s: dict[str, float]  # agent only: seconds in each control state during the run
     events: list[dict]  # agent only: its control events during the run
     reaction: Reaction | None = None
+    wall_s: tuple[float, float] = (0.0, 0.0)  # the run's start and end, wall clock
 
     @property
     def finished(self) -> bool:
@@ -133,10 +134,11 @@ def scenario_for(program: Path) -> Scenario:
 AGENT_REFRESH_S = 0.5
 
 
-def agent_toml(port: int, workdir: Path) -> str:
+def agent_toml(port: int, workdir: Path, *, preview: bool = False) -> str:
     """The demo configuration (edge_agent/defaults/demo.toml: control on, target 70 %) pointed
     at the adapter, its spool in `workdir`, no upstream: every event stays in the spool; the
-    override re-written every AGENT_REFRESH_S for the adapter's watchdog."""
+    override re-written every AGENT_REFRESH_S for the adapter's watchdog; with `preview`, the
+    learned preview of repeat parts on (its profiles in `workdir`)."""
     text = resources.files("edge_agent.defaults").joinpath("demo.toml").read_text()
     spool = workdir / "spool.db"
     for pattern, replacement in (
@@ -145,7 +147,8 @@ def agent_toml(port: int, workdir: Path) -> str:
         # (2 s): its controller-side watchdog needs the re-write the demo does not configure.
         (
             r'teach_file = "demo-teach.json"',
-            f'teach_file = "{workdir / "teach.json"}"\nrefresh_s = {AGENT_REFRESH_S}',
+            f'teach_file = "{workdir / "teach.json"}"\nrefresh_s = {AGENT_REFRESH_S}'
+            + ("\npreview = true" if preview else ""),
         ),
         (r'\[spool\]\npath = "demo-spool.db"', f'[spool]\npath = "{spool}"'),
         (
@@ -237,63 +240,93 @@ async def run_program(
     adapter = LinuxCNCAdapter(PlantLoad(scenario, record=True), env=cnc.env)
     port = await adapter.start()
     child = None
-    loop = asyncio.get_running_loop()
     try:
         if agent:
             config = workdir / "agent.toml"
             config.write_text(agent_toml(port, workdir))
             child = await start_agent(config, workdir / "agent.log", adapter)
-        started = time.time()
-        running = loop.run_in_executor(None, _run_on, cnc, program)
-        stopped_since = None
-        while not running.done():
-            await asyncio.sleep(0.05)
-            s = adapter.machine.status
-            if s["running"] and s["adaptive_feed"] * s["feed_override"] == 0.0:
-                stopped_since = stopped_since or time.monotonic()
-                if time.monotonic() - stopped_since >= HOLD_ENDS_RUN_S:
-                    cnc.abort()
-                    stopped_since = math.inf  # once
-            elif stopped_since is not math.inf:
-                stopped_since = None
-        done = await running
-        ended = time.time()
-        await asyncio.sleep(0.1)  # the adapter's next status lines see the end
+        run = await run_on_adapter(cnc, program, adapter, AGENT if agent else FIXED)
     finally:
         if child is not None:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(child.wait(), AGENT_STOP_S)
+            await stop_agent(child)
         await adapter.stop()
-    machine = adapter.machine
-    result = None  # the machine never moved: LinuxCNC rejected the program
-    if machine.plant is not None:
-        result = dataclasses.replace(machine.plant.result, finished=done.ok)
-    events, states = [], {}
     if agent:
-        events = [e for e in spool_events(workdir / "spool.db") if started <= e["t"] <= ended]
-        states = state_times(spool_events(workdir / "spool.db"), started, ended)
+        run = with_agent_events(run, workdir / "spool.db")
+    log_run(run, log)
+    return run
+
+
+async def run_on_adapter(
+    cnc: LinuxCNC, program: Path, adapter: LinuxCNCAdapter, driver: str
+) -> BenchRun:
+    """`program` run once to its end on `cnc` while `adapter` serves it (and whoever drives
+    it); a feed held at 0 for HOLD_ENDS_RUN_S aborts it. The run's figures come from the
+    adapter's plant and status stream; its `started`/`ended` wall times bound the agent's
+    events (`with_agent_events`)."""
+    loop = asyncio.get_running_loop()
+    machine = adapter.machine
+    runs_before = len(machine.run_clocks_s)
+    started = time.time()
+    running = loop.run_in_executor(None, _run_on, cnc, program)
+    stopped_since = None
+    while not running.done():
+        await asyncio.sleep(0.05)
+        s = adapter.machine.status
+        if s["running"] and s["adaptive_feed"] * s["feed_override"] == 0.0:
+            stopped_since = stopped_since or time.monotonic()
+            if time.monotonic() - stopped_since >= HOLD_ENDS_RUN_S:
+                cnc.abort()
+                stopped_since = math.inf  # once
+        elif stopped_since is not math.inf:
+            stopped_since = None
+    done = await running
+    ended = time.time()
+    await asyncio.sleep(0.1)  # the adapter's next status lines see the end
+    result = None  # the machine never moved: LinuxCNC rejected the program
+    if len(machine.run_clocks_s) > runs_before:
+        result = dataclasses.replace(machine.plant.result, finished=done.ok)
     reaction = None
     if result is not None and result.broken_at_s is not None:
         reaction = _reaction(
             result.broken_at_s, machine.run_clocks_s[-1], machine.status_traces[-1]
         )
-    run = BenchRun(
+    return BenchRun(
         program.stem,
-        AGENT if agent else FIXED,
-        scenario,
+        driver,
+        scenario_for(program),
         done,
         result,
         machine.plant.trace if result is not None else {},
-        states,
-        events,
+        {},
+        [],
         reaction,
+        (started, ended),
     )
+
+
+def with_agent_events(run: BenchRun, spool: Path) -> BenchRun:
+    """`run` with the agent's control events and state times during it, from its spool."""
+    events = spool_events(spool)
+    started, ended = run.wall_s
+    return dataclasses.replace(
+        run,
+        events=[e for e in events if started <= e["t"] <= ended],
+        states_s=state_times(events, started, ended),
+    )
+
+
+async def stop_agent(child: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(child.wait(), AGENT_STOP_S)
+
+
+def log_run(run: BenchRun, log) -> None:
     if run.rejected:
         log(f"{run.program}, {run.driver}: rejected: {run.why}")
     else:
-        log(f"{run.program}, {run.driver}: {_cycle(run)} s{'' if done.ok else ' (unfinished)'}")
-    return run
+        finished = "" if run.finished else " (unfinished)"
+        log(f"{run.program}, {run.driver}: {_cycle(run)} s{finished}")
 
 
 def _run_on(cnc: LinuxCNC, program: Path) -> ProgramRun:
