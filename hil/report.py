@@ -98,15 +98,20 @@ def _row(run: Run, baseline: Run | None) -> tuple[str, ...]:
 
 
 def table(runs: list[Run]) -> str:
-    """A Markdown table that also reads well in a terminal."""
-    body = [HEADER, *rows(runs)]
-    widths = [max(len(row[i]) for row in body) for i in range(len(HEADER))]
+    return markdown_table(HEADER, rows(runs))
+
+
+def markdown_table(header: tuple[str, ...], rows) -> str:
+    """A Markdown table that also reads well in a terminal: each column as wide as its
+    widest cell."""
+    body = [header, *rows]
+    widths = [max(len(row[i]) for row in body) for i in range(len(header))]
 
     def line(row):
         return "| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |"
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(HEADER), rule, *(line(row) for row in body[1:])])
+    return "\n".join([line(header), rule, *(line(row) for row in body[1:])])
 
 
 #: Line colours per driver, in the order the runs come (the baseline first).

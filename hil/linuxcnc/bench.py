@@ -34,6 +34,7 @@ from hil.linuxcnc import PROGRAMS_DIR, REPO_ROOT, SCENARIOS_DIR
 from hil.linuxcnc.adapter import LinuxCNCAdapter, PlantLoad
 from hil.linuxcnc.runner import LinuxCNC, LinuxCNCError, ProgramRun
 from hil.plant import MOTION, RunResult
+from hil.report import markdown_table
 from hil.scenario import Scenario, load_scenario
 
 FIXED = "fixed 100 %"
@@ -105,6 +106,21 @@ class BenchRun:
     def why(self) -> str:
         """What LinuxCNC (or the runner) said about the run, if anything."""
         return "; ".join(self.done.messages)
+
+    def hil_run(self, oracle_s: float):
+        """This run as the simulated bench's `Run` (hil/bench.py), which hil/report.py plots
+        and hil/metrics.py measures; `oracle_s`: the scenario's oracle cycle time."""
+        from hil.bench import Run
+
+        return Run(
+            self.scenario,
+            self.driver,
+            self.result,
+            oracle_s,
+            self.trace,
+            self.done.cycle_s,
+            self.held,
+        )
 
     @property
     def held(self) -> str:
@@ -271,7 +287,7 @@ async def run_on_adapter(
     stopped_since = None
     while not running.done():
         await asyncio.sleep(0.05)
-        s = adapter.machine.status
+        s = machine.status
         if s["running"] and s["adaptive_feed"] * s["feed_override"] == 0.0:
             stopped_since = stopped_since or time.monotonic()
             if time.monotonic() - stopped_since >= HOLD_ENDS_RUN_S:
@@ -440,14 +456,7 @@ def _row(run: BenchRun, fixed: BenchRun | None) -> tuple[str, ...]:
 
 def table(runs: list[BenchRun]) -> str:
     fixed = {r.program: r for r in runs if r.driver == FIXED}
-    body = [HEADER, *(_row(r, fixed.get(r.program)) for r in runs)]
-    widths = [max(len(row[i]) for row in body) for i in range(len(HEADER))]
-
-    def line(row):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(HEADER), rule, *(line(row) for row in body[1:])])
+    return markdown_table(HEADER, [_row(r, fixed.get(r.program)) for r in runs])
 
 
 def reactions(runs: list[BenchRun]) -> list[str]:
@@ -474,7 +483,6 @@ def reactions(runs: list[BenchRun]) -> list[str]:
 
 def write_report(runs: list[BenchRun], out: Path) -> Path:
     """report.md, report.json and a PNG per program (hil/report.py's plot) into `out`."""
-    from hil.bench import Run
     from hil.oracle import oracle
     from hil.report import plot
 
@@ -501,10 +509,7 @@ def write_report(runs: list[BenchRun], out: Path) -> Path:
         png = out / f"{program}.png"
         ideal = oracle(group[0].scenario).cycle_time_s
         plot(
-            [
-                Run(r.scenario, r.driver, r.result, ideal, r.trace, r.done.cycle_s, r.held)
-                for r in group
-            ],
+            [r.hil_run(ideal) for r in group],
             png,
         )
         lines.append(f"![{program}]({png.name})")

@@ -33,6 +33,7 @@ from hil.linuxcnc.bench import (
     with_agent_events,
 )
 from hil.linuxcnc.runner import LinuxCNC
+from hil.report import markdown_table
 
 #: The program `make hil-linuxcnc` makes in series: three depth steps and four entries a part.
 SERIES_PROGRAM = "pocket_depth_steps"
@@ -51,37 +52,38 @@ class SeriesPart:
     number: int  # 0: the fixed 100 % run; 1 ...: the agent's parts
     run: BenchRun
     previewed: bool  # a profile of the program was learned before the part started
-    learned: bool = False  # the agent learned the part into the profile (at its end)
-
-    @property
-    def overshoot_pct(self) -> float:
-        """The highest true load over the target after an engagement rise, % of the target
-        (hil/metrics.py, on the plant's true load: what the tool really met)."""
-        from hil.metrics import control_metrics
-
-        return control_metrics(_hil_run(self.run), overshoot_of="load_true_pct").overshoot_pct
+    learned: bool  # the agent learned the part into the profile (at its end)
+    #: the highest true load over the target after an engagement rise, % of the target
+    #: (hil/metrics.py, on the plant's true load: what the tool really met); NaN if rejected
+    overshoot_pct: float
 
 
-def _hil_run(run: BenchRun):
-    from hil.bench import Run
-    from hil.oracle import oracle
+def _part(number: int, run: BenchRun, oracle_s: float, previewed=False, learned=False):
+    from hil.metrics import control_metrics
 
-    ideal = oracle(run.scenario).cycle_time_s
-    return Run(run.scenario, run.driver, run.result, ideal, run.trace, run.done.cycle_s, run.held)
+    overshoot = math.nan
+    if not run.rejected:
+        measured = control_metrics(run.hil_run(oracle_s), overshoot_of="load_true_pct")
+        overshoot = measured.overshoot_pct
+    return SeriesPart(number, run, previewed, learned, overshoot)
 
 
 async def run_series(
     cnc: LinuxCNC, program: Path, workdir: Path, *, parts: int = PARTS, log=lambda text: None
 ) -> list[SeriesPart]:
     """`program` once at a fixed 100 %, then `parts` times with one agent, preview on."""
+    from hil.oracle import oracle
+
     workdir.mkdir(parents=True, exist_ok=True)
-    adapter = LinuxCNCAdapter(PlantLoad(scenario_for(program), record=True), env=cnc.env)
+    scenario = scenario_for(program)
+    ideal = oracle(scenario).cycle_time_s
+    adapter = LinuxCNCAdapter(PlantLoad(scenario, record=True), env=cnc.env)
     port = await adapter.start()
     out: list[SeriesPart] = []
     try:
         fixed = await run_on_adapter(cnc, program, adapter, FIXED)
         log_run(fixed, log)
-        out.append(SeriesPart(0, fixed, False))
+        out.append(_part(0, fixed, ideal))
         config = workdir / "agent.toml"
         config.write_text(agent_toml(port, workdir, preview=True))
         child = await start_agent(config, workdir / "agent.log", adapter)
@@ -104,9 +106,10 @@ async def run_series(
         started = run.wall_s[0]
         until = runs[number].wall_s[0] if number < len(runs) else math.inf
         out.append(
-            SeriesPart(
+            _part(
                 number,
                 with_agent_events(run, spool),
+                ideal,
                 previewed=any(t < started for t in learned_at),
                 learned=any(started <= t < until for t in learned_at),
             )
@@ -167,22 +170,15 @@ def _row(part: SeriesPart, first: SeriesPart | None, fixed: SeriesPart) -> tuple
 def table(parts: list[SeriesPart]) -> str:
     fixed = parts[0]
     first = next((p for p in parts if p.number == 1), None)
-    body = [HEADER, *(_row(p, first, fixed) for p in parts)]
-    widths = [max(len(row[i]) for row in body) for i in range(len(HEADER))]
-
-    def line(row):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(HEADER), rule, *(line(row) for row in body[1:])])
+    return markdown_table(HEADER, [_row(p, first, fixed) for p in parts])
 
 
-def verdict(parts: list[SeriesPart]) -> tuple[bool, str]:
-    """Whether parts JUDGED_FROM on were each faster than part 1 with a lower peak error (the
-    issue's claim for LinuxCNC), and a sentence saying which were not."""
+def verdict(parts: list[SeriesPart], asked: int) -> tuple[bool, str]:
+    """Whether parts JUDGED_FROM to `asked` were each made, faster than part 1 with a lower
+    peak error (the issue's claim for LinuxCNC), and a sentence saying which were not."""
     first = next((p for p in parts if p.number == 1), None)
     judged = [p for p in parts if p.number >= JUDGED_FROM]
-    if first is None or not first.run.finished or len(judged) < PARTS - JUDGED_FROM + 1:
+    if first is None or not first.run.finished or len(judged) < asked - JUDGED_FROM + 1:
         return False, "the series did not reach its judged parts"
     first_err = first.run.load_errors()[0]
     failed = [
@@ -200,25 +196,30 @@ def verdict(parts: list[SeriesPart]) -> tuple[bool, str]:
     )
 
 
-def write_report(parts: list[SeriesPart], out: Path) -> tuple[Path, str]:
+def write_report(
+    parts: list[SeriesPart], out: Path, asked: int
+) -> tuple[Path, str, tuple[bool, str]]:
     """series-PROGRAM.md and .json into `out`, with hil/report.py's plots: the fixed run, part
     1 and the last part in series-PROGRAM.png, each part beside the fixed run in
-    series-PROGRAM-part-N.png; returns the Markdown's path and the table."""
+    series-PROGRAM-part-N.png; returns the Markdown's path, the table and the verdict."""
+    from hil.oracle import oracle
     from hil.report import plot
 
     out.mkdir(parents=True, exist_ok=True)
     program = parts[0].run.program
-    ok, said = verdict(parts)
+    ok, said = verdict(parts, asked)
     text = table(parts)
     stem = f"series-{program}"
-    made = [p for p in parts if not p.run.rejected]
+    ideal = oracle(parts[0].run.scenario).cycle_time_s
+    made = [p.run.hil_run(ideal) for p in parts if not p.run.rejected]
+    numbers = [p.number for p in parts if not p.run.rejected]
     overview = [made[0], *made[1:2], *made[-1:]] if len(made) > 3 else made
-    plot([_hil_run(p.run) for p in overview], out / f"{stem}.png")
+    plot(overview, out / f"{stem}.png")
     pictures = [f"![{stem}]({stem}.png)"]
-    for part in made[1:]:  # each part beside the fixed run
-        png = f"{stem}-part-{part.number}.png"
-        plot([_hil_run(made[0].run), _hil_run(part.run)], out / png)
-        pictures.append(f"![part {part.number}]({png})")
+    for number, run in zip(numbers[1:], made[1:], strict=True):  # each beside the fixed run
+        png = f"{stem}-part-{number}.png"
+        plot([made[0], run], out / png)
+        pictures.append(f"![part {number}]({png})")
     lines = [
         f"# {program}: {len(parts) - 1} parts in a row with the learned preview",
         "",
@@ -242,7 +243,7 @@ def write_report(parts: list[SeriesPart], out: Path) -> tuple[Path, str]:
             "cycle_s": p.run.done.cycle_s,
             "peak_load_pct": None if p.run.rejected else p.run.result.peak_load_pct,
             "load_errors_pct": p.run.load_errors(),
-            "overshoot_pct": None if p.run.rejected else _finite(p.overshoot_pct),
+            "overshoot_pct": _finite(p.overshoot_pct),  # None: rejected
             "events": [e["event"] for e in p.run.events],
         }
         for p in parts
@@ -250,7 +251,7 @@ def write_report(parts: list[SeriesPart], out: Path) -> tuple[Path, str]:
     (out / f"{stem}.json").write_text(json.dumps(records, indent=1) + "\n")
     path = out / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
-    return path, text
+    return path, text, (ok, said)
 
 
 def _finite(value: float) -> float | None:
@@ -278,8 +279,7 @@ def main(program: str | None, parts: int, out: Path) -> int:
     scenario_for(path)  # refused before LinuxCNC starts
     with tempfile.TemporaryDirectory(prefix="edge-hil-linuxcnc-series-") as workdir:
         made = asyncio.run(run(path, Path(workdir), parts, lambda t: print(t, flush=True)))
-    report, text = write_report(made, out)
-    ok, said = verdict(made)
+    report, text, (ok, said) = write_report(made, out, parts)
     print(text)
     print(f"\n{'met' if ok else 'NOT met'}: {said}\nreport: {report}")
     return 0 if ok else 1
